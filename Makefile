@@ -1,0 +1,55 @@
+# Two commands from a fresh clone to a comparison table: `make demo`, then `make test`.
+# `setup` is shared by both and re-running it reuses what is installed (a stamp file tracks it).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tlbench-installed
+# torch is pinned here, not in pyproject.toml: this exact build lies on the CI machines' disk.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test lint reference bench clean-venv browser
+
+setup: $(STAMP) fashion-mnist
+
+$(STAMP): pyproject.toml plugins/tlbench-peft/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[dev,peft]' -e plugins/tlbench-peft
+	touch $(STAMP)
+
+# The Debian package carrying Fashion-MNIST: installed when we are root, otherwise we say how.
+fashion-mnist:
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else echo "note: fashion-mnist needs the Debian package: sudo apt-get install dataset-fashion-mnist"; fi
+
+# Headless Chromium for the HTML report test (skipped with a message when absent).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) >/dev/null; \
+	else echo "note: the HTML report test needs: sudo apt-get install chromium chromium-driver"; fi
+
+demo: setup
+	$(BIN)/tlbench run suites/quickstart.toml
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff format --check tlbench tests benchmarks plugins
+	$(BIN)/ruff check tlbench tests benchmarks plugins
+
+# Regenerate the published reference run and its reports under results/reference/.
+reference: setup
+	rm -rf results/reference/quickstart
+	$(BIN)/tlbench run suites/quickstart.toml --out results/reference/quickstart
+	$(BIN)/tlbench report results/reference/quickstart --format md -o results/reference/quickstart/report.md
+	$(BIN)/tlbench report results/reference/quickstart --format html -o results/reference/quickstart/report.html
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,7 @@
+"""Loaders behind the built-in dataset plugins (``tlbench.builtin.datasets``).
+
+``common`` holds what every loader shares (decode-once cache, image decoding with corrupt-file
+handling, fingerprints, cards); ``local`` reads files already on this machine (scikit-learn
+digits, Fashion-MNIST IDX files, image folders, CSV manifests); ``torchvision_sets`` adapts
+torchvision's classification datasets with their official splits.
+"""

@@ -1,0 +1,133 @@
+"""Device, precision, seeding, out-of-memory retry and cost accounting shared by every strategy."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` means bf16 where the hardware is fast at it (CUDA with bf16), fp32 elsewhere:
+    on CPU bf16 autocast changes numbers and is only worth it when asked for."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    # channels_last pays on CUDA tensor cores; on CPU it is a wash for small convnets.
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def with_oom_retry(fn: Callable[[int], T], batch_size: int, *, minimum: int = 1) -> tuple[T, int]:
+    """Call ``fn(batch_size)``, halving the batch size on out-of-memory until it fits.
+
+    Returns the result and the batch size that worked (recorded in the cell's cost).
+    """
+    while True:
+        try:
+            return fn(batch_size), batch_size
+        except Exception as exc:
+            if not is_oom(exc) or batch_size <= minimum:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size = max(minimum, batch_size // 2)
+
+
+def _rss_peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+@dataclass
+class CostMeter:
+    """Wall seconds per phase, images processed in training, peak memory."""
+
+    device: torch.device
+    precision: str
+    phases: dict[str, float] = field(default_factory=lambda: {"features_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
+    train_images: int = 0
+    batch_size: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+
+    def peak_mem_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _rss_peak_mb()
+
+    def as_dict(self, model: torch.nn.Module | None = None, *, trainable: int | None = None, total: int | None = None) -> dict:
+        if model is not None:
+            trainable, total = count_params(model)
+        train_s = self.phases.get("train_s", 0.0)
+        cost = {
+            "trainable_params": trainable,
+            "total_params": total,
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "peak_mem_mb": round(self.peak_mem_mb(), 1),
+            "throughput_img_s": round(self.train_images / train_s, 1) if train_s > 0 and self.train_images else None,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+        if self.batch_size is not None:
+            cost["batch_size"] = self.batch_size
+        cost.update(self.extra)
+        return cost

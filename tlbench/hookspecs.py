@@ -1,0 +1,58 @@
+"""The hooks tlbench calls. Each docstring is the reference entry for plugin authors.
+
+Compatibility promise: hooks are only ever added, never renamed or removed, and new
+arguments are optional (pluggy passes a hook implementation only the arguments it names).
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("tlbench")
+
+
+@hookspec
+def register_models(register):
+    """Register source models.
+
+    Call ``register(ModelSpec(...))`` once per model. Registering must be cheap: no torch
+    import, no disk or network access. The spec's ``factory`` (a callable or a lazy
+    ``"module:attr"`` string) is called only when a cell needs the model, as
+    ``factory(argument, options, context)`` and must return a ``tlbench.components.SourceModel``.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register target datasets.
+
+    Call ``register(DatasetSpec(...))`` once per dataset. The factory is called as
+    ``factory(argument, options, context)`` and returns a ``tlbench.components.TargetData``.
+    """
+
+
+@hookspec
+def register_strategies(register):
+    """Register fine-tuning strategies.
+
+    Call ``register(StrategySpec(...))`` once per strategy. The factory is called as
+    ``factory(options)`` and returns an object with ``run(cell_context) -> StrategyResult``
+    (see ``tlbench.components.Strategy``).
+    """
+
+
+@hookspec
+def register_estimators(register):
+    """Register transferability estimators (LogME, LEEP, ...).
+
+    Call ``register(EstimatorSpec(...))`` once per estimator. The factory is called as
+    ``factory(options)`` and returns an object with
+    ``score(features, labels, source_logits) -> float`` (see ``tlbench.components.Estimator``).
+    """
+
+
+@hookspec
+def on_cell_finished(record):
+    """Called after each cell's record has been durably written; ``record`` is its dict.
+
+    Observers (loggers, dashboards, notifiers) use this. Exceptions raised here are reported
+    and ignored: an observer never breaks a run.
+    """

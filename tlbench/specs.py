@@ -1,0 +1,182 @@
+"""Registration specs: what a plugin hands to ``register(...)``.
+
+These are plain frozen dataclasses with no torch import, so listing components stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_MISSING = object()
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a component accepts in a suite file.
+
+    ``sweep=True`` lets the user give one value or a list of candidates (normalised to a list);
+    strategies select among the candidates on the validation split.
+    """
+
+    name: str
+    type: type
+    default: Any = None
+    help: str = ""
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    sweep: bool = False
+    required: bool = False
+
+    def describe(self) -> str:
+        expected = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if self.choices:
+            expected = "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            expected += f" in [{self.minimum}, {self.maximum}]"
+        elif self.minimum is not None:
+            expected += f" >= {self.minimum}"
+        elif self.maximum is not None:
+            expected += f" <= {self.maximum}"
+        if self.sweep:
+            expected += " (or a list of them to sweep)"
+        return expected
+
+    def coerce(self, value: Any) -> Any:
+        """Return the validated value or raise ``ValueError`` saying what was expected."""
+        if self.sweep:
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise ValueError(f"expected {self.describe()}, got an empty list")
+            return [self._coerce_one(v) for v in values]
+        return self._coerce_one(value)
+
+    def _coerce_one(self, value: Any) -> Any:
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ValueError(f"expected {self.describe()}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected {self.describe()}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"expected {self.describe()}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"expected {self.describe()}, got {value!r}")
+        return value
+
+
+def resolve_options(options: tuple[Option, ...], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate user-given options against a schema; fill defaults.
+
+    Raises ``KeyError`` for an unknown option (message lists the known ones) and ``ValueError``
+    naming the option for a bad value.
+    """
+    schema = {o.name: o for o in options}
+    unknown = [k for k in given if k not in schema]
+    if unknown:
+        known = ", ".join(sorted(schema)) or "none"
+        raise KeyError(f"unknown option {unknown[0]!r} (known options: {known})")
+    resolved: dict[str, Any] = {}
+    for name, opt in schema.items():
+        if name in given:
+            try:
+                resolved[name] = opt.coerce(given[name])
+            except ValueError as exc:
+                raise ValueError(f"option {name!r}: {exc}") from None
+        elif opt.required:
+            raise ValueError(f"option {name!r} is required ({opt.describe()})")
+        else:
+            resolved[name] = [opt.default] if opt.sweep and opt.default is not None and not isinstance(opt.default, list) else opt.default
+    return resolved
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What every registered component declares.
+
+    ``factory`` is a callable or a ``"package.module:attr"`` string imported on first use, so that
+    registration never imports torch. ``takes_argument`` makes the component a family addressed as
+    ``name:argument`` (``timm:resnet50.a1_in1k``, ``scratch:resnet18``).
+    ``available`` optionally answers "can this run offline right now?" cheaply: a callable
+    returning ``True`` or a one-line reason why not.
+    """
+
+    name: str
+    factory: Callable | str
+    description: str = ""
+    options: tuple[Option, ...] = ()
+    takes_argument: bool = False
+    argument_help: str = ""
+    tags: tuple[str, ...] = ()
+    card: Mapping[str, Any] = field(default_factory=dict)
+    available: Callable[..., bool | str] | None = None
+
+    kind = "component"
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or ":" in self.name or " " in self.name:
+            raise ValueError(f"name must be a non-empty string without ':' or spaces, got {self.name!r}")
+        if not (callable(self.factory) or (isinstance(self.factory, str) and ":" in self.factory)):
+            raise ValueError(f"factory must be a callable or a 'module:attr' string, got {self.factory!r}")
+        for opt in self.options:
+            if not isinstance(opt, Option):
+                raise ValueError(f"options must be tlbench.specs.Option instances, got {opt!r}")
+
+    def load_factory(self) -> Callable:
+        if callable(self.factory):
+            return self.factory
+        module_name, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def availability(self, argument: str | None = None) -> bool | str:
+        if self.available is None:
+            return True
+        try:
+            return self.available(argument) if self.takes_argument else self.available()
+        except Exception as exc:  # an availability probe must never break listing
+            return f"availability check failed: {exc}"
+
+
+@dataclass(frozen=True)
+class ModelSpec(ComponentSpec):
+    kind = "model"
+
+
+@dataclass(frozen=True)
+class DatasetSpec(ComponentSpec):
+    kind = "dataset"
+
+
+@dataclass(frozen=True)
+class StrategySpec(ComponentSpec):
+    kind = "strategy"
+
+
+@dataclass(frozen=True)
+class EstimatorSpec(ComponentSpec):
+    kind = "estimator"
+
+
+SPEC_KINDS = {"model": ModelSpec, "dataset": DatasetSpec, "strategy": StrategySpec, "estimator": EstimatorSpec}
+
+
+# Options the core understands for every component of a kind, on top of the component's own.
+COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "model": (
+        Option("input_size", int, None, "Override the resolution the weights expect (small-image targets); recorded.", minimum=8, maximum=1024),
+        Option("input_adaptation", str, "replicate", "How grayscale/multi-channel targets meet the stem: replicate channels, or adapt the stem's in_chans the timm way.", choices=("replicate", "stem")),
+    ),
+    "dataset": (
+        Option("train_size", int, None, "Cap the training split at this many examples (stratified).", minimum=1),
+        Option("val_size", int, None, "Validation examples carved from training data (default: 20% of train, at most 10000).", minimum=1),
+        Option("test_size", int, None, "Cap the test split (stratified); default uses all of it.", minimum=1),
+        Option("shots", int, None, "n-shot: this many training examples per class.", minimum=1),
+        Option("protocol", str, "standard", "Split protocol: 'standard', or 'vtab1k' (800 train + 200 val for selection, final fit on all 1000).", choices=("standard", "vtab1k")),
+    ),
+    "strategy": (),
+    "estimator": (),
+}

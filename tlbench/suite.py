@@ -1,0 +1,271 @@
+"""Suite files: what to run, validated completely before any work starts.
+
+Suites are TOML: comments for the humans who curate them, typed values (no YAML "Norway
+problem"), and a parser in the standard library (tomllib), so reading a suite never needs a
+dependency. Every error names the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlbench.cache import stable_hash
+from tlbench.components import Cell
+from tlbench.errors import UserError
+from tlbench.registry import Registry
+from tlbench.specs import resolve_options
+
+KINDS = (("models", "model"), ("datasets", "dataset"), ("strategies", "strategy"))
+TOP_LEVEL = {"name", "description", "seeds", "models", "datasets", "strategies", "estimators", "exclude", "requires"}
+ENTRY_KEYS = {"name", "id"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model, dataset, strategy or estimator as the suite names it."""
+
+    kind: str
+    id: str
+    ref: str
+    options: Mapping[str, Any]
+    field: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    description: str
+    seeds: tuple[int, ...]
+    models: tuple[Entry, ...]
+    datasets: tuple[Entry, ...]
+    strategies: tuple[Entry, ...]
+    estimators: tuple[Entry, ...] = ()
+    excludes: tuple[Mapping[str, Any], ...] = ()
+    requires: tuple[str, ...] = ()
+    text: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def entries(self, kind: str) -> tuple[Entry, ...]:
+        return {"model": self.models, "dataset": self.datasets, "strategy": self.strategies, "estimator": self.estimators}[kind]
+
+
+class _Problems:
+    """Collects every problem so the user fixes the file in one pass, not one error per run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, field_name: str, message: str) -> None:
+        self.lines.append(f"{self.path}: {field_name}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise UserError("\n".join(self.lines))
+
+
+def find_suite(name_or_path: str, search_dirs: tuple[Path, ...] = (Path("suites"),)) -> Path:
+    """``suites/quickstart.toml``, ``suites/quickstart`` and ``quickstart`` all name the same file."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith(".toml"):
+        candidates.append(Path(name_or_path + ".toml"))
+        candidates += [d / f"{name_or_path}.toml" for d in search_dirs]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"suite file not found: {name_or_path!r} (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def load_suite(path: Path, registry: Registry) -> Suite:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read suite file: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    return parse_suite(raw, path, registry, text)
+
+
+def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry, text: str = "") -> Suite:
+    problems = _Problems(path)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.add(key, f"unknown field (expected one of: {', '.join(sorted(TOP_LEVEL))})")
+    name = _string(raw, "name", path.stem, problems)
+    description = _string(raw, "description", "", problems)
+    seeds = _seeds(raw.get("seeds", [0]), problems)
+    entries = {kind: _entries(raw, plural, kind, registry, problems, required=True) for plural, kind in KINDS}
+    estimators = _entries(raw, "estimators", "estimator", registry, problems, required=False)
+    excludes = _excludes(raw.get("exclude", []), entries, seeds, problems)
+    requires = _requires(raw.get("requires", []), problems)
+    problems.raise_if_any()
+    return Suite(
+        name=name,
+        path=path,
+        description=description,
+        seeds=seeds,
+        models=entries["model"],
+        datasets=entries["dataset"],
+        strategies=entries["strategy"],
+        estimators=estimators,
+        excludes=excludes,
+        requires=requires,
+        text=text,
+        raw=raw,
+    )
+
+
+def _string(raw, key, default, problems) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        problems.add(key, f"expected a string, got {value!r}")
+        return default
+    return value
+
+
+def _seeds(value, problems) -> tuple[int, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        problems.add("seeds", f"expected a non-empty list of non-negative integers, got {value!r}")
+        return (0,)
+    if len(set(values)) != len(values):
+        problems.add("seeds", f"seeds must be distinct, got {value!r}")
+    return tuple(values)
+
+
+def _entries(raw, plural, kind, registry, problems, required) -> tuple[Entry, ...]:
+    items = raw.get(plural, [])
+    if not isinstance(items, list) or (required and not items):
+        problems.add(plural, f"expected a non-empty list of {kind} names or [[{plural}]] tables")
+        return ()
+    entries, seen = [], {}
+    for i, item in enumerate(items):
+        where = f"{plural}[{i}]"
+        entry = _entry(item, kind, where, registry, problems)
+        if entry is None:
+            continue
+        if entry.id in seen:
+            problems.add(f"{where}.id", f"duplicate {kind} id {entry.id!r} (also {seen[entry.id]}); give one an explicit 'id'")
+            continue
+        seen[entry.id] = where
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _entry(item, kind, where, registry, problems) -> Entry | None:
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict):
+        problems.add(where, f"expected a {kind} name or a table with 'name', got {item!r}")
+        return None
+    ref = item.get("name")
+    if not isinstance(ref, str) or not ref:
+        problems.add(f"{where}.name", f"expected the name of a registered {kind}, got {ref!r}")
+        return None
+    entry_id = item.get("id", ref)
+    if not isinstance(entry_id, str) or not entry_id:
+        problems.add(f"{where}.id", f"expected a non-empty string, got {entry_id!r}")
+        return None
+    try:
+        registered, _ = registry.lookup(kind, ref)
+    except UserError as exc:
+        problems.add(f"{where}.name", str(exc))
+        return None
+    given = {k: v for k, v in item.items() if k not in ENTRY_KEYS}
+    try:
+        options = resolve_options(registered.options, given)
+    except KeyError as exc:
+        problems.add(where, f"{kind} {ref!r}: {exc.args[0]}")
+        return None
+    except ValueError as exc:
+        problems.add(where, f"{kind} {ref!r}: {exc}")
+        return None
+    return Entry(kind=kind, id=entry_id, ref=ref, options=options, field=where)
+
+
+def _excludes(value, entries, seeds, problems) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, list):
+        problems.add("exclude", "expected a list of [[exclude]] tables")
+        return ()
+    known = {kind: {e.id for e in entries[kind]} for _, kind in KINDS}
+    rules = []
+    for i, rule in enumerate(value):
+        where = f"exclude[{i}]"
+        if not isinstance(rule, dict) or not rule:
+            problems.add(where, "expected a table with any of: model, dataset, strategy, seed")
+            continue
+        ok = True
+        for key, val in rule.items():
+            if key == "seed":
+                if val not in seeds:
+                    problems.add(f"{where}.seed", f"expected one of the suite's seeds {list(seeds)}, got {val!r}")
+                    ok = False
+            elif key in known:
+                if val not in known[key]:
+                    problems.add(f"{where}.{key}", f"expected one of the suite's {key} ids {sorted(known[key])}, got {val!r}")
+                    ok = False
+            else:
+                problems.add(f"{where}.{key}", "unknown key (expected model, dataset, strategy or seed)")
+                ok = False
+        if ok:
+            rules.append(dict(rule))
+    return tuple(rules)
+
+
+def _requires(value, problems) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add("requires", f"expected a list of requirement strings like 'tlbench-peft>=0.1', got {value!r}")
+        return ()
+    return tuple(value)
+
+
+def _excluded(cell: Cell, rules) -> bool:
+    values = {"model": cell.model, "dataset": cell.dataset, "strategy": cell.strategy, "seed": cell.seed}
+    return any(all(values[k] == v for k, v in rule.items()) for rule in rules)
+
+
+def expand_cells(suite: Suite) -> list[Cell]:
+    """models × datasets × seeds × strategies, minus excludes.
+
+    The order keeps cells that share a (model, dataset, seed) adjacent, so the decoded data,
+    preprocessed tensors and frozen features they share stay hot in memory.
+    """
+    cells = []
+    for model, dataset, seed, strategy in itertools.product(suite.models, suite.datasets, suite.seeds, suite.strategies):
+        cell = Cell(
+            suite=suite.name,
+            model=model.id,
+            dataset=dataset.id,
+            strategy=strategy.id,
+            seed=seed,
+            model_ref=model.ref,
+            dataset_ref=dataset.ref,
+            strategy_ref=strategy.ref,
+            model_options=model.options,
+            dataset_options=dataset.options,
+            strategy_options=strategy.options,
+        )
+        if not _excluded(cell, suite.excludes):
+            cells.append(cell)
+    return cells
+
+
+def config_hash(cell: Cell) -> str:
+    """Identifies what a cell computes (not its display ids), for resume and de-duplication."""
+    return stable_hash(
+        {
+            "model": [cell.model_ref, dict(cell.model_options)],
+            "dataset": [cell.dataset_ref, dict(cell.dataset_options)],
+            "strategy": [cell.strategy_ref, dict(cell.strategy_options)],
+            "seed": cell.seed,
+            "ids": [cell.model, cell.dataset, cell.strategy],
+        }
+    )

@@ -1,0 +1,1 @@
+"""pytest plugin for tlbench plugin authors (fixtures are being added)."""
