@@ -19,7 +19,9 @@ LITE0 = PACKAGED["efficientnet_lite0.in1k"]
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
     cache = Cache(tmp_path_factory.mktemp("cache"))
-    return weights.efficientnet_lite0_in1k(None, {"input_size": None}, BuildContext(cache=cache, device="cpu"))
+    return weights.efficientnet_lite0_in1k(
+        None, {"input_size": None}, BuildContext(cache=cache, device="cpu")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,9 @@ def test_packaged_keys_map_one_to_one_onto_timm(raw_lite0):
 def test_shuffled_state_dict_is_rejected_naming_keys(raw_lite0):
     items = list(raw_lite0.items())
     random.Random(0).shuffle(items)
-    with pytest.raises(UserError, match=r"shapes do not map in order.*_\w+\.\S+ \(\d+.*\) -> \S+ \(") as info:
+    with pytest.raises(
+        UserError, match=r"shapes do not map in order.*_\w+\.\S+ \(\d+.*\) -> \S+ \("
+    ) as info:
         weights.map_by_order(dict(items), weights.template(LITE0.arch), origin="shuffled.pth")
     assert "shuffled.pth" in str(info.value) and "more)" in str(info.value)
 
@@ -49,7 +53,12 @@ def test_state_dict_with_wrong_tensor_count_is_rejected(raw_lite0):
 
 
 def test_missing_weights_package_names_the_pip_install(tmp_path):
-    absent = PackagedWeights("efficientnet_lite9.in1k", "efficientnet-lite9-pytorch-model", "efficientnet_lite9_pytorch_model", "tf_efficientnet_lite0")
+    absent = PackagedWeights(
+        "efficientnet_lite9.in1k",
+        "efficientnet-lite9-pytorch-model",
+        "efficientnet_lite9_pytorch_model",
+        "tf_efficientnet_lite0",
+    )
     with pytest.raises(UserError, match="pip install efficientnet-lite9-pytorch-model"):
         weights.packaged_model(absent, None, {}, BuildContext(cache=Cache(tmp_path), device="cpu"))
 
@@ -121,7 +130,9 @@ def test_pickle_that_runs_code_is_refused_without_running(tmp_path):
     with pytest.raises(UserError, match="refusing to load checkpoint .*evil.pth.*execute code"):
         weights.read_checkpoint(evil)
     assert not marker.exists()
-    torch.load(evil, weights_only=False)  # the file really is malicious: unrestricted loading runs it
+    torch.load(
+        evil, weights_only=False
+    )  # the file really is malicious: unrestricted loading runs it
     assert marker.exists()
 
 
@@ -137,12 +148,19 @@ def test_checkpoint_that_does_not_fit_lists_missing_and_misshaped_keys(lite0):
     state = lite0.build_with_source_head().state_dict()
     state.pop("bn2.bias")
     state["conv_head.weight"] = torch.zeros(3, 3)
-    with pytest.raises(UserError, match=r"missing keys: bn2\.bias; shape mismatches: conv_head\.weight \(checkpoint \(3, 3\)"):
+    with pytest.raises(
+        UserError,
+        match=r"missing keys: bn2\.bias; shape mismatches: conv_head\.weight \(checkpoint \(3, 3\)",
+    ):
         weights.check_fits(state, weights.template(LITE0.arch), origin="x.pth")
 
 
 def test_unknown_architecture_gets_did_you_mean():
-    with pytest.raises(UserError, match="unknown timm architecture 'resnet81'.*Did you mean 'resnet18'"):
+    with pytest.raises(
+        UserError, match="unknown timm architecture 'resnet81'.*Did you mean 'resnet18'"
+    ):
         weights.check_arch("resnet81")
-    with pytest.raises(UserError, match="unknown pretrained tag 'a1_in1kk'.*Did you mean 'resnet18.a1_in1k'"):
+    with pytest.raises(
+        UserError, match="unknown pretrained tag 'a1_in1kk'.*Did you mean 'resnet18.a1_in1k'"
+    ):
         weights.check_arch("resnet18.a1_in1kk")

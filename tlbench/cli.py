@@ -79,15 +79,25 @@ def _host(ctx, quiet: bool = False):
 @click.option("--dataset", "datasets", multiple=True, help="Run only these dataset ids (repeatable).")
 @click.option("--strategy", "strategies", multiple=True, help="Run only these strategy ids (repeatable).")
 @click.option("--seed", "seeds", multiple=True, type=int, help="Run only these seeds (repeatable).")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "process", "ray"]), help="Where cells run: this process, N worker processes, or a Ray cluster.")
+@click.option("--workers", type=int, help="Parallel cells (process: default one per core; ray: default what the cluster fits).")
+@click.option("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one).")
+@click.option("--cpus-per-cell", type=float, default=1.0, show_default=True, help="Ray: CPUs each cell reserves.")
+@click.option("--gpus-per-cell", type=float, default=0.0, show_default=True, help="Ray: GPUs each cell reserves.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is recorded, shared work) and run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or table; just the exit code (and --json).")
-@click.option("--json", "as_json", is_flag=True, help="Print the run's records as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's records (or, with --dry-run, the plan) as JSON on stdout.")
 @click.pass_context
-def run(ctx, suite, out_dir, resume, retry_failed, device, cache_dir, models, datasets, strategies, seeds, quiet, as_json):
-    """Run every cell of SUITE (a path, or a name under suites/)."""
+def run(ctx, suite, out_dir, resume, retry_failed, device, cache_dir, models, datasets, strategies, seeds, executor, workers, ray_address, cpus_per_cell, gpus_per_cell, dry_run, quiet, as_json):
+    """Run every cell of SUITE (a path, or a name under suites/).
+
+    Ctrl-C finishes the cells in flight and exits with code 130; a second Ctrl-C stops at once.
+    Resume later with --resume RUN_DIR (or --resume latest)."""
     from rich.console import Console
 
+    from tlbench.executors import ExecutorConfig
     from tlbench.progress import RunProgress
-    from tlbench.runner import RunRequest, Selection, run_suite
+    from tlbench.runner import RunRequest, Selection, plan_run, run_suite
 
     host = _host(ctx, quiet)
     request = RunRequest(
@@ -100,7 +110,11 @@ def run(ctx, suite, out_dir, resume, retry_failed, device, cache_dir, models, da
         selection=Selection(tuple(models), tuple(datasets), tuple(strategies), tuple(seeds)),
         plugins=ctx.obj,
         argv=sys.argv,
+        executor=ExecutorConfig(executor, workers, ray_address, cpus_per_cell, gpus_per_cell),
     )
+    if dry_run:
+        _print_plan(plan_run(request, host), as_json)
+        return
     console = Console(stderr=True)
     progress = None if quiet else RunProgress(console)
     outcome = run_suite(request, host, progress)
@@ -109,7 +123,20 @@ def run(ctx, suite, out_dir, resume, retry_failed, device, cache_dir, models, da
     if not quiet:
         _print_table(outcome.run_dir, Console())
         console.print(f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)")
+    if outcome.interrupted:
+        click.echo(f"interrupted: resume with: tlbench run {suite} --resume {outcome.run_dir}", err=True)
     ctx.exit(outcome.exit_code)
+
+
+def _print_plan(plan, as_json: bool) -> None:
+    from rich.console import Console
+
+    from tlbench.planning import render_plan
+
+    if as_json:
+        click.echo(json.dumps(plan.to_json(), indent=2, default=str))
+    else:
+        render_plan(plan, Console())
 
 
 def _print_table(run_dir: Path, console) -> None:

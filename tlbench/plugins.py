@@ -172,9 +172,7 @@ def _register_file(pm: pluggy.PluginManager, path: Path, errors: list[str]) -> N
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        errors.append(
-            f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}"
-        )
+        errors.append(f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}")
         return
     _register(pm, module, path.stem, errors, source=f"file {path}")
 

@@ -1,4 +1,5 @@
-"""Rich progress for ``tlbench run``: one bar for the grid, one line for the cell in flight."""
+"""Rich progress for ``tlbench run``: one bar for the grid, one line for the cells in flight
+(several with a parallel executor)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class RunProgress:
         )
         self.grid = None
         self.current = None
+        self.running: dict[tuple, str] = {}
+        self._note = ""
 
     def start(self, total: int, done: int = 0) -> None:
         self.progress.start()
@@ -27,22 +30,39 @@ class RunProgress:
         self.current = self.progress.add_task("", total=None)
 
     def cell_started(self, cell) -> None:
-        self._label = f"{cell.model} · {cell.dataset} · {cell.strategy} · seed {cell.seed}"
-        self.progress.update(self.current, description=self._label)
+        self.running[cell.key] = _label(cell)
+        self._note = ""
+        self._show()
 
     def status(self, message: str) -> None:
-        if self.current is not None:
-            self.progress.update(self.current, description=f"{self._label}: {message}")
+        """A note from the cell in flight (only cells running in this process send them)."""
+        self._note = message
+        self._show()
+
+    def _show(self) -> None:
+        if self.current is None:
+            return
+        labels = list(self.running.values())
+        text = "; ".join(labels) if len(labels) < 2 else f"{len(labels)} in flight: " + "; ".join(labels)
+        self.progress.update(self.current, description=f"{text}: {self._note}" if self._note else text)
 
     def cell_finished(self, cell, record: dict) -> None:
-        top1 = record.get("metrics", {}).get("top1")
+        label = self.running.pop(cell.key, _label(cell))
+        top1 = (record.get("metrics") or {}).get("top1")
         outcome = f"{top1:.2f}%" if isinstance(top1, (int, float)) else record["status"]
         style = "green" if record["status"] == "ok" else "red"
-        self.progress.console.print(f"[{style}]{record['status']:>8}[/] {self._label}  {outcome}  ({record['cost'].get('wall_s', 0):.1f}s)")
+        wall = (record.get("cost") or {}).get("wall_s", 0) or 0
+        self.progress.console.print(f"[{style}]{record['status']:>11}[/] {label}  {outcome}  ({wall:.1f}s)")
         self.progress.advance(self.grid)
+        self._note = ""
+        self._show()
 
     def stop(self) -> None:
         if self.current is not None:
             self.progress.remove_task(self.current)
             self.current = None
         self.progress.stop()
+
+
+def _label(cell) -> str:
+    return f"{cell.model} · {cell.dataset} · {cell.strategy} · seed {cell.seed}"

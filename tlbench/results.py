@@ -4,6 +4,8 @@ A run directory holds ``cells.jsonl`` (one JSON object per finished cell, append
 fsync'ed before the next cell starts), ``env.json`` (what produced the run), ``suite.toml`` (a copy
 of the suite as it was) and ``run.log``. Several processes may append to one ``cells.jsonl``: each
 record is written with a single ``write`` under an exclusive ``flock``, so lines never interleave.
+One run at a time owns a run directory (``lock_run_dir``), so a resumed run can never race a run
+that is still going and record a cell twice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import secrets
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tlbench.cache import atomic_write_text
@@ -26,6 +29,7 @@ from tlbench.errors import UserError
 SCHEMA_VERSION = 1
 CELLS_FILE = "cells.jsonl"
 ENV_FILE = "env.json"
+LOCK_FILE = ".run.lock"
 
 
 def new_run_id() -> str:
@@ -48,6 +52,24 @@ def prepare_run_dir(path: Path) -> Path:
     return path
 
 
+@contextmanager
+def lock_run_dir(path: Path) -> Iterator[None]:
+    """Hold the run directory for this run. The kernel drops a ``flock`` when its holder dies,
+    so a run killed with SIGKILL never leaves a stale lock behind."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"run directory {str(path)!r} is in use by another tlbench run (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 class ResultsStore:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -55,15 +77,18 @@ class ResultsStore:
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+        created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _repair_torn_tail(fd)
-            os.write(fd, line)
+            _write_all(fd, line)
             os.fsync(fd)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+        if created:
+            _fsync_dir(self.run_dir)  # the new file's name must survive a crash too
 
     def read(self) -> list[dict]:
         return read_records(self.path)
@@ -74,6 +99,29 @@ class ResultsStore:
         for record in self.read():
             latest[record.get("config_hash", "")] = record
         return latest
+
+    def check_schema(self) -> None:
+        """Refuse to resume a run written by a newer tlbench: its records may mean other things."""
+        newer = {r.get("schema") for r in self.read() if isinstance(r.get("schema"), int) and r["schema"] > SCHEMA_VERSION}
+        if newer:
+            raise UserError(
+                f"{self.path} holds records of schema {max(newer)}, newer than this tlbench understands ({SCHEMA_VERSION}); upgrade tlbench or choose another --out"
+            )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # os.write may write less than asked (signals, full disks); a record must land whole.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _repair_torn_tail(fd: int) -> None:
@@ -95,8 +143,12 @@ def read_records(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
                 warnings.warn(f"{path}:{number}: skipped a truncated or garbled record", stacklevel=2)
     return records
 

@@ -1,7 +1,8 @@
 """Where a cell runs: load its source model and target data, prepare the data for the model,
 let the strategy fit and evaluate, and turn the outcome (or the failure) into a record.
 
-``run_suite`` is the Python API behind ``tlbench run``.
+``run_suite`` is the Python API behind ``tlbench run``: it plans (``tlbench.planning``), hands
+the pending cells to an executor (``tlbench.executors``) and writes each record as it arrives.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -20,9 +24,13 @@ from tlbench import __version__
 from tlbench.cache import Cache, stable_hash
 from tlbench.components import BuildContext, Cell, CellContext
 from tlbench.errors import Diverged, UserError
+from tlbench.executors import ExecutorConfig, Sink, WorkerConfig, dispatch, make_executor
+from tlbench.planning import Selection, choose_run_dir, pending_cells, plan_cells
 from tlbench.plugins import PluginHost, load_plugins
-from tlbench.results import ResultsStore, environment, new_run_id, now_iso, prepare_run_dir, write_environment
-from tlbench.suite import Suite, config_hash, expand_cells, find_suite, load_suite
+from tlbench.results import ResultsStore, environment, lock_run_dir, now_iso, prepare_run_dir, write_environment
+from tlbench.suite import Suite, config_hash, find_suite, load_suite
+
+__all__ = ["CellRunner", "PluginConfig", "RunOutcome", "RunRequest", "Selection", "choose_run_dir", "pending_cells", "plan_cells", "run_suite"]
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -46,24 +54,6 @@ class PluginConfig:
 
     def load(self) -> PluginHost:
         return load_plugins(self.modules, self.plugins_dir)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Run only part of the grid without editing the suite (empty = everything)."""
-
-    models: tuple[str, ...] = ()
-    datasets: tuple[str, ...] = ()
-    strategies: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = ()
-
-    def keeps(self, cell: Cell) -> bool:
-        return (
-            (not self.models or cell.model in self.models)
-            and (not self.datasets or cell.dataset in self.datasets)
-            and (not self.strategies or cell.strategy in self.strategies)
-            and (not self.seeds or cell.seed in self.seeds)
-        )
 
 
 def _key(*parts) -> str:
@@ -248,30 +238,13 @@ class RunRequest:
     plugins: PluginConfig = field(default_factory=PluginConfig)
     results_root: Path = Path("results")
     argv: Sequence[str] | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
     if isinstance(suite, Suite):
         return suite
     return load_suite(find_suite(str(suite)), host.registry)
-
-
-def choose_run_dir(request: RunRequest, suite: Suite) -> Path:
-    """``--out DIR`` wins; ``--resume latest`` picks the newest run of this suite; otherwise a new
-    ``results/<suite>/<run-id>``. A run dir that already has records is resumed, never clobbered."""
-    if request.resume not in (None, ""):
-        if str(request.resume) == "latest":
-            runs = sorted(p for p in (request.results_root / suite.name).glob("*") if (p / "cells.jsonl").exists())
-            if not runs:
-                raise UserError(f"--resume latest: no earlier run of suite {suite.name!r} under {request.results_root / suite.name}")
-            return runs[-1]
-        path = Path(request.resume)
-        if not path.is_dir():
-            raise UserError(f"--resume: run directory {str(path)!r} does not exist")
-        return path
-    if request.out_dir is not None:
-        return Path(request.out_dir)
-    return request.results_root / suite.name / new_run_id()
 
 
 def check_suite_against_run(run_dir: Path, suite: Suite) -> None:
@@ -300,31 +273,11 @@ def preflight(suite: Suite, host: PluginHost) -> None:
     for kind in ("model", "dataset"):
         for entry in suite.entries(kind):
             registered, argument = host.registry.lookup(kind, entry.ref)
-            available = registered.spec.availability(argument)
+            available = registered.spec.availability(argument, entry.options)
             if available is not True:
                 problems.append(f"{suite.path}: {entry.field}: {kind} {entry.ref!r} is not available: {available}")
     if problems:
         raise UserError("\n".join(problems))
-
-
-def plan_cells(suite: Suite, selection: Selection) -> list[Cell]:
-    cells = [c for c in expand_cells(suite) if selection.keeps(c)]
-    if not cells:
-        raise UserError(f"{suite.path}: the selection leaves no cells to run")
-    return cells
-
-
-def pending_cells(cells: Iterable[Cell], store: ResultsStore, retry_failed: bool) -> tuple[list[Cell], int]:
-    latest = store.latest_by_hash()
-    todo, skipped = [], 0
-    for cell in cells:
-        previous = latest.get(config_hash(cell))
-        done = previous is not None and (previous["status"] in ("ok", "skipped") or (not retry_failed and previous["status"] in ("failed", "diverged")))
-        if done:
-            skipped += 1
-        else:
-            todo.append(cell)
-    return todo, skipped
 
 
 def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
@@ -332,44 +285,92 @@ def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
     return [latest[h] for h in (config_hash(c) for c in cells) if h in latest]
 
 
+def plan_run(request: RunRequest, host: PluginHost | None = None):
+    """The dry run: what ``run_suite`` would do, without creating or loading anything."""
+    from tlbench.planning import make_plan
+
+    host = host or request.plugins.load()
+    request.executor.check()
+    suite = open_suite(request.suite, host)
+    preflight(suite, host)
+    return make_plan(request, host, suite)
+
+
 def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None) -> RunOutcome:
     """Validate, plan, run every pending cell and store each record as soon as it finishes."""
     host = host or request.plugins.load()
+    request.executor.check()
     suite = open_suite(request.suite, host)
     preflight(suite, host)
     cells = plan_cells(suite, request.selection)
     device = resolve_device(request.device)
     run_dir = prepare_run_dir(choose_run_dir(request, suite))
-    check_suite_against_run(run_dir, suite)
+    with lock_run_dir(run_dir):
+        check_suite_against_run(run_dir, suite)
+        store = ResultsStore(run_dir)
+        store.check_schema()
+        _record_environment(run_dir, request, host, suite, device)
+        todo, skipped = pending_cells(cells, store, request.retry_failed)
+        outcome = RunOutcome(run_dir=run_dir, records=[], skipped=skipped)
+        with _RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
+            cache = Cache(request.cache_dir)
+            base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
+            executor = make_executor(request.executor, base, host, progress.status if progress else lambda _m: None, request.device)
+            log.write(f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded")
+            recorder = _Recorder(store, host, log, progress, outcome, interrupts)
+            if progress:
+                progress.start(total=len(cells), done=skipped)
+            try:
+                completed = dispatch(executor, todo, recorder)
+            finally:
+                if progress:
+                    progress.stop()
+            outcome.interrupted = interrupts.requested or not completed
+            if outcome.interrupted:
+                log.write(f"run interrupted: {outcome.ran} cells finished, {len(todo) - outcome.ran} not run; resume with --resume {run_dir}")
+    outcome.records = final_records(cells, store)
+    return outcome
+
+
+def _record_environment(run_dir: Path, request: RunRequest, host: PluginHost, suite: Suite, device: str) -> None:
     env = environment(host.plugin_rows(), suite.text, str(suite.path), list(request.argv) if request.argv else None)
     env["suite_name"] = suite.name
     env["device"] = device
+    env["executor"] = {"kind": request.executor.kind, "workers": request.executor.workers, "ray_address": request.executor.ray_address}
     write_environment(run_dir, env)
     if not (run_dir / "suite.toml").exists() and suite.path.exists():
         shutil.copyfile(suite.path, run_dir / "suite.toml")
-    store = ResultsStore(run_dir)
-    todo, skipped = pending_cells(cells, store, request.retry_failed)
-    cache = Cache(request.cache_dir)
-    outcome = RunOutcome(run_dir=run_dir, records=[], skipped=skipped)
-    runner = CellRunner(host, cache, device, run_dir, log=(progress.status if progress else lambda _m: None))
-    if progress:
-        progress.start(total=len(cells), done=skipped)
-    with _RunLog(run_dir) as log:
-        for cell in todo:
-            if progress:
-                progress.cell_started(cell)
-            log.write(f"start {cell.model} {cell.dataset} {cell.strategy} seed={cell.seed}")
-            record = runner.run(cell)
-            store.append(record)
-            _notify(host, record)
-            outcome.ran += 1
-            log.write(f"end {cell.model} {cell.dataset} {cell.strategy} seed={cell.seed}: {record['status']} {record['metrics'].get('top1', '')}")
-            if progress:
-                progress.cell_finished(cell, record)
-    if progress:
-        progress.stop()
-    outcome.records = final_records(cells, store)
-    return outcome
+
+
+class _Recorder(Sink):
+    """The parent's side of a run: every record is durably stored before anyone hears of it."""
+
+    def __init__(self, store: ResultsStore, host: PluginHost, log: _RunLog, progress, outcome: RunOutcome, interrupts: Interrupts):
+        self.store, self.host, self.log, self.progress = store, host, log, progress
+        self.outcome, self.interrupts = outcome, interrupts
+
+    def started(self, cell: Cell) -> None:
+        self.log.write(f"start {_label(cell)}")
+        if self.progress:
+            self.progress.cell_started(cell)
+
+    def finished(self, cell: Cell, record: dict) -> None:
+        self.store.append(record)
+        _notify(self.host, record)
+        self.outcome.ran += 1
+        self.log.write(f"end {_label(cell)}: {record['status']} {record.get('metrics', {}).get('top1', '')}")
+        if record["status"] == "failed":
+            trace = (record.get("error") or {}).get("traceback") or (record.get("error") or {}).get("message", "")
+            self.log.write(f"traceback of {_label(cell)}:\n{trace.rstrip()}")
+        if self.progress:
+            self.progress.cell_finished(cell, record)
+
+    def stop_requested(self) -> bool:
+        return self.interrupts.requested
+
+
+def _label(cell: Cell) -> str:
+    return f"{cell.model} {cell.dataset} {cell.strategy} seed={cell.seed}"
 
 
 def _notify(host: PluginHost, record: dict) -> None:
@@ -377,6 +378,34 @@ def _notify(host: PluginHost, record: dict) -> None:
         host.manager.hook.on_cell_finished(record=record)
     except Exception as exc:  # an observer never breaks a run
         host.errors.append(f"on_cell_finished observer failed: {type(exc).__name__}: {exc}")
+
+
+class Interrupts:
+    """Ctrl-C, politely: the first finishes the cells in flight and starts no more; the second
+    stops at once (``KeyboardInterrupt``), and the cells in flight are recorded ``interrupted``.
+
+    Only the main thread can own signal handlers; elsewhere Ctrl-C keeps Python's default."""
+
+    def __init__(self, on_first: Callable[[], None] = lambda: None):
+        self.on_first = on_first
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.on_first()
+
+    def __exit__(self, *exc) -> bool:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 class _RunLog:
@@ -390,6 +419,11 @@ class _RunLog:
 
     def write(self, message: str) -> None:
         self.fh.write(f"{now_iso()} {message}\n")
+
+    def interrupt_requested(self) -> None:
+        message = "interrupt: finishing the cells in flight, starting no more (Ctrl-C again stops at once)"
+        self.write(message)
+        print(message, file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         self.write("run stopped" if exc[0] is None else f"run stopped: {exc[0].__name__}")

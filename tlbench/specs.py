@@ -132,13 +132,30 @@ class ComponentSpec:
         module_name, _, attr = self.factory.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
-    def availability(self, argument: str | None = None) -> bool | str:
+    def availability(self, argument: str | None = None, options: Mapping[str, Any] | None = None) -> bool | str:
+        """Ask the ``available`` probe. Probes take ``()``, ``(argument)`` for families, and may
+        take the suite entry's ``options`` as one more parameter (a dataset with its own ``root``
+        or ``download = true`` is available where the default location is empty)."""
         if self.available is None:
             return True
+        args = [argument] if self.takes_argument else []
+        if _accepts_extra_parameter(self.available, len(args)):
+            args.append(dict(options or {}))
         try:
-            return self.available(argument) if self.takes_argument else self.available()
+            return self.available(*args)
         except Exception as exc:  # an availability probe must never break listing
             return f"availability check failed: {exc}"
+
+
+def _accepts_extra_parameter(fn: Callable, given: int) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > given or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 @dataclass(frozen=True)

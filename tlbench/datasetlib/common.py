@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tlbench.components import ImageSet, TargetData
+from tlbench.datasetlib.catalog import default_data_root
 from tlbench.errors import UserError
 from tlbench.splits import SPLIT_OPTIONS
 
@@ -24,16 +25,8 @@ GRAY_MODES = ("L", "1", "LA", "I;16", "I")
 
 
 def data_root(options: Mapping[str, Any]) -> Path:
-    """Where torchvision-style datasets live: option ``root``, else $TLBENCH_DATA, else ~/.cache."""
-    if options.get("root"):
-        return Path(options["root"]).expanduser()
-    return default_data_root()
-
-
-def default_data_root() -> Path:
-    if os.environ.get("TLBENCH_DATA"):
-        return Path(os.environ["TLBENCH_DATA"]).expanduser()
-    return Path.home() / ".cache" / "tlbench" / "datasets"
+    """Where torchvision-style datasets live: option ``root``, else the default data root."""
+    return Path(options["root"]).expanduser() if options.get("root") else default_data_root()
 
 
 def decode_once(factory: Callable) -> Callable:
@@ -84,7 +77,7 @@ def decode_files(
     from PIL import Image
 
     headers, kept, skipped = [], [], []
-    for path, label in zip(paths, labels):
+    for path, label in zip(paths, labels, strict=True):
         try:
             with Image.open(path) as img:
                 headers.append((img.size, img.mode))
@@ -98,13 +91,21 @@ def decode_files(
     sizes = {s for s, _ in headers}
     channels = 1 if mode == "L" else 3
     nbytes = sum(w * h * channels for (w, h), _ in headers)
-    in_memory = decode == "memory" or (decode == "auto" and len(sizes) == 1 and nbytes <= MEMORY_BUDGET_BYTES)
+    in_memory = decode == "memory" or (
+        decode == "auto" and len(sizes) == 1 and nbytes <= MEMORY_BUDGET_BYTES
+    )
     if decode == "memory" and len(sizes) > 1:
-        raise UserError(f"{what}: decode = 'memory' needs images of one size, found {len(sizes)} sizes (use decode = 'lazy' or 'auto')")
+        raise UserError(
+            f"{what}: decode = 'memory' needs images of one size, found {len(sizes)} sizes (use decode = 'lazy' or 'auto')"
+        )
     if not in_memory:
-        file_list, label_list = zip(*kept)
+        file_list, label_list = zip(*kept, strict=True)
         return Decoded(
-            ImageSet(labels=np.asarray(label_list, dtype=np.int64), paths=tuple(file_list), loader=functools.partial(load_image, mode=mode)),
+            ImageSet(
+                labels=np.asarray(label_list, dtype=np.int64),
+                paths=tuple(file_list),
+                loader=functools.partial(load_image, mode=mode),
+            ),
             skipped,
         )
     arrays, good = [], []
@@ -115,13 +116,15 @@ def decode_files(
         except Exception as exc:  # a truncated file passes the header check, fails here
             _corrupt(path, exc, on_corrupt, what)
             skipped.append(path)
-    return Decoded(ImageSet(labels=np.asarray(good, dtype=np.int64), images=np.stack(arrays)), skipped)
+    return Decoded(
+        ImageSet(labels=np.asarray(good, dtype=np.int64), images=np.stack(arrays)), skipped
+    )
 
 
 def _corrupt(path, exc: Exception, on_corrupt: str, what: str) -> None:
     if on_corrupt != "skip":
         raise UserError(
-            f"{what}: cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); fix or remove it, or set on_corrupt = \"skip\""
+            f'{what}: cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); fix or remove it, or set on_corrupt = "skip"'
         ) from None
 
 
@@ -163,8 +166,16 @@ def array_fingerprint(name: str, class_names: Sequence[str], *sets: ImageSet | N
 def image_geometry(imageset: ImageSet) -> dict:
     if imageset.images is not None:
         shape = imageset.images.shape
-        return {"image_size": [int(shape[1]), int(shape[2])], "channels": 1 if len(shape) == 3 else int(shape[3]), "storage": "memory"}
-    return {"image_size": "varies", "channels": 1 if _mode_of(imageset) == "L" else 3, "storage": "lazy"}
+        return {
+            "image_size": [int(shape[1]), int(shape[2])],
+            "channels": 1 if len(shape) == 3 else int(shape[3]),
+            "storage": "memory",
+        }
+    return {
+        "image_size": "varies",
+        "channels": 1 if _mode_of(imageset) == "L" else 3,
+        "storage": "lazy",
+    }
 
 
 def _mode_of(imageset: ImageSet) -> str:
@@ -189,4 +200,11 @@ def make_target(
         **dict(card),
     }
     fp = fingerprint or array_fingerprint(name, class_names, train, test)
-    return TargetData(name=name, class_names=tuple(class_names), train=train, test=test, fingerprint=fp, card=full_card)
+    return TargetData(
+        name=name,
+        class_names=tuple(class_names),
+        train=train,
+        test=test,
+        fingerprint=fp,
+        card=full_card,
+    )

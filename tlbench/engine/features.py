@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tlbench.engine.runtime import autocast, memory_format, resolve_device, resolve_precision, with_oom_retry
+from tlbench.engine.runtime import (
+    autocast,
+    memory_format,
+    resolve_device,
+    resolve_precision,
+    with_oom_retry,
+)
 
 # Splits the cached paths read; trainval is assembled from train + val (same images), which
 # saves a pass over the data and keeps one cache entry per split.
@@ -28,10 +34,16 @@ Backbone = nn.Module | Callable[[], nn.Module]
 
 
 @torch.no_grad()
-def _run_frozen(module: Callable, data, split: str, device: torch.device, precision: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_frozen(
+    module: Callable, data, split: str, device: torch.device, precision: str, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     chunks, labels = [], []
-    for images, targets in data.batches(split, batch_size, augment=False, shuffle=False, seed=0, device=device):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
+    for images, targets in data.batches(
+        split, batch_size, augment=False, shuffle=False, seed=0, device=device
+    ):
+        images = images.to(device, non_blocking=True).contiguous(
+            memory_format=memory_format(device)
+        )
         with autocast(device, precision):
             out = module(images)
         chunks.append(out.float().cpu())
@@ -49,6 +61,7 @@ def extract_features(
     batch_size: int = 256,
     cache=None,
     weights_fingerprint: str | None = None,
+    params_out: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled penultimate features of ``split`` (float32, CPU) and their labels.
 
@@ -62,14 +75,22 @@ def extract_features(
     def compute() -> dict:
         model = backbone() if not isinstance(backbone, nn.Module) else backbone
         model = model.eval().to(device, memory_format=memory_format(device))
-        (feats, labels), _ = with_oom_retry(lambda bs: _run_frozen(model, data, split, device, precision, bs), batch_size)
-        return {"features": feats, "labels": labels}
+        (feats, labels), _ = with_oom_retry(
+            lambda bs: _run_frozen(model, data, split, device, precision, bs), batch_size
+        )
+        return {
+            "features": feats,
+            "labels": labels,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
 
     if cache is None or weights_fingerprint is None:
         out = compute()
     else:
         key = features_key(data, split, weights_fingerprint, precision)
         out = cache.get_or_compute("features", key, compute)
+    if params_out is not None:
+        params_out.append(out["params"])
     return out["features"], out["labels"]
 
 
@@ -83,7 +104,18 @@ def features_key(data, split: str, weights_fingerprint: str, precision: str) -> 
     }
 
 
-def cell_features(ctx, splits=BASE_SPLITS, *, precision: str = "auto", batch_size: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+@dataclass(frozen=True)
+class CellFeatures:
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (features, labels)
+    backbone_params: int
+
+    def __getitem__(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.splits[split]
+
+
+def cell_features(
+    ctx, splits=BASE_SPLITS, *, precision: str = "auto", batch_size: int = 256
+) -> CellFeatures:
     """Features of a cell's splits, building the backbone at most once and only on a cache miss.
     ``trainval`` may be requested; it is assembled from train and val."""
     built: list[nn.Module] = []
@@ -93,14 +125,26 @@ def cell_features(ctx, splits=BASE_SPLITS, *, precision: str = "auto", batch_siz
             built.append(ctx.source.build(num_classes=0, in_chans=ctx.data.in_chans, seed=ctx.seed))
         return built[0]
 
-    out = {}
-    for split in dict.fromkeys(s for name in splits for s in (("train", "val") if name == "trainval" else (name,))):
+    out, params = {}, []
+    for split in dict.fromkeys(
+        s for name in splits for s in (("train", "val") if name == "trainval" else (name,))
+    ):
         out[split] = extract_features(
-            backbone, ctx.data, split, device=ctx.device, precision=precision, batch_size=batch_size, cache=ctx.cache, weights_fingerprint=ctx.source.fingerprint
+            backbone,
+            ctx.data,
+            split,
+            device=ctx.device,
+            precision=precision,
+            batch_size=batch_size,
+            cache=ctx.cache,
+            weights_fingerprint=ctx.source.fingerprint,
+            params_out=params,
         )
     if "trainval" in splits:
-        out["trainval"] = tuple(torch.cat([a, b]) for a, b in zip(out["train"], out["val"]))
-    return {s: out[s] for s in splits}
+        out["trainval"] = tuple(
+            torch.cat([a, b]) for a, b in zip(out["train"], out["val"], strict=True)
+        )
+    return CellFeatures({s: out[s] for s in splits}, params[0])
 
 
 # ------------------------------------------------------------------------------ prefix / suffix
@@ -143,7 +187,9 @@ def feature_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def _chain_matches(model: nn.Module, stack: list[tuple[str, nn.Module]], sample: torch.Tensor) -> bool:
+def _chain_matches(
+    model: nn.Module, stack: list[tuple[str, nn.Module]], sample: torch.Tensor
+) -> bool:
     """The registration order of children is only a guess at the forward order; check it."""
     was_training = model.training
     model.eval()
@@ -165,12 +211,17 @@ def split_frozen_prefix(model: nn.Module, sample: torch.Tensor) -> PrefixSplit |
     stack = feature_stack(model)
     if not stack or not _chain_matches(model, stack, sample):
         return None
-    cut = next((i for i, (_, m) in enumerate(stack) if any(p.requires_grad for p in m.parameters())), len(stack))
+    cut = next(
+        (i for i, (_, m) in enumerate(stack) if any(p.requires_grad for p in m.parameters())),
+        len(stack),
+    )
     if cut == 0:
         return None
     modules = [m for _, m in stack]
     boundary = stack[cut][0] if cut < len(stack) else ""
-    return PrefixSplit(model, nn.Sequential(*modules[:cut]), nn.Sequential(*modules[cut:]), boundary)
+    return PrefixSplit(
+        model, nn.Sequential(*modules[:cut]), nn.Sequential(*modules[cut:]), boundary
+    )
 
 
 def prefix_activations(
@@ -183,11 +234,17 @@ def prefix_activations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of the frozen prefix on ``split`` (no augmentation), cached in ``prefix`` namespace."""
     device = resolve_device(ctx.device)
-    key = {**features_key(ctx.data, split, ctx.source.fingerprint, precision), "boundary": split_model.boundary, "arch": ctx.source.arch}
+    key = {
+        **features_key(ctx.data, split, ctx.source.fingerprint, precision),
+        "boundary": split_model.boundary,
+        "arch": ctx.source.arch,
+    }
 
     def compute() -> dict:
         prefix = split_model.prefix.eval().to(device)
-        (acts, labels), _ = with_oom_retry(lambda bs: _run_frozen(prefix, ctx.data, split, device, precision, bs), batch_size)
+        (acts, labels), _ = with_oom_retry(
+            lambda bs: _run_frozen(prefix, ctx.data, split, device, precision, bs), batch_size
+        )
         return {"features": acts, "labels": labels}
 
     out = ctx.cache.get_or_compute("prefix", key, compute)

@@ -57,10 +57,29 @@ def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def _lbfgs(z: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, init: torch.Tensor | None, max_iter: int) -> torch.Tensor:
+def _lbfgs(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    l2: float,
+    init: torch.Tensor | None,
+    max_iter: int,
+) -> torch.Tensor:
     """Minimise mean CE + l2/2 ||W||^2 over W (dim+1, classes); the bias row is not penalised."""
-    w = (init.clone() if init is not None else torch.zeros(z.shape[1] + 1, num_classes, device=z.device)).requires_grad_(True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    w = (
+        init.clone()
+        if init is not None
+        else torch.zeros(z.shape[1] + 1, num_classes, device=z.device)
+    ).requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [w],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -75,7 +94,14 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, init: 
 class _Problem:
     """One standardised fitting set on the device, with warm starts kept per strength."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, device: torch.device, max_iter: int):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        device: torch.device,
+        max_iter: int,
+    ):
         x = x.to(device, torch.float32)
         self.mean, self.std = _standardiser(x)
         self.z = (x - self.mean) / self.std
@@ -144,4 +170,6 @@ def search_logistic(
             score(10.0**candidate)
     chosen = best()
     tried = [{"l2": float(s), "val_top1": round(v, 3)} for s, (v, _) in scores.items()]
-    return LogisticSearch(head=scores[chosen][1], l2=chosen, val_top1=scores[chosen][0], tried=tried)
+    return LogisticSearch(
+        head=scores[chosen][1], l2=chosen, val_top1=scores[chosen][0], tried=tried
+    )

@@ -90,7 +90,9 @@ class CostMeter:
 
     device: torch.device
     precision: str
-    phases: dict[str, float] = field(default_factory=lambda: {"features_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
+    phases: dict[str, float] = field(
+        default_factory=lambda: {"features_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+    )
     train_images: int = 0
     batch_size: int | None = None
     extra: dict = field(default_factory=dict)
@@ -114,7 +116,13 @@ class CostMeter:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return _rss_peak_mb()
 
-    def as_dict(self, model: torch.nn.Module | None = None, *, trainable: int | None = None, total: int | None = None) -> dict:
+    def as_dict(
+        self,
+        model: torch.nn.Module | None = None,
+        *,
+        trainable: int | None = None,
+        total: int | None = None,
+    ) -> dict:
         if model is not None:
             trainable, total = count_params(model)
         train_s = self.phases.get("train_s", 0.0)
@@ -123,7 +131,9 @@ class CostMeter:
             "total_params": total,
             "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "peak_mem_mb": round(self.peak_mem_mb(), 1),
-            "throughput_img_s": round(self.train_images / train_s, 1) if train_s > 0 and self.train_images else None,
+            "throughput_img_s": round(self.train_images / train_s, 1)
+            if train_s > 0 and self.train_images
+            else None,
             "device": str(self.device),
             "precision": self.precision,
         }

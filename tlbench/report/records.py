@@ -49,15 +49,34 @@ def load_records(run_dirs: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     """
     dirs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
     if not dirs:
-        raise UserError("no run directory given: expected at least one directory holding cells.jsonl")
-    rows = [row for run_dir in dirs for row in _read_run(Path(run_dir))]
+        raise UserError(
+            "no run directory given: expected at least one directory holding cells.jsonl"
+        )
+    return _frame([row for run_dir in dirs for row in _read_run(Path(run_dir))])
+
+
+def records_frame(records: Iterable[Mapping], source: str = "<records>") -> pd.DataFrame:
+    """The same frame as ``load_records``, from record dicts already in memory (the runner's)."""
+    rows = [
+        _flatten_record(record, source, number) for number, record in enumerate(records, start=1)
+    ]
+    rows = [row for row in rows if row is not None]
+    if not rows:
+        raise UserError(f"{source}: no cell records")
+    return _frame(rows)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for column in NUMERIC_COLUMNS:
         frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
     for column in TEXT_COLUMNS:
         if column not in frame:
             frame[column] = None
-    frame["baseline"] = [is_baseline(ref, card) for ref, card in zip(frame["model_ref"], frame["model_card"], strict=True)]
+    frame["baseline"] = [
+        is_baseline(ref, card)
+        for ref, card in zip(frame["model_ref"], frame["model_card"], strict=True)
+    ]
     frame = frame.drop_duplicates(subset=CELL_KEY, keep="last")
     return frame.reset_index(drop=True)
 
@@ -70,7 +89,9 @@ def load_env(run_dir: PathLike) -> dict:
     try:
         env = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); expected the run environment written by tlbench run") from None
+        raise UserError(
+            f"{path}: not valid JSON ({exc}); expected the run environment written by tlbench run"
+        ) from None
     if not isinstance(env, dict):
         raise UserError(f"{path}: expected a JSON object, found {type(env).__name__}")
     return env
@@ -87,29 +108,38 @@ def _read_run(run_dir: Path) -> list[dict]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     path = run_dir / CELLS_FILE
-    rows = [_flatten_record(record, path, number) for number, record in enumerate(read_records(path), start=1)]
-    rows = [row for row in rows if row is not None]
+    rows = [
+        _flatten_record(record, path, number)
+        for number, record in enumerate(read_records(path), start=1)
+    ]
+    rows = [{**row, "run_dir": str(run_dir)} for row in rows if row is not None]
     if not rows:
-        raise UserError(f"{run_dir}: no results (expected {CELLS_FILE} with at least one cell record)")
+        raise UserError(
+            f"{run_dir}: no results (expected {CELLS_FILE} with at least one cell record)"
+        )
     return rows
 
 
-def _flatten_record(record: Any, path: Path, number: int) -> dict | None:
-    if not isinstance(record, dict):
+def _flatten_record(record: Any, path: Path | str, number: int) -> dict | None:
+    if not isinstance(record, Mapping):
         warnings.warn(f"{path}: record {number} is not a JSON object; skipped", stacklevel=3)
         return None
     schema = record.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
-        raise UserError(f"{path}: record {number} has schema {schema!r}; this tlbench reads schema {SCHEMA_VERSION}")
+        raise UserError(
+            f"{path}: record {number} has schema {schema!r}; this tlbench reads schema {SCHEMA_VERSION}"
+        )
     missing = [key for key in REQUIRED if key not in record]
     if missing:
-        raise UserError(f"{path}: record {number} lacks {', '.join(missing)}; expected a tlbench cell record")
+        raise UserError(
+            f"{path}: record {number} lacks {', '.join(missing)}; expected a tlbench cell record"
+        )
     row = {key: value for key, value in record.items() if key not in FLATTENED}
     for key in FLATTENED:
         row.update(_flatten(key, record.get(key)))
     for key in KEPT_AS_DICTS:
         row.setdefault(key, {})
-    row["run_dir"] = str(path.parent)
+    row.setdefault("run_dir", "")
     return row
 
 

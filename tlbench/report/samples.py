@@ -70,7 +70,13 @@ def write_sample_run(
             for strategy in strategies:
                 for seed in seeds:
                     key = (model, dataset, strategy, seed)
-                    status = "failed" if key in failed | retried else "diverged" if key in diverged else "ok"
+                    status = (
+                        "failed"
+                        if key in failed | retried
+                        else "diverged"
+                        if key in diverged
+                        else "ok"
+                    )
                     lines.append(_record(suite, run_id, key, status, top1))
                     if key in retried:
                         lines.append(_record(suite, run_id, key, "ok", top1))
@@ -88,13 +94,17 @@ def _record(suite: str, run_id: str, key: CellKey, status: str, top1: Callable) 
     model_ref, weights, total, features = MODELS.get(model, (model, "pretrained", 5_000_000, 768))
     classes = DATASETS.get(dataset, 10)
     head = features * classes + classes
-    trainable = head if strategy == "linear-probe" else int(total * _TRAINABLE_SHARE.get(strategy, 1.0))
+    trainable = (
+        head if strategy == "linear-probe" else int(total * _TRAINABLE_SHARE.get(strategy, 1.0))
+    )
     wall = round(5.0 + trainable / 200_000 + seed * 0.1, 2)
     record = {
         "schema": 1,
         "suite": suite,
         "run_id": run_id,
-        "config_hash": hashlib.sha256(f"{suite}/{model}/{dataset}/{strategy}/{seed}".encode()).hexdigest(),
+        "config_hash": hashlib.sha256(
+            f"{suite}/{model}/{dataset}/{strategy}/{seed}".encode()
+        ).hexdigest(),
         "model": model,
         "dataset": dataset,
         "strategy": strategy,
@@ -109,7 +119,11 @@ def _record(suite: str, run_id: str, key: CellKey, status: str, top1: Callable) 
             "trainable_params": trainable,
             "total_params": total,
             "wall_s": wall,
-            "phases": {"features_s": round(wall * 0.6, 2), "train_s": round(wall * 0.3, 2), "eval_s": round(wall * 0.1, 2)},
+            "phases": {
+                "features_s": round(wall * 0.6, 2),
+                "train_s": round(wall * 0.3, 2),
+                "eval_s": round(wall * 0.1, 2),
+            },
             "peak_mem_mb": round(400.0 + total / 20_000, 1),
             "throughput_img_s": 1500.0,
             "device": "cpu",
@@ -117,7 +131,11 @@ def _record(suite: str, run_id: str, key: CellKey, status: str, top1: Callable) 
         },
         "model_card": {"arch": model_ref.removeprefix("scratch:"), "weights": weights},
         "dataset_card": {"name": dataset, "num_classes": classes},
-        "split": {"protocol": "standard", "seed": seed, "sizes": {"train": 800, "val": 200, "test": 1000}},
+        "split": {
+            "protocol": "standard",
+            "seed": seed,
+            "sizes": {"train": 800, "val": 200, "test": 1000},
+        },
         "options": {"model": {}, "dataset": {}, "strategy": {}},
         "error": None,
         "started_at": "2026-11-29T01:15:00+00:00",

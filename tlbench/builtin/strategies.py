@@ -1,0 +1,415 @@
+"""Built-in fine-tuning strategies, registered through the public ``register_strategies`` hook.
+
+Registering imports nothing heavy: each factory is a lazy ``"module:attr"`` string, and the
+strategy objects import ``tlbench.engine`` (and torch) only when a cell runs. Every strategy is a
+``Recipe`` (what trains) handed to ``tlbench.engine.finetune``; default sweeps and where they come
+from are documented in docs/strategies.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tlbench import hookimpl
+from tlbench.errors import UserError
+from tlbench.specs import Option, StrategySpec
+
+_FACTORY = "tlbench.builtin.strategies:"
+
+
+def training_options(
+    *, lr: list[float], epochs: int, weight_decay: float = 0.05, batch_size: int = 64
+) -> tuple[Option, ...]:
+    """The options every gradient-trained strategy accepts (a plugin may reuse them)."""
+    return (
+        Option(
+            "lr", float, lr, "Peak learning rate; a list is swept on val.", minimum=0.0, sweep=True
+        ),
+        Option(
+            "weight_decay",
+            float,
+            [weight_decay],
+            "Decoupled weight decay (biases and norms excluded); a list is swept.",
+            minimum=0.0,
+            sweep=True,
+        ),
+        Option(
+            "epochs",
+            int,
+            epochs,
+            "Maximum epochs per candidate; the refit uses the best epoch found on val.",
+            minimum=1,
+        ),
+        Option(
+            "batch_size",
+            int,
+            batch_size,
+            "Starting batch size; halved automatically on out-of-memory.",
+            minimum=1,
+        ),
+        Option("optimizer", str, "adamw", "Optimiser (timm's factory).", choices=("adamw", "sgd")),
+        Option(
+            "warmup_epochs",
+            float,
+            0.5,
+            "Linear warmup before the cosine decay, in epochs.",
+            minimum=0.0,
+        ),
+        Option(
+            "layer_decay",
+            float,
+            None,
+            "Layer-wise lr decay (BEiT/MAE use ~0.75); default off.",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "patience",
+            int,
+            2,
+            "Early stopping: epochs without val improvement before a candidate stops.",
+            minimum=1,
+        ),
+        Option(
+            "precision",
+            str,
+            "auto",
+            "auto = bf16 autocast on CUDA with bf16 support, fp32 elsewhere.",
+            choices=("auto", "fp32", "bf16"),
+        ),
+        Option("augment", bool, False, "Train-time augmentation (disables prefix caching)."),
+        Option(
+            "label_smoothing",
+            float,
+            0.0,
+            "Cross-entropy label smoothing.",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "refit",
+            bool,
+            True,
+            "Refit the selected configuration on train+val before testing (VTAB protocol).",
+        ),
+    )
+
+
+def check_training_options(ctx, options: Mapping[str, Any]) -> None:
+    from tlbench.engine import cell_label
+
+    for name in ("lr", "weight_decay"):
+        for value in options.get(name) or ():
+            if not value >= 0 or (name == "lr" and value == 0):
+                raise UserError(
+                    f"{cell_label(ctx)}: strategy option {name!r} must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}"
+                )
+    for name in ("epochs", "batch_size", "patience"):
+        if name in options and options[name] is not None and options[name] < 1:
+            raise UserError(
+                f"{cell_label(ctx)}: strategy option {name!r} must be >= 1, got {options[name]!r}"
+            )
+
+
+# ------------------------------------------------------------------------------ what trains
+
+
+def head_names(model) -> list[str]:
+    """Parameter names of the classifier timm's ``get_classifier()`` returns."""
+    classifier = model.get_classifier()
+    ids = {id(p) for p in classifier.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def backbone_groups(model) -> list[list[str]]:
+    """Ordered layer groups (timm ``group_matcher``, input side first), classifier excluded."""
+    from tlbench.weights import layer_groups
+
+    head = set(head_names(model))
+    groups = [[n for n in group if n not in head] for group in layer_groups(model)]
+    return [g for g in groups if g]
+
+
+@dataclass
+class FineTuneStrategy:
+    """A gradient-trained strategy: the options, plus the ``Recipe`` parts that make it distinct."""
+
+    options: dict
+    cache_prefix: bool = False
+    _probes: dict = field(default_factory=dict)
+
+    def trainable(self, model) -> Iterable[str]:
+        return [n for n, _ in model.named_parameters()]
+
+    def setup(self, model, ctx, phase: str):
+        return model
+
+    def check(self, ctx) -> None:
+        """Raise ``UserError`` naming the cell if the options cannot work for this cell's model.
+        Cheap; the runner may call it before any work, and ``run`` calls it first."""
+        check_training_options(ctx, self.options)
+        if self.options.get("layer_decay") is not None and not hasattr(
+            _probe_model(ctx), "group_matcher"
+        ):
+            from tlbench.engine import cell_label
+
+            raise UserError(
+                f"{cell_label(ctx)}: strategy option 'layer_decay' needs a timm model with group_matcher; {ctx.source.arch} has none"
+            )
+
+    def run(self, ctx):
+        from tlbench.engine import Recipe, finetune
+
+        self.check(ctx)
+        recipe = Recipe(trainable=self.trainable, setup=self.setup, cache_prefix=self.cache_prefix)
+        return finetune(ctx, recipe, self.options)
+
+
+def _probe_model(ctx):
+    """A model to inspect (groups, module names) without training it."""
+    return ctx.source.build(
+        num_classes=ctx.data.num_classes, in_chans=ctx.data.in_chans, seed=ctx.seed
+    )
+
+
+class FullFineTune(FineTuneStrategy):
+    pass
+
+
+@dataclass
+class PartialUnfreeze(FineTuneStrategy):
+    """The last ``k`` layer groups and the head train; the frozen prefix's activations are cached."""
+
+    cache_prefix: bool = True
+
+    def trainable(self, model) -> list[str]:
+        groups = backbone_groups(model)
+        k = self.options["k"]
+        return (
+            [n for group in groups[len(groups) - k :] for n in group] + head_names(model)
+            if k
+            else head_names(model)
+        )
+
+    def check(self, ctx) -> None:
+        super().check(ctx)
+        groups = backbone_groups(_probe_model(ctx))
+        if self.options["k"] > len(groups):
+            from tlbench.engine import cell_label
+
+            raise UserError(
+                f"{cell_label(ctx)}: strategy option 'k' = {self.options['k']} but {ctx.source.arch} has only {len(groups)} layer groups (use k <= {len(groups)})"
+            )
+
+
+class BitFit(FineTuneStrategy):
+    """Biases only, plus the new head (Ben Zaken et al. 2022)."""
+
+    def trainable(self, model) -> list[str]:
+        return [n for n, _ in model.named_parameters() if n.endswith(".bias")] + head_names(model)
+
+
+class LinearProbeThenFineTune(FineTuneStrategy):
+    """LP-FT (Kumar et al. 2022): the head starts from a linear probe on frozen features, then
+    everything trains. The probe's strength is chosen on val once; the refit's probe is refit on
+    train+val, so test data never informs it."""
+
+    def setup(self, model, ctx, phase: str):
+        import torch
+
+        head = self._probe(ctx, phase)
+        classifier = model.get_classifier()
+        with torch.no_grad():
+            classifier.weight.copy_(head.weight.to(classifier.weight))
+            classifier.bias.copy_(head.bias.to(classifier.bias))
+        return model
+
+    def _probe(self, ctx, phase: str):
+        from tlbench.engine import cell_features, fit_logistic, search_logistic
+
+        if "search" not in self._probes:
+            feats = cell_features(ctx, ("train", "val"))
+            self._probes["search"] = search_logistic(
+                feats["train"], feats["val"], ctx.data.num_classes, device=ctx.device
+            )
+        search = self._probes["search"]
+        if phase == "search":
+            return search.head
+        if "refit" not in self._probes:
+            trainval = cell_features(ctx, ("trainval",))["trainval"]
+            self._probes["refit"] = fit_logistic(
+                *trainval, ctx.data.num_classes, l2=search.l2, device=ctx.device
+            )
+        return self._probes["refit"]
+
+    def run(self, ctx):
+        result = super().run(ctx)
+        result.hparams["probe_l2"] = self._probes["search"].l2
+        return result
+
+
+# ------------------------------------------------------------------------------ linear probe
+
+
+@dataclass
+class LinearProbe:
+    """Logistic regression on cached frozen features (Kornblith et al. 2019; CLIP App. A.3)."""
+
+    options: dict
+
+    def check(self, ctx) -> None:
+        from tlbench.engine import cell_label
+
+        for value in self.options.get("l2") or ():
+            if not value > 0:
+                raise UserError(
+                    f"{cell_label(ctx)}: strategy option 'l2' must be > 0, got {value!r}"
+                )
+
+    def run(self, ctx):
+        from tlbench.components import StrategyResult
+        from tlbench.engine import (
+            DEFAULT_L2_GRID,
+            CostMeter,
+            fit_logistic,
+            resolve_device,
+            resolve_precision,
+            search_logistic,
+        )
+        from tlbench.engine.logistic import accuracy
+
+        self.check(ctx)
+        device = resolve_device(ctx.device)
+        precision = resolve_precision(self.options["precision"], device)
+        meter = CostMeter(device, precision)
+        from tlbench.engine import cell_features
+
+        with meter.phase("features_s"):
+            feats = cell_features(ctx, ("train", "val", "trainval", "test"), precision=precision)
+        grid = tuple(self.options["l2"] or DEFAULT_L2_GRID)
+        with meter.phase("train_s"):
+            search = search_logistic(
+                feats["train"],
+                feats["val"],
+                ctx.data.num_classes,
+                grid=grid,
+                refine_steps=self.options["refine_steps"],
+                device=device,
+            )
+            head = (
+                fit_logistic(*feats["trainval"], ctx.data.num_classes, l2=search.l2, device=device)
+                if self.options["refit"]
+                else search.head
+            )
+        meter.train_images = len(feats["train"][1])
+        with meter.phase("eval_s"):
+            top1 = accuracy(head.logits(feats["test"][0].to(device)), feats["test"][1])
+        trainable = head.weight.numel() + head.bias.numel()
+        return StrategyResult(
+            metrics={"top1": round(top1, 3), "val_top1": round(search.val_top1, 3)},
+            hparams={
+                "l2": search.l2,
+                "refit": self.options["refit"],
+                "precision": precision,
+                "sweep": search.tried,
+            },
+            cost=meter.as_dict(trainable=trainable, total=feats.backbone_params + trainable)
+            | {"prefix_cache": True},
+        )
+
+
+# ------------------------------------------------------------------------------ factories
+
+
+def make_linear_probe(options: Mapping[str, Any]) -> LinearProbe:
+    return LinearProbe(dict(options))
+
+
+def make_partial_unfreeze(options: Mapping[str, Any]) -> PartialUnfreeze:
+    return PartialUnfreeze(dict(options))
+
+
+def make_full_finetune(options: Mapping[str, Any]) -> FullFineTune:
+    return FullFineTune(dict(options))
+
+
+def make_lp_ft(options: Mapping[str, Any]) -> LinearProbeThenFineTune:
+    return LinearProbeThenFineTune(dict(options))
+
+
+def make_bitfit(options: Mapping[str, Any]) -> BitFit:
+    return BitFit(dict(options))
+
+
+LINEAR_PROBE_OPTIONS = (
+    Option(
+        "l2",
+        float,
+        None,
+        "L2 strengths to search (default: 1e-6..1e2 log grid, then interval halving).",
+        minimum=0.0,
+        sweep=True,
+    ),
+    Option(
+        "refine_steps", int, 3, "Interval-halving rounds around the best grid point.", minimum=0
+    ),
+    Option(
+        "precision", str, "auto", "Feature extraction precision.", choices=("auto", "fp32", "bf16")
+    ),
+    Option("refit", bool, True, "Refit on train+val with the chosen strength before testing."),
+)
+
+SPECS = (
+    StrategySpec(
+        "linear-probe",
+        _FACTORY + "make_linear_probe",
+        "Frozen backbone; L2 logistic regression on cached features, strength chosen on val.",
+        LINEAR_PROBE_OPTIONS,
+        tags=("frozen", "cached"),
+    ),
+    StrategySpec(
+        "partial-unfreeze",
+        _FACTORY + "make_partial_unfreeze",
+        "The last k layer groups (timm group_matcher) and the head train; frozen-prefix activations cached.",
+        (
+            Option(
+                "k",
+                int,
+                2,
+                "Trainable layer groups counted from the output side (0: head only).",
+                minimum=0,
+            ),
+        )
+        + training_options(lr=[1e-3, 3e-3], epochs=8),
+        tags=("partial", "cached"),
+    ),
+    StrategySpec(
+        "full-finetune",
+        _FACTORY + "make_full_finetune",
+        "Every parameter trains: AdamW, warmup + cosine, early stopping on val, refit on train+val.",
+        training_options(lr=[3e-4, 1e-3], epochs=3),
+        tags=("full",),
+    ),
+    StrategySpec(
+        "lp-ft",
+        _FACTORY + "make_lp_ft",
+        "Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022).",
+        training_options(lr=[1e-4, 3e-4], epochs=3),
+        tags=("full",),
+    ),
+    StrategySpec(
+        "bitfit",
+        _FACTORY + "make_bitfit",
+        "Only biases and the new head train (Ben Zaken et al. 2022).",
+        training_options(lr=[3e-3, 1e-2], epochs=3, weight_decay=0.0),
+        tags=("parameter-efficient",),
+    ),
+)
+
+
+@hookimpl
+def register_strategies(register):
+    for spec in SPECS:
+        register(spec)

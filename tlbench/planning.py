@@ -1,0 +1,209 @@
+"""What a run will do, known before any heavy work: which cells, which run directory, which
+cells are already recorded there, and what work the cells share.
+
+``make_plan`` is the Python API behind ``tlbench run --dry-run``; the runner uses the same
+functions, so the plan and the run never disagree. Nothing here loads a model or a dataset.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tlbench.components import Cell
+from tlbench.errors import UserError
+from tlbench.results import CELLS_FILE, ResultsStore, new_run_id
+from tlbench.suite import Suite, config_hash, expand_cells
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tlbench.plugins import PluginHost
+    from tlbench.runner import RunRequest
+
+DONE = ("ok", "skipped")
+RETRYABLE = ("failed", "diverged")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Run only part of the grid without editing the suite (empty = everything)."""
+
+    models: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+    strategies: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+    def keeps(self, cell: Cell) -> bool:
+        return (
+            (not self.models or cell.model in self.models)
+            and (not self.datasets or cell.dataset in self.datasets)
+            and (not self.strategies or cell.strategy in self.strategies)
+            and (not self.seeds or cell.seed in self.seeds)
+        )
+
+    def check(self, suite: Suite) -> None:
+        """A selection naming what the suite does not have is a typo, not an empty run."""
+        problems = []
+        for option, chosen, known in (
+            ("--model", self.models, [e.id for e in suite.models]),
+            ("--dataset", self.datasets, [e.id for e in suite.datasets]),
+            ("--strategy", self.strategies, [e.id for e in suite.strategies]),
+        ):
+            for value in chosen:
+                if value not in known:
+                    close = difflib.get_close_matches(value, known, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    problems.append(f"{option} {value!r}: suite {suite.name!r} has no such id.{hint} Its ids: {', '.join(known)}")
+        for seed in self.seeds:
+            if seed not in suite.seeds:
+                problems.append(f"--seed {seed}: suite {suite.name!r} has seeds {list(suite.seeds)}")
+        if problems:
+            raise UserError("\n".join(problems))
+
+
+def plan_cells(suite: Suite, selection: Selection) -> list[Cell]:
+    selection.check(suite)
+    cells = [c for c in expand_cells(suite) if selection.keeps(c)]
+    if not cells:
+        raise UserError(f"{suite.path}: the selection leaves no cells to run (every remaining cell is excluded)")
+    return cells
+
+
+def choose_run_dir(request: RunRequest, suite: Suite) -> Path:
+    """``--resume DIR|latest`` names an existing run; ``--out DIR`` wins otherwise (an existing
+    one is resumed, never clobbered); by default a new ``results/<suite>/<run-id>``.
+    Creates nothing, so a dry run leaves no trace."""
+    if request.resume not in (None, ""):
+        if str(request.resume) == "latest":
+            runs = sorted(p for p in (request.results_root / suite.name).glob("*") if (p / CELLS_FILE).exists())
+            if not runs:
+                raise UserError(f"--resume latest: no earlier run of suite {suite.name!r} under {request.results_root / suite.name}")
+            return runs[-1]
+        path = Path(request.resume)
+        if not path.is_dir():
+            raise UserError(f"--resume: run directory {str(path)!r} does not exist")
+        return path
+    if request.out_dir is not None:
+        return Path(request.out_dir)
+    return request.results_root / suite.name / new_run_id()
+
+
+def cell_state(previous: dict | None, retry_failed: bool) -> str:
+    """``pending``, ``recorded`` (skipped on resume) or ``retry`` (recorded failed, rerun)."""
+    if previous is None:
+        return "pending"
+    status = previous.get("status")
+    if status in DONE or (status in RETRYABLE and not retry_failed):
+        return "recorded"
+    return "retry" if status in RETRYABLE else "pending"
+
+
+def pending_cells(cells: Iterable[Cell], store: ResultsStore, retry_failed: bool) -> tuple[list[Cell], int]:
+    latest = store.latest_by_hash()
+    todo, skipped = [], 0
+    for cell in cells:
+        if cell_state(latest.get(config_hash(cell)), retry_failed) == "recorded":
+            skipped += 1
+        else:
+            todo.append(cell)
+    return todo, skipped
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    cell: Cell
+    config_hash: str
+    state: str
+    recorded_status: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    suite: Suite
+    run_dir: Path
+    run_dir_exists: bool
+    cells: tuple[CellPlan, ...]
+    cache_root: Path
+    cache_namespaces: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def todo(self) -> list[CellPlan]:
+        return [c for c in self.cells if c.state != "recorded"]
+
+    def shared_work(self) -> dict:
+        """Work the cells to run share: each is done once per run (and cached across runs)."""
+        todo = [c.cell for c in self.todo]
+        return {
+            "source_models": len({(c.model_ref, _frozen(c.model_options), c.seed) for c in todo}),
+            "datasets": len({(c.dataset_ref, _frozen(c.dataset_options)) for c in todo}),
+            "model_dataset_pairs": len({(c.model, c.dataset) for c in todo}),
+            "prepared_groups": len({(c.model, c.dataset, c.seed) for c in todo}),
+        }
+
+    def to_json(self) -> dict:
+        counts = {state: sum(c.state == state for c in self.cells) for state in ("pending", "retry", "recorded")}
+        return {
+            "suite": self.suite.name,
+            "suite_path": str(self.suite.path),
+            "run_dir": str(self.run_dir),
+            "run_dir_exists": self.run_dir_exists,
+            "cells": len(self.cells),
+            "to_run": len(self.todo),
+            "counts": counts,
+            "shared_work": self.shared_work(),
+            "cache": {"root": str(self.cache_root), "namespaces": list(self.cache_namespaces)},
+            "plan": [
+                {"model": p.cell.model, "dataset": p.cell.dataset, "strategy": p.cell.strategy, "seed": p.cell.seed, "config_hash": p.config_hash, "state": p.state, "recorded_status": p.recorded_status}
+                for p in self.cells
+            ],
+        }
+
+
+def _frozen(options) -> str:
+    from tlbench.cache import stable_hash
+
+    return stable_hash(dict(options))
+
+
+def make_plan(request: RunRequest, host: PluginHost, suite: Suite) -> Plan:
+    from tlbench.cache import Cache
+
+    cells = plan_cells(suite, request.selection)
+    run_dir = choose_run_dir(request, suite)
+    store = ResultsStore(run_dir)
+    latest = store.latest_by_hash()
+    planned = []
+    for cell in cells:
+        digest = config_hash(cell)
+        previous = latest.get(digest)
+        planned.append(CellPlan(cell, digest, cell_state(previous, request.retry_failed), previous.get("status") if previous else None))
+    cache = Cache(request.cache_dir)
+    return Plan(suite, run_dir, run_dir.is_dir(), tuple(planned), cache.root, tuple(cache.info()))
+
+
+def render_plan(plan: Plan, console) -> None:
+    from rich.table import Table
+
+    data = plan.to_json()
+    where = "existing run, resumed" if plan.run_dir_exists else "new run directory (not created by a dry run)"
+    console.print(f"suite {data['suite']} ({data['suite_path']}): {data['cells']} cells, {data['to_run']} to run", highlight=False)
+    console.print(f"run directory: {data['run_dir']} ({where})", highlight=False)
+    counts = data["counts"]
+    console.print(f"already recorded: {counts['recorded']}; recorded failed, rerun with --retry-failed: {counts['retry']}; pending: {counts['pending']}", highlight=False)
+    work = data["shared_work"]
+    console.print(
+        f"shared work: {work['source_models']} source model loads, {work['datasets']} datasets to decode, "
+        f"{work['model_dataset_pairs']} (model, dataset) pairs, {work['prepared_groups']} prepared (model, dataset, seed) groups",
+        highlight=False,
+    )
+    cached = ", ".join(f"{row['namespace']}: {row['entries']}" for row in data["cache"]["namespaces"]) or "empty"
+    console.print(f"cache {data['cache']['root']}: {cached}", highlight=False)
+    table = Table(title="cells", title_justify="left")
+    for column in ("model", "dataset", "strategy", "seed", "state"):
+        table.add_column(column)
+    for row in data["plan"]:
+        state = row["state"] if row["recorded_status"] is None else f"{row['state']} ({row['recorded_status']})"
+        table.add_row(row["model"], row["dataset"], row["strategy"], str(row["seed"]), state)
+    console.print(table)

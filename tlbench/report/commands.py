@@ -1,0 +1,157 @@
+"""``tlbench report`` and ``tlbench compare``. Each command only parses options and delegates
+to ``tlbench.report``; the heavy imports happen when a command runs, not at ``--help``."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+import click
+
+from tlbench.errors import UserError
+
+FORMAT_NAMES = ("md", "html", "latex", "csv", "json")
+FORMAT_HELP = "Output format (default: from the -o extension; without -o, a table in the terminal)."
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), help=FORMAT_HELP)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to this file.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the plots as PNG files into this directory.",
+)
+@click.option(
+    "--metric", default="top1", show_default=True, help="Which recorded metric the tables show."
+)
+def report_command(
+    run_dirs: tuple[Path, ...],
+    fmt: str | None,
+    output: Path | None,
+    plots_dir: Path | None,
+    metric: str,
+) -> None:
+    """Tables and plots from one or more run directories.
+
+    Several directories are merged (a later one wins for a cell recorded in both). Without -o
+    and --format the main table is printed; `--format md` without -o prints Markdown.
+    """
+    from tlbench.report.document import format_from_path, render_report
+    from tlbench.report.records import load_env, load_records
+
+    with _warnings_to_stderr():
+        records = load_records(run_dirs)
+    envs = {str(run_dir): load_env(run_dir) for run_dir in run_dirs}
+    fmt = fmt or (format_from_path(output) if output is not None else None)
+    plots = None
+    if plots_dir is not None or fmt == "html":
+        from tlbench.report.plots import render_plots, save_plots
+
+        plots = render_plots(records, metric)  # drawn once for both the page and the files
+    if fmt is None:
+        _print_table(records)
+    else:
+        text = render_report(records, fmt, envs=envs, metric=metric, plots=plots)
+        if output is None:
+            click.echo(text, nl=False)
+        else:
+            click.echo(f"wrote {write_text(output, text)}")
+    if plots_dir is not None:
+        for path in save_plots(plots, plots_dir):
+            click.echo(f"wrote {path}")
+
+
+@click.command("compare")
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), help=FORMAT_HELP)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the comparison to this file.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Points of change that flag a regression or an improvement.",
+)
+@click.option(
+    "--metric", default="top1", show_default=True, help="Which recorded metric to compare."
+)
+@click.option(
+    "--fail-on-regression",
+    is_flag=True,
+    help="Exit with status 1 when any cell regressed (for CI).",
+)
+def compare_command(
+    run_a: Path,
+    run_b: Path,
+    fmt: str | None,
+    output: Path | None,
+    threshold: float,
+    metric: str,
+    fail_on_regression: bool,
+) -> None:
+    """Compare run B against run A (the reference), cell by cell.
+
+    Shows the change of the mean over seeds, a paired t-test over the seeds both runs finished,
+    and flags regressions (red) and improvements (green) of at least --threshold points.
+    """
+    from tlbench.report.compare import compare, render_comparison
+
+    with _warnings_to_stderr():
+        comparison = compare(run_a, run_b, threshold=threshold, metric=metric)
+    if output is not None:
+        from tlbench.report.document import format_from_path
+
+        text = render_comparison(comparison, fmt or format_from_path(output))
+        click.echo(f"wrote {write_text(output, text)}")
+    elif fmt is not None:
+        click.echo(render_comparison(comparison, fmt), nl=False)
+    else:
+        from rich.console import Console
+
+        from tlbench.report.terminal import render_comparison_terminal
+
+        render_comparison_terminal(comparison, Console())
+    if fail_on_regression and not comparison.regressions.empty:
+        raise click.exceptions.Exit(1)
+
+
+def write_text(path: Path, text: str) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the output file ({exc.strerror or exc})") from None
+    return path
+
+
+def _print_table(records) -> None:
+    from rich.console import Console
+
+    from tlbench.report.terminal import render_terminal
+
+    render_terminal(records, Console())
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    """A skipped line of cells.jsonl is worth one line on stderr, not a Python warning dump."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)

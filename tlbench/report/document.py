@@ -1,0 +1,162 @@
+"""A whole report in one output format: Markdown, self-contained HTML, LaTeX, CSV or JSON.
+
+Markdown, LaTeX and HTML show the tables of ``tables.build_tables``; CSV and JSON carry the
+numbers behind them (one row per model, dataset and strategy) for further analysis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from tlbench.errors import UserError
+from tlbench.report import html as html_page
+from tlbench.report.tables import (
+    average_ranks,
+    build_tables,
+    failures,
+    gains,
+    latex_escape,
+    summarize,
+)
+
+FORMATS = {"md": ".md", "html": ".html", "latex": ".tex", "csv": ".csv", "json": ".json"}
+if TYPE_CHECKING:  # pragma: no cover
+    from tlbench.report.plots import Plot
+
+Envs = Mapping[str, Mapping]  # run directory -> its env.json
+
+
+def format_from_path(path: str | Path) -> str:
+    """The format a file name asks for by its extension (``report.tex`` -> ``latex``)."""
+    suffix = Path(path).suffix.lower()
+    for fmt, extension in FORMATS.items():
+        if suffix in (extension, f".{fmt}", ".htm" if fmt == "html" else extension):
+            return fmt
+    raise UserError(
+        f"{path}: cannot tell the format from the extension; pass --format ({'|'.join(FORMATS)})"
+    )
+
+
+def render_report(
+    records: pd.DataFrame,
+    fmt: str = "md",
+    *,
+    envs: Envs | None = None,
+    metric: str = "top1",
+    plots: list[Plot] | None = None,
+) -> str:
+    """The report as text in ``fmt`` (one of ``FORMATS``). An HTML page embeds ``plots``
+    (drawn here when not given)."""
+    renderers = {"md": _markdown, "latex": _latex, "csv": _csv, "json": _json}
+    if fmt == "html":
+        return _html(records, envs or {}, metric, plots)
+    if fmt not in renderers:
+        raise UserError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return renderers[fmt](records, envs or {}, metric)
+
+
+def overview(records: pd.DataFrame) -> dict:
+    """Which suite and runs the records come from, and how many cells finished how."""
+    runs = records.groupby("run_dir", sort=False)["run_id"].agg(
+        lambda ids: ", ".join(dict.fromkeys(map(str, ids)))
+    )
+    return {
+        "suite": ", ".join(map(str, records["suite"].unique())),
+        "runs": [{"run_dir": run_dir, "run_id": run_ids} for run_dir, run_ids in runs.items()],
+        "cells": len(records),
+        "statuses": {str(k): int(v) for k, v in records["status"].value_counts().items()},
+    }
+
+
+def _summary_line(info: dict) -> str:
+    statuses = ", ".join(f"{count} {status}" for status, count in info["statuses"].items())
+    return f"{info['cells']} cells: {statuses}."
+
+
+def _markdown(records: pd.DataFrame, envs: Envs, metric: str) -> str:
+    info = overview(records)
+    runs = ", ".join(f"`{run['run_dir']}` ({run['run_id']})" for run in info["runs"])
+    parts = [f"# tlbench report: {info['suite']}", f"Runs: {runs}. {_summary_line(info)}"]
+    for table in build_tables(records, metric):
+        parts += [f"## {table.title}", f"_{table.note}_" if table.note else "", table.to_markdown()]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _latex(records: pd.DataFrame, envs: Envs, metric: str) -> str:
+    info = overview(records)
+    runs = ", ".join(latex_escape(f"{run['run_dir']} ({run['run_id']})") for run in info["runs"])
+    parts = [
+        r"\documentclass{article}",
+        r"\usepackage[margin=2cm]{geometry}",
+        r"\usepackage{booktabs}",
+        r"\begin{document}",
+        rf"\section*{{tlbench report: {latex_escape(info['suite'])}}}",
+        f"Runs: {runs}. {latex_escape(_summary_line(info))}",
+    ]
+    for table in build_tables(records, metric):
+        parts += [table.to_latex(), latex_escape(table.note)]
+    parts.append(r"\end{document}")
+    return "\n\n".join(parts) + "\n"
+
+
+def _html(records: pd.DataFrame, envs: Envs, metric: str, plots: list[Plot] | None) -> str:
+    if plots is None:
+        from tlbench.report.plots import render_plots  # matplotlib only when a page needs it
+
+        plots = render_plots(records, metric)
+    info = overview(records)
+    runs = ", ".join(f"{run['run_dir']} ({run['run_id']})" for run in info["runs"])
+    sections = [
+        f'<p class="note">Runs: {html_page.html.escape(runs)}. {_summary_line(info)}</p>',
+        "<h2>Tables</h2>",
+    ]
+    sections += [html_page.table_section(table) for table in build_tables(records, metric)]
+    sections.append("<h2>Plots</h2>")
+    sections += [html_page.figure_section(plot.name, plot.png, plot.caption) for plot in plots]
+    sections.append("<h2>Environment and suite</h2>")
+    for run_dir in dict.fromkeys(records["run_dir"]):
+        sections.append(html_page.environment_section(run_dir, envs.get(run_dir, {})))
+    return html_page.page(f"tlbench report: {info['suite']}", sections)
+
+
+def _csv(records: pd.DataFrame, envs: Envs, metric: str) -> str:
+    return _numbers(records, metric).to_csv(index=False)
+
+
+def _json(records: pd.DataFrame, envs: Envs, metric: str) -> str:
+    summary = summarize(records, metric)
+    document = {
+        **overview(records),
+        "metric": metric,
+        "summary": _records(_numbers(records, metric)),
+        "average_rank": {
+            of: _records(average_ranks(summary, of).reset_index()) for of in ("strategy", "model")
+        },
+        "failures": _records(failures(records)),
+        "environments": {
+            run_dir: envs.get(run_dir, {}) for run_dir in dict.fromkeys(records["run_dir"])
+        },
+    }
+    return json.dumps(document, indent=2, default=str) + "\n"
+
+
+def _numbers(records: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The summary with the gain over training from scratch (when the suite has a baseline)."""
+    summary = summarize(records, metric)
+    found = gains(summary)
+    if found is not None:
+        summary["gain_over_scratch"] = found[0]["gain"]
+    summary["problems"] = summary["problems"].map(
+        lambda p: ", ".join(f"{n} {s}" for s, n in p.items())
+    )
+    return summary
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    # pandas' own JSON writer turns NaN into null, which json.dumps would not.
+    return json.loads(frame.to_json(orient="records"))

@@ -1,0 +1,209 @@
+"""The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot
+state, no display needed): accuracy vs trainable parameters with the Pareto front, strategy
+bars with confidence intervals, and a model x dataset heatmap per strategy."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from tlbench.report.tables import summarize
+
+PLOTS = ("accuracy_vs_params", "strategies", "heatmap")
+MARKERS = "osD^vP*Xh<>"
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file stem
+    caption: str
+    png: bytes
+
+
+def figures(records: pd.DataFrame, metric: str = "top1") -> dict[str, Figure]:
+    """The report's figures by file stem, in PLOTS order."""
+    summary = summarize(records, metric)
+    return {
+        "accuracy_vs_params": accuracy_vs_params(summary, metric),
+        "strategies": strategy_bars(summary, metric),
+        "heatmap": heatmap(summary, metric),
+    }
+
+
+def render_plots(records: pd.DataFrame, metric: str = "top1") -> list[Plot]:
+    """Every figure drawn to PNG once, for files and for the HTML page alike."""
+    return [
+        Plot(name, fig.get_suptitle(), png_bytes(fig))
+        for name, fig in figures(records, metric).items()
+    ]
+
+
+def save_plots(plots: list[Plot], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{plot.name}.png" for plot in plots]
+    for plot, path in zip(plots, paths, strict=True):
+        path.write_bytes(plot.png)
+    return paths
+
+
+def write_plots(records: pd.DataFrame, out_dir: str | Path, metric: str = "top1") -> list[Path]:
+    """Write every figure as ``<out_dir>/<name>.png``; returns the paths."""
+    return save_plots(render_plots(records, metric), out_dir)
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    return buffer.getvalue()
+
+
+def pareto_front(
+    points: pd.DataFrame, x: str = "trainable_params", y: str = "mean"
+) -> pd.DataFrame:
+    """The points no other point beats with fewer (or as many) parameters, cheapest first."""
+    ordered = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
+    return ordered[ordered[y] > ordered[y].cummax().shift(fill_value=-math.inf)]
+
+
+def accuracy_vs_params(summary: pd.DataFrame, metric: str = "top1") -> Figure:
+    datasets = list(summary["dataset"].unique())
+    figure, axes = _grid(len(datasets), width=4.6, height=3.6)
+    colors = _colors(summary["model"].unique())
+    markers = dict(zip(summary["strategy"].unique(), MARKERS, strict=False))
+    for ax, dataset in zip(axes, datasets, strict=False):
+        part = summary[(summary["dataset"] == dataset) & (summary["n"] > 0)]
+        for _, row in part.iterrows():
+            ax.errorbar(
+                row["trainable_params"],
+                row["mean"],
+                yerr=_finite(row["ci95"]),
+                fmt=markers[row["strategy"]],
+                color=colors[row["model"]],
+                capsize=2,
+            )
+        front = pareto_front(part)
+        ax.step(
+            front["trainable_params"],
+            front["mean"],
+            where="post",
+            color="0.4",
+            linestyle="--",
+            linewidth=1,
+        )
+        ax.set_xscale("log")
+        missing = int((summary["dataset"] == dataset).sum() - len(part))
+        ax.set_title(dataset + (f" ({missing} without a value)" if missing else ""), fontsize=10)
+        ax.set_xlabel("trainable parameters (log)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(True, which="major", alpha=0.3)
+    handles = [
+        Line2D([], [], color=c, marker="o", linestyle="", label=m) for m, c in colors.items()
+    ]
+    handles += [
+        Line2D([], [], color="0.3", marker=mk, linestyle="", label=s) for s, mk in markers.items()
+    ]
+    handles.append(Line2D([], [], color="0.4", linestyle="--", label="Pareto front"))
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    figure.suptitle(f"{metric} vs trainable parameters (mean ± 95% CI)")
+    return figure
+
+
+def strategy_bars(summary: pd.DataFrame, metric: str = "top1") -> Figure:
+    models = list(summary["model"].unique())
+    datasets = list(summary["dataset"].unique())
+    strategies = list(summary["strategy"].unique())
+    figure, axes = _grid(
+        len(models), width=max(4.0, 1.4 * len(datasets) * len(strategies) / 2), height=3.4
+    )
+    colors = _colors(strategies)
+    width = 0.8 / len(strategies)
+    for ax, model in zip(axes, models, strict=False):
+        part = summary[summary["model"] == model].set_index(["dataset", "strategy"])
+        for i, strategy in enumerate(strategies):
+            for j, dataset in enumerate(datasets):
+                x = j + (i - (len(strategies) - 1) / 2) * width
+                _bar(ax, x, width, part, (dataset, strategy), colors[strategy])
+        ax.set_xticks(range(len(datasets)), datasets, fontsize=8)
+        ax.set_title(model, fontsize=10)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(True, axis="y", alpha=0.3)
+    handles = [Line2D([], [], color=c, linewidth=6, label=s) for s, c in colors.items()]
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    figure.suptitle(f"Strategies compared ({metric}, mean ± 95% CI; × = no value)")
+    return figure
+
+
+def _bar(ax, x: float, width: float, part: pd.DataFrame, key: tuple, color) -> None:
+    if key not in part.index:
+        return  # excluded by the suite
+    row = part.loc[key]
+    if row["n"] == 0:
+        ax.plot([x], [0], marker="x", color="red")
+        return
+    ax.bar(x, row["mean"], width, yerr=_finite(row["ci95"]), color=color, capsize=2)
+
+
+def heatmap(summary: pd.DataFrame, metric: str = "top1") -> Figure:
+    strategies = list(summary["strategy"].unique())
+    models = list(summary["model"].unique())
+    datasets = list(summary["dataset"].unique())
+    figure, axes = _grid(
+        len(strategies), width=1.2 * len(datasets) + 2.5, height=0.5 * len(models) + 1.8
+    )
+    low, high = summary["mean"].min(), summary["mean"].max()
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")  # grey: no value
+    for ax, strategy in zip(axes, strategies, strict=False):
+        part = summary[summary["strategy"] == strategy]
+        means = part.pivot(index="model", columns="dataset", values="mean").reindex(
+            index=models, columns=datasets
+        )
+        image = ax.imshow(
+            means.to_numpy(dtype=float), cmap=cmap, vmin=low, vmax=high, aspect="auto"
+        )
+        ax.set_xticks(range(len(datasets)), datasets, fontsize=8, rotation=30, ha="right")
+        ax.set_yticks(range(len(models)), models, fontsize=8)
+        ax.set_title(strategy, fontsize=10)
+        for _, row in part.iterrows():
+            label = f"{row['mean']:.1f}" if row["n"] else row["status"]
+            # Dark text on the light (high) end of viridis and on the grey of missing cells.
+            light = not row["n"] or (row["mean"] - low) > 0.6 * (high - low)
+            position = (datasets.index(row["dataset"]), models.index(row["model"]))
+            ax.text(
+                *position,
+                label,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if light else "white",
+            )
+    figure.colorbar(image, ax=axes, label=f"{metric} (%)")
+    figure.suptitle(f"{metric} by model and dataset (mean over seeds)")
+    return figure
+
+
+def _grid(panels: int, width: float, height: float) -> tuple[Figure, list]:
+    columns = min(3, max(1, panels))
+    rows = math.ceil(max(1, panels) / columns)
+    figure = Figure(figsize=(width * columns + 1.5, height * rows + 0.6), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return figure, axes[: max(1, panels)]
+
+
+def _colors(names) -> dict:
+    palette = colormaps["tab10"]
+    return {name: palette(i % 10) for i, name in enumerate(names)}
+
+
+def _finite(value: float) -> float:
+    return 0.0 if pd.isna(value) else float(value)

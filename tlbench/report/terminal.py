@@ -1,0 +1,94 @@
+"""Rich tables for the terminal: the run's main comparison and the comparison of two runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from tlbench.report.compare import BAD_FLAGS, Comparison
+from tlbench.report.tables import cell_text, failures, summarize
+
+
+def render_terminal(records: pd.DataFrame, console: Console) -> None:
+    """Print rows model x dataset, one column per strategy, ``mean ± std`` over seeds (the
+    best strategy of each row in bold), then every cell that did not finish ok."""
+    if records.empty:
+        console.print("No cell has finished yet.")
+        return
+    summary = summarize(records)
+    strategies = list(summary["strategy"].unique())
+    suites = ", ".join(map(str, records["suite"].unique()))
+    table = RichTable(title=f"{suites}: top1 (%), mean ± std over seeds", title_justify="left")
+    table.add_column("model")
+    table.add_column("dataset")
+    for strategy in strategies:
+        table.add_column(strategy, justify="right", no_wrap=True)
+    for (model, dataset), part in summary.groupby(["model", "dataset"], sort=False):
+        cells = part.set_index("strategy")
+        best = cells["mean"].max()
+        table.add_row(model, dataset, *(_cell(cells, strategy, best) for strategy in strategies))
+    console.print(table)
+    _print_failures(records, console)
+
+
+def _cell(cells: pd.DataFrame, strategy: str, best: float) -> Text:
+    if strategy not in cells.index:
+        return Text("—", style="dim")  # excluded by the suite
+    row = cells.loc[strategy]
+    if row["n"] == 0:
+        return Text(row["status"], style="red")
+    style = "bold" if row["mean"] == best else ""
+    return Text(cell_text(row, spread="std"), style=style + (" yellow" if row["problems"] else ""))
+
+
+def _print_failures(records: pd.DataFrame, console: Console) -> None:
+    failed = failures(records)
+    if failed.empty:
+        return
+    console.print(Text(f"{len(failed)} cell(s) did not finish:", style="bold red"))
+    for _, row in failed.iterrows():
+        line = f"  {row['model']} / {row['dataset']} / {row['strategy']} / seed {row['seed']}: {row['status']}"
+        console.print(Text(line + (f" - {row['error']}" if row["error"] else "")))
+
+
+def render_comparison_terminal(comparison: Comparison, console: Console) -> None:
+    """Print the per-cell comparison; regressions red, improvements green."""
+    table = RichTable(
+        title=f"{comparison.suite}: B against A ({comparison.metric}, points)", title_justify="left"
+    )
+    for column in ("model", "dataset", "strategy", "A", "B", "delta", "p", "flag"):
+        numeric = column in ("A", "B", "delta", "p")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=numeric)
+    for _, row in comparison.cells.iterrows():
+        style = "red" if row["flag"] in BAD_FLAGS else "green" if row["flag"] else ""
+        delta = f"{row['delta']:+.2f}" if pd.notna(row["delta"]) else "—"
+        p_value = f"{row['p_value']:.3f}" if pd.notna(row["p_value"]) else "n/a"
+        cells = (
+            row["model"],
+            row["dataset"],
+            row["strategy"],
+            row["text_a"],
+            row["text_b"],
+            delta,
+            p_value,
+            row["flag"],
+        )
+        table.add_row(*(Text(str(cell)) for cell in cells), style=style)
+    console.print(table)
+    console.print(f"A = {comparison.run_a}\nB = {comparison.run_b}")
+    regressions, improvements = len(comparison.regressions), len(comparison.improvements)
+    console.print(
+        Text(f"{regressions} regression(s)", style="bold red" if regressions else ""),
+        Text(f"{improvements} improvement(s)", style="bold green" if improvements else ""),
+        Text(f"(threshold {comparison.threshold:g} points; p: paired t-test over seeds)"),
+    )
+    for label, keys in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
+        if keys:
+            console.print(
+                Text(
+                    f"{len(keys)} cell(s) {label}: " + ", ".join(" / ".join(key) for key in keys),
+                    style="yellow",
+                )
+            )

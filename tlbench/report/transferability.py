@@ -1,0 +1,262 @@
+"""The transferability section of a report: did the estimators rank the source models the way
+fine-tuning did, and how much cheaper were they?
+
+``transferability_tables(cells_df, estimates)`` returns three pandas frames:
+
+``scores``       one row per (dataset, model): each estimator's score next to each strategy's
+                 top-1 (means over seeds; ok records only).
+``correlation``  one row per (dataset, estimator, strategy): Kendall's tau and weighted tau between
+                 the estimator's scores and the strategy's accuracies across models. Per dataset,
+                 because no estimator is reliable everywhere (TLlib: weighted tau -0.26..0.92).
+``time``         one row per (estimator, strategy): seconds the estimator took (``wall_s`` +
+                 ``features_s``) against the seconds fine-tuning took (cells' ``cost.wall_s``)
+                 on the same (model, dataset, seed) triples, and their ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from tlbench.transferability import rank_correlation
+
+PAIR = ["model", "dataset", "seed"]
+MISSING = "—"
+
+
+def transferability_tables(
+    cells_df: pd.DataFrame, estimates: Sequence[Mapping]
+) -> dict[str, pd.DataFrame]:
+    """The section's frames from the report's cell frame (``tlbench.report.load_records``) and the
+    run's estimate records (``tlbench.transferability.load_estimates``)."""
+    est = estimates_frame(estimates)
+    cells = _ok_cells(cells_df)
+    return {
+        "scores": scores_table(est, cells),
+        "correlation": correlation_table(est, cells),
+        "time": time_table(est, cells),
+    }
+
+
+def estimates_frame(estimates: Sequence[Mapping]) -> pd.DataFrame:
+    columns = [*PAIR, "estimator", "status", "score", "wall_s", "features_s", "features_cached"]
+    frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in estimates], columns=columns)
+    for column in ("score", "wall_s", "features_s"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def _ok_cells(cells_df: pd.DataFrame) -> pd.DataFrame:
+    columns = [*PAIR, "strategy", "top1", "wall_s"]
+    if cells_df is None or cells_df.empty:
+        return pd.DataFrame(columns=columns)
+    ok = cells_df[cells_df["status"] == "ok"]
+    return pd.DataFrame(
+        {
+            **{c: ok[c] for c in [*PAIR, "strategy"]},
+            "top1": pd.to_numeric(ok.get("metrics.top1"), errors="coerce"),
+            "wall_s": pd.to_numeric(ok.get("cost.wall_s"), errors="coerce"),
+        },
+        columns=columns,
+    )
+
+
+def _mean_over_seeds(frame: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
+    """(dataset, model) rows, one column per ``column`` value; means over seeds."""
+    if frame.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["dataset", "model"]))
+    return frame.pivot_table(
+        index=["dataset", "model"], columns=column, values=value, aggfunc="mean", sort=False
+    )
+
+
+def scores_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    pairs = _ordered(
+        [
+            *zip(est["dataset"], est["model"], strict=True),
+            *zip(cells["dataset"], cells["model"], strict=True),
+        ]
+    )
+    if not pairs:
+        return pd.DataFrame(columns=["dataset", "model"])
+    index = pd.MultiIndex.from_tuples(pairs, names=["dataset", "model"])
+    scores = _mean_over_seeds(est[est["status"] == "ok"], "estimator", "score").reindex(
+        index=index, columns=_ordered(est["estimator"])
+    )
+    top1 = _mean_over_seeds(cells, "strategy", "top1").reindex(
+        index=index, columns=_ordered(cells["strategy"])
+    )
+    top1.columns = [f"{s} top1" for s in top1.columns]
+    return scores.join(top1).reset_index()
+
+
+def correlation_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    ok = est[est["status"] == "ok"]
+    scores = _mean_over_seeds(ok, "estimator", "score")
+    top1 = _mean_over_seeds(cells, "strategy", "top1")
+    rows = []
+    for dataset in _ordered(est["dataset"]):
+        for estimator in _ordered(est["estimator"]):
+            for strategy in _ordered(cells["strategy"]):
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "estimator": estimator,
+                        "strategy": strategy,
+                        **_correlate(scores, top1, dataset, estimator, strategy),
+                    }
+                )
+    columns = [
+        "dataset",
+        "estimator",
+        "strategy",
+        "models",
+        "kendall_tau",
+        "weighted_tau",
+        "kendall_p",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _correlate(scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, strategy) -> dict:
+    if estimator not in scores.columns or strategy not in top1.columns:
+        return {
+            "models": 0,
+            "kendall_tau": math.nan,
+            "weighted_tau": math.nan,
+            "kendall_p": math.nan,
+        }
+    s = _column_for(scores, dataset, estimator)
+    a = _column_for(top1, dataset, strategy)
+    both = s.to_frame("s").join(a.to_frame("a"), how="inner")
+    result = rank_correlation(both["s"].tolist(), both["a"].tolist())
+    return {
+        "models": result["n"],
+        "kendall_tau": result["kendall_tau"],
+        "weighted_tau": result["weighted_tau"],
+        "kendall_p": result["kendall_p"],
+    }
+
+
+def _column_for(frame: pd.DataFrame, dataset, column) -> pd.Series:
+    if dataset not in frame.index.get_level_values("dataset"):
+        return pd.Series(dtype=float)
+    return frame.xs(dataset, level="dataset")[column]
+
+
+def time_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Estimator seconds vs. fine-tuning seconds, summed over the triples both finished."""
+    ok = est[est["status"] == "ok"].assign(
+        total_s=lambda f: f["wall_s"].fillna(0) + f["features_s"].fillna(0)
+    )
+    rows = []
+    for estimator in _ordered(est["estimator"]):
+        mine = ok[ok["estimator"] == estimator].set_index(PAIR)
+        for strategy in _ordered(cells["strategy"]):
+            theirs = cells[cells["strategy"] == strategy].groupby(PAIR)["wall_s"].sum()
+            shared = mine.index.intersection(theirs.index)
+            estimator_s = float(mine.loc[shared, "total_s"].sum()) if len(shared) else math.nan
+            finetune_s = float(theirs.loc[shared].sum()) if len(shared) else math.nan
+            cached = (
+                int(mine.loc[shared, "features_cached"].fillna(False).astype(bool).sum())
+                if len(shared)
+                else 0
+            )
+            rows.append(
+                {
+                    "estimator": estimator,
+                    "strategy": strategy,
+                    "pairs": len(shared),
+                    "estimator_s": estimator_s,
+                    "finetune_s": finetune_s,
+                    "speedup": finetune_s / estimator_s
+                    if estimator_s and estimator_s > 0
+                    else math.nan,
+                    "inputs_from_cache": cached,
+                }
+            )
+    columns = [
+        "estimator",
+        "strategy",
+        "pairs",
+        "estimator_s",
+        "finetune_s",
+        "speedup",
+        "inputs_from_cache",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _ordered(values) -> list:
+    """Distinct values in first-seen order (the suite's order), NaN dropped."""
+    return [v for v in dict.fromkeys(values) if not (isinstance(v, float) and math.isnan(v))]
+
+
+# ---------------------------------------------------------------------------------------- rendering
+
+TITLES = {
+    "scores": "Transferability scores (higher = predicted to transfer better) and actual top-1 (%)",
+    "correlation": "Rank correlation between estimator scores and actual top-1 across models, per dataset",
+    "time": "Estimator time (features/logits + scoring) vs. fine-tuning time on the same models",
+}
+DIGITS = {
+    "kendall_tau": 2,
+    "weighted_tau": 2,
+    "kendall_p": 3,
+    "estimator_s": 1,
+    "finetune_s": 1,
+    "speedup": 1,
+}
+
+
+def formatted(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Strings for display: scores to 3 significant places, top-1 to 1 decimal, NaN as a dash."""
+    return frame.apply(lambda column: column.map(lambda v, c=column.name: _fmt(name, c, v)))
+
+
+def _fmt(table: str, column, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if not isinstance(value, float):
+        return str(value)
+    if column in DIGITS:
+        return f"{value:.{DIGITS[column]}f}" + ("x" if column == "speedup" else "")
+    if str(column).endswith(" top1"):
+        return f"{value:.1f}"
+    return f"{value:.4g}"
+
+
+def transferability_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The section as Markdown: a heading, then each table (``DataFrame.to_markdown``)."""
+    parts = ["## Transferability estimation", ""]
+    for name, frame in tables.items():
+        parts += [f"### {TITLES.get(name, name)}", ""]
+        if frame.empty:
+            parts += ["No estimates or no finished cells to compare.", ""]
+            continue
+        parts += [formatted(name, frame).to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(parts)
+
+
+def render_transferability(tables: Mapping[str, pd.DataFrame], console) -> None:
+    """Print each table to a ``rich.console.Console``."""
+    from rich.table import Table as RichTable
+
+    for name, frame in tables.items():
+        if frame.empty:
+            console.print(f"{TITLES.get(name, name)}: nothing to show yet.")
+            continue
+        table = RichTable(title=TITLES.get(name, name), title_justify="left")
+        text = formatted(name, frame)
+        for column in text.columns:
+            table.add_column(
+                str(column),
+                justify="left"
+                if column in ("dataset", "model", "estimator", "strategy")
+                else "right",
+            )
+        for row in text.itertuples(index=False):
+            table.add_row(*row)
+        console.print(table)

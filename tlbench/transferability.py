@@ -1,0 +1,380 @@
+"""Transferability estimation over a suite: score every (model, dataset, seed) pair with the
+suite's estimators, without fine-tuning, and record each score as it is computed.
+
+``run_estimators`` reads the frozen backbone's features of the pair's training split (through
+the engine's cached ``extract_features``, the same cache entry a linear probe reads) and, for
+estimators that declare ``needs_source_head``, the source model's logits over its own classes.
+Records go to ``estimates.jsonl`` in the run directory with the same durable appends as
+``cells.jsonl`` (one ``write`` under ``flock``, then ``fsync``), so an interrupted run resumes.
+
+One record per (model, dataset, seed, estimator)::
+
+    {"schema": 1, "kind": "estimate", "suite", "model", "dataset", "seed", "estimator",
+     "status": "ok" | "skipped" | "failed", "score", "wall_s", "features_s", "error", ...}
+
+``wall_s`` is the estimator's own time; ``features_s`` is the time spent producing the inputs it
+reads (backbone features, or source logits for LEEP/NCE), ``0``-ish when they came from the
+cache (``features_cached`` says so). ``rank_correlation`` measures how well scores rank models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tlbench import __version__
+from tlbench.cache import stable_hash
+from tlbench.components import Cell
+from tlbench.errors import UserError
+from tlbench.results import SCHEMA_VERSION, ResultsStore, now_iso, read_records
+from tlbench.suite import Entry, Suite, expand_cells
+
+ESTIMATES_FILE = "estimates.jsonl"
+FEATURES_SPLIT = "train"  # estimators see what a strategy trains on, never val or test
+DONE = ("ok", "skipped")
+
+
+# ---------------------------------------------------------------------------------------- records
+
+
+def estimates_store(run_dir: Path) -> ResultsStore:
+    store = ResultsStore(run_dir)
+    store.path = Path(run_dir) / ESTIMATES_FILE
+    return store
+
+
+def load_estimates(run_dir: Path) -> list[dict]:
+    """The last record per (model, dataset, seed, estimator) of ``run_dir/estimates.jsonl``."""
+    latest: dict[tuple, dict] = {}
+    for record in read_records(Path(run_dir) / ESTIMATES_FILE):
+        latest[_record_key(record)] = record
+    return list(latest.values())
+
+
+def _record_key(record: Mapping[str, Any]) -> tuple:
+    return (record.get("model"), record.get("dataset"), record.get("seed"), record.get("estimator"))
+
+
+def estimate_hash(cell: Cell, estimator: Entry) -> str:
+    """Identifies what an estimate computes, for resume (like ``suite.config_hash`` for cells)."""
+    return stable_hash(
+        {
+            "model": [cell.model_ref, dict(cell.model_options)],
+            "dataset": [cell.dataset_ref, dict(cell.dataset_options)],
+            "estimator": [estimator.ref, dict(estimator.options)],
+            "seed": cell.seed,
+            "ids": [cell.model, cell.dataset, estimator.id],
+        }
+    )
+
+
+def base_estimate(cell: Cell, estimator: Entry) -> dict:
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "estimate",
+        "suite": cell.suite,
+        "config_hash": estimate_hash(cell, estimator),
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "seed": cell.seed,
+        "estimator": estimator.id,
+        "model_ref": cell.model_ref,
+        "dataset_ref": cell.dataset_ref,
+        "estimator_ref": estimator.ref,
+        "options": {
+            "model": dict(cell.model_options),
+            "dataset": dict(cell.dataset_options),
+            "estimator": dict(estimator.options),
+        },
+        "status": "running",
+        "score": None,
+        "wall_s": None,
+        "features_s": None,
+        "error": None,
+        "started_at": now_iso(),
+        "tlbench_version": __version__,
+    }
+
+
+def _error(exc: BaseException, kind: str | None = None) -> dict:
+    return {
+        "type": kind or type(exc).__name__,
+        "message": str(exc),
+        "traceback": traceback.format_exc(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def estimate_pairs(suite: Suite, selection=None) -> list[Cell]:
+    """One representative cell per (model, dataset, seed) the suite runs, in grid order.
+
+    The representative's strategy is irrelevant: only the model, dataset and seed are read.
+    ``selection`` (a ``tlbench.runner.Selection``) narrows models, datasets and seeds.
+    """
+    pairs: dict[tuple, Cell] = {}
+    for cell in expand_cells(suite):
+        if selection is not None and not _selected(selection, cell):
+            continue
+        pairs.setdefault((cell.model, cell.dataset, cell.seed), cell)
+    return list(pairs.values())
+
+
+def _selected(selection, cell: Cell) -> bool:
+    # A strategy filter selects cells, not pairs: estimates do not depend on the strategy.
+    return (
+        (not selection.models or cell.model in selection.models)
+        and (not selection.datasets or cell.dataset in selection.datasets)
+        and (not selection.seeds or cell.seed in selection.seeds)
+    )
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def run_estimators(
+    suite: Suite, runner, run_dir: Path, *, selection=None, retry_failed: bool = False
+) -> list[dict]:
+    """Score every (model, dataset, seed) of ``suite`` with each of ``suite.estimators``.
+
+    ``runner`` is a ``tlbench.runner.CellRunner`` (its model, data and cache are reused). Records
+    already in ``run_dir/estimates.jsonl`` with status ok or skipped are kept, as are failed ones
+    unless ``retry_failed``. Returns the latest record of every estimate of the suite.
+    """
+    if not suite.estimators:
+        return []
+    store = estimates_store(run_dir)
+    latest = {r.get("config_hash"): r for r in store.read()}
+    wanted = []
+    for cell in estimate_pairs(suite, selection):
+        hashes = {e.id: estimate_hash(cell, e) for e in suite.estimators}
+        wanted += hashes.values()
+        todo = [e for e in suite.estimators if not _done(latest.get(hashes[e.id]), retry_failed)]
+        if not todo:
+            continue
+        runner.log(
+            f"estimating {cell.model} on {cell.dataset} (seed {cell.seed}): {', '.join(e.id for e in todo)}"
+        )
+        for record in estimate_pair(cell, todo, runner):
+            store.append(record)
+            latest[record["config_hash"]] = record
+    return [latest[h] for h in wanted if h in latest]
+
+
+def _done(record: Mapping[str, Any] | None, retry_failed: bool) -> bool:
+    return record is not None and (
+        record.get("status") in DONE or (not retry_failed and record.get("status") == "failed")
+    )
+
+
+@dataclass
+class PairInputs:
+    """What a pair's estimators read, and what producing it cost."""
+
+    features: Any  # torch.Tensor (N, D)
+    labels: Any  # torch.Tensor (N,)
+    features_s: float
+    features_cached: bool
+    logits: Any = None  # torch.Tensor (N, Z), or None when there is no source head
+    logits_s: float | None = None
+    logits_cached: bool = False
+    no_head: str | None = None  # why there are no logits
+    source_classes: int | None = None
+
+
+def estimate_pair(cell: Cell, estimators: Sequence[Entry], runner) -> list[dict]:
+    """Records for ``estimators`` on one pair; a failure to load or extract fails them all, a
+    failing estimator fails alone."""
+    loaded, records = [], []
+    for entry in estimators:
+        record = base_estimate(cell, entry)
+        try:
+            loaded.append((entry, record, load_estimator(runner.registry, entry)))
+        except Exception as exc:
+            records.append(_finish(record, "failed", error=_error(exc)))
+    if not loaded:
+        return records
+    needs_head = any(bool(getattr(est, "needs_source_head", False)) for _, _, est in loaded)
+    try:
+        inputs = gather_inputs(cell, runner, needs_head)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # one broken pair never stops the others
+        return records + [_finish(record, "failed", error=_error(exc)) for _, record, _ in loaded]
+    return records + [
+        score_one(entry, record, estimator, inputs) for entry, record, estimator in loaded
+    ]
+
+
+def load_estimator(registry, entry: Entry):
+    registered, _ = registry.lookup("estimator", entry.ref)
+    estimator = registered.spec.load_factory()(dict(entry.options))
+    if not callable(getattr(estimator, "score", None)):
+        raise UserError(
+            f"estimator {entry.ref!r} (plugin {registered.plugin!r}): its factory returned {estimator!r}, which has no score(features, labels, source_logits) method"
+        )
+    return estimator
+
+
+def gather_inputs(cell: Cell, runner, needs_head: bool) -> PairInputs:
+    """Train-split features (engine cache, namespace ``features``) and, when asked for and the
+    model has a source classifier, its logits (namespace ``source-logits``)."""
+    source = runner.source_model(cell)
+    data = runner.prepared_data(cell, runner.target_data(cell), source)
+    features, labels, features_s, features_cached = _features(cell, runner, source, data)
+    inputs = PairInputs(features, labels, features_s, features_cached)
+    if not needs_head:
+        return inputs
+    if source.build_with_source_head is None:
+        inputs.no_head = f"model {cell.model!r} ({cell.model_ref}) has no source classifier (randomly initialised or headless weights)"
+        return inputs
+    inputs.logits, inputs.logits_s, inputs.logits_cached = _source_logits(
+        cell, runner, source, data
+    )
+    inputs.source_classes = int(inputs.logits.shape[1])
+    return inputs
+
+
+def _features(cell: Cell, runner, source, data):
+    from tlbench.engine import extract_features
+    from tlbench.engine.features import features_key
+    from tlbench.engine.runtime import resolve_device, resolve_precision
+
+    precision = resolve_precision("auto", resolve_device(runner.device))
+    cached = runner.cache.contains(
+        "features", features_key(data, FEATURES_SPLIT, source.fingerprint, precision)
+    )
+    started = time.perf_counter()
+    features, labels = extract_features(
+        lambda: source.build(num_classes=0, in_chans=data.in_chans, seed=cell.seed),
+        data,
+        FEATURES_SPLIT,
+        device=runner.device,
+        precision=precision,
+        cache=runner.cache,
+        weights_fingerprint=source.fingerprint,
+    )
+    return features, labels, time.perf_counter() - started, cached
+
+
+def _source_logits(cell: Cell, runner, source, data):
+    from tlbench.engine import extract_features
+    from tlbench.engine.features import features_key
+    from tlbench.engine.runtime import resolve_device, resolve_precision
+
+    precision = resolve_precision("auto", resolve_device(runner.device))
+    key = {
+        **features_key(data, FEATURES_SPLIT, source.fingerprint, precision),
+        "output": "source-logits",
+    }
+    cached = runner.cache.contains("source-logits", key)
+
+    def compute() -> dict:
+        # extract_features runs any frozen module over the split; here the module ends in the
+        # source classifier, so its outputs are the logits.
+        logits, _ = extract_features(
+            lambda: source.build_with_source_head(in_chans=data.in_chans),
+            data,
+            FEATURES_SPLIT,
+            device=runner.device,
+            precision=precision,
+        )
+        return {"logits": logits}
+
+    started = time.perf_counter()
+    logits = runner.cache.get_or_compute("source-logits", key, compute)["logits"]
+    return logits, time.perf_counter() - started, cached
+
+
+def score_one(entry: Entry, record: dict, estimator, inputs: PairInputs) -> dict:
+    needs_head = bool(getattr(estimator, "needs_source_head", False))
+    record.update(
+        n=int(inputs.labels.shape[0]),
+        dim=int(inputs.features.shape[1]),
+        num_classes=int(inputs.labels.unique().numel()),
+    )
+    if needs_head:
+        if inputs.logits is None:
+            message = f"estimator {entry.id!r} needs the source model's predictions over its source classes; {inputs.no_head}"
+            return _finish(record, "skipped", error={"type": "Skipped", "message": message})
+        record.update(
+            features_s=round(inputs.logits_s, 4),
+            features_cached=inputs.logits_cached,
+            input="source-logits",
+            source_classes=inputs.source_classes,
+        )
+    else:
+        record.update(
+            features_s=round(inputs.features_s, 4),
+            features_cached=inputs.features_cached,
+            input="features",
+        )
+    started = time.perf_counter()
+    try:
+        score = float(
+            estimator.score(inputs.features, inputs.labels, inputs.logits if needs_head else None)
+        )
+        if not math.isfinite(score):
+            raise UserError(f"estimator {entry.id!r} returned a non-finite score ({score})")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        record["wall_s"] = round(time.perf_counter() - started, 4)
+        return _finish(record, "failed", error=_error(exc))
+    record["wall_s"] = round(time.perf_counter() - started, 4)
+    return _finish(record, "ok", score=score)
+
+
+def _finish(
+    record: dict, status: str, *, score: float | None = None, error: dict | None = None
+) -> dict:
+    record.update(status=status, score=score, error=error, finished_at=now_iso())
+    return record
+
+
+# ---------------------------------------------------------------------------------------- analysis
+
+
+def rank_correlation(scores: Sequence[float], accuracies: Sequence[float]) -> dict:
+    """Kendall's tau-b and weighted tau (hyperbolic weights favouring the top of both rankings,
+    as TLlib and the LogME paper report) between estimator scores and actual accuracies.
+
+    Pairs with a missing (NaN/None) value are dropped; with fewer than two left, or with a
+    constant side, the correlations are NaN (undefined, not zero).
+    """
+    from scipy.stats import kendalltau, weightedtau
+
+    kept = [
+        (float(s), float(a))
+        for s, a in zip(scores, accuracies, strict=True)
+        if _finite(s) and _finite(a)
+    ]
+    result = {
+        "kendall_tau": math.nan,
+        "kendall_p": math.nan,
+        "weighted_tau": math.nan,
+        "n": len(kept),
+    }
+    if len(kept) < 2 or len({s for s, _ in kept}) < 2 or len({a for _, a in kept}) < 2:
+        return result
+    x, y = zip(*kept, strict=True)
+    tau = kendalltau(x, y)
+    result.update(
+        kendall_tau=float(tau.statistic),
+        kendall_p=float(tau.pvalue),
+        weighted_tau=float(weightedtau(x, y).statistic),
+    )
+    return result
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
