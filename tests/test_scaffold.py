@@ -216,5 +216,7 @@ def test_new_plugin_installs_lists_runs_a_suite_and_passes_its_own_tests(tmp_pat
     ]
     assert records[0]["metrics"]["top1"] > 30
 
-    summary = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=plugin).splitlines()[-1]
+    summary = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=plugin).splitlines()[
+        -1
+    ]
     assert re.match(r"5 passed in ", summary), summary

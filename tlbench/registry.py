@@ -32,7 +32,7 @@ class Registry:
         expected = SPEC_KINDS[kind]
         if not isinstance(spec, expected):
             raise RegistrationError(
-                f"plugin {plugin!r} registered {spec!r} through register_{kind}s; expected a tlbench.specs.{expected.__name__}"
+                f"plugin {plugin!r} registered {spec!r} as a {kind}; expected a tlbench.specs.{expected.__name__}"
             )
         clash = {o.name for o in COMMON_OPTIONS[kind]} & {o.name for o in spec.options}
         if clash:

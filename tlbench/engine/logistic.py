@@ -22,6 +22,9 @@ from tlbench.engine.runtime import resolve_device
 
 DEFAULT_L2_GRID = tuple(10.0**e for e in range(-6, 3))  # 1e-6 .. 1e2
 DEFAULT_REFINE_STEPS = 3
+# scikit-learn's lbfgs defaults (gradient tolerance on the mean loss); the benchmark uses the same.
+DEFAULT_TOL = 1e-4
+DEFAULT_MAX_ITER = 500
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def _lbfgs(
     l2: float,
     init: torch.Tensor | None,
     max_iter: int,
+    tol: float,
 ) -> torch.Tensor:
     """Minimise mean CE + l2/2 ||W||^2 over W (dim+1, classes); the bias row is not penalised."""
     w = (
@@ -76,8 +80,8 @@ def _lbfgs(
         lr=1.0,
         max_iter=max_iter,
         history_size=20,
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
+        tolerance_grad=tol,
+        tolerance_change=tol * 1e-3,
         line_search_fn="strong_wolfe",
     )
 
@@ -101,18 +105,19 @@ class _Problem:
         num_classes: int,
         device: torch.device,
         max_iter: int,
+        tol: float,
     ):
         x = x.to(device, torch.float32)
         self.mean, self.std = _standardiser(x)
         self.z = (x - self.mean) / self.std
         self.y = y.to(device)
         self.num_classes = num_classes
-        self.max_iter = max_iter
+        self.max_iter, self.tol = max_iter, tol
         self.solutions: dict[float, torch.Tensor] = {}
 
     def fit(self, l2: float) -> LinearHead:
         nearest = min(self.solutions, key=lambda s: abs(math.log(s) - math.log(l2)), default=None)
-        w = _lbfgs(self.z, self.y, self.num_classes, l2, self.solutions.get(nearest), self.max_iter)
+        w = _lbfgs(self.z, self.y, self.num_classes, l2, self.solutions.get(nearest), self.max_iter, self.tol)
         self.solutions[l2] = w
         weight = (w[:-1] / self.std[:, None]).T
         bias = w[-1] - weight @ self.mean
@@ -126,10 +131,11 @@ def fit_logistic(
     *,
     l2: float,
     device: str | torch.device | None = None,
-    max_iter: int = 500,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
 ) -> LinearHead:
     """Fit one L2-regularised multinomial logistic regression (standardised features)."""
-    return _Problem(features, labels, num_classes, resolve_device(device), max_iter).fit(l2)
+    return _Problem(features, labels, num_classes, resolve_device(device), max_iter, tol).fit(l2)
 
 
 def search_logistic(
@@ -140,13 +146,14 @@ def search_logistic(
     grid: tuple[float, ...] = DEFAULT_L2_GRID,
     refine_steps: int = DEFAULT_REFINE_STEPS,
     device: str | torch.device | None = None,
-    max_iter: int = 500,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
 ) -> LogisticSearch:
     """Choose the strength on ``val``: the grid from strong to weak (warm starts follow the
     regularisation path), then ``refine_steps`` rounds of interval halving in log space.
     Ties go to the stronger regularisation."""
     device = resolve_device(device)
-    problem = _Problem(*train, num_classes, device, max_iter)
+    problem = _Problem(*train, num_classes, device, max_iter, tol)
     val_x, val_y = val[0].to(device), val[1]
     scores: dict[float, tuple[float, LinearHead]] = {}
 
