@@ -215,7 +215,12 @@ def test_self_pretrained_model_learns_the_source_task_and_is_cached(tmp_path):
         builtins=("tlbench.builtin.models", "tlbench.builtin.datasets"), load_entrypoints=False
     )
     options = dict(
-        source_dataset="fashion-mnist", source_train_size=800, epochs=2, lr=2e-3, input_size=32
+        source_dataset="fashion-mnist",
+        source_train_size=800,
+        epochs=2,
+        lr=3e-3,
+        batch_size=32,
+        input_size=32,
     )
     logs: list[str] = []
 
@@ -223,7 +228,7 @@ def test_self_pretrained_model_learns_the_source_task_and_is_cached(tmp_path):
         ctx = BuildContext(
             cache=Cache(cache_dir), device="cpu", registry=host.registry, seed=0, log=logs.append
         )
-        return load(host.registry, "self-pretrained:resnet18", ctx, **options)
+        return load(host.registry, "self-pretrained:test_efficientnet", ctx, **options)
 
     first = make(tmp_path)
     assert first.card["source_test_top1"] > 40  # ten classes: chance is 10%
@@ -242,7 +247,9 @@ def test_self_pretrained_model_learns_the_source_task_and_is_cached(tmp_path):
         again.fingerprint
         == first.fingerprint
         != load(
-            host.registry, "scratch:resnet18", BuildContext(cache=Cache(tmp_path), device="cpu")
+            host.registry,
+            "scratch:test_efficientnet",
+            BuildContext(cache=Cache(tmp_path), device="cpu"),
         ).fingerprint
     )
     x = torch.randn(2, 1, 32, 32)

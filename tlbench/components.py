@@ -91,7 +91,7 @@ class SourceModel:
     initialised from ``seed``. ``build(0, ...)`` returns the backbone without a classifier.
     ``data_config`` is timm's resolved data config (input_size, interpolation, mean, std,
     crop_pct, crop_mode). ``fingerprint`` identifies the weights (sha256 of the file, or
-    ``random:<arch>:<seed>``). ``card`` is recorded in every result.
+    ``random:<arch>:seed<seed>``, from ``BuildContext.seed``). ``card`` is recorded in every result.
     """
 
     name: str

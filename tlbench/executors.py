@@ -407,12 +407,13 @@ class _Dispatch:
         self.in_flight[future] = (slot, cell, group)
 
     def _steal(self) -> deque:
-        """Half of the longest group still waiting on a busy slot, so no slot idles."""
-        waiting = [group for _, _, group in self.in_flight.values() if group]
+        """Half of the longest group still waiting on a busy slot, so no slot idles. A lone
+        waiting cell stays where its model and data are already loaded."""
+        waiting = [group for _, _, group in self.in_flight.values() if len(group) >= 2]
         if not waiting:
             return deque()
         longest = max(waiting, key=len)
-        stolen = deque(longest.pop() for _ in range(max(1, len(longest) // 2)))
+        stolen = deque(longest.pop() for _ in range(len(longest) // 2))
         stolen.reverse()
         return stolen
 

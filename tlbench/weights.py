@@ -449,10 +449,11 @@ def file_model(
 
 
 def _classifier_size(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int:
-    classifier = timm.models.get_pretrained_cfg(arch) or timm.models.get_pretrained_cfg(
+    """Outputs of the checkpoint's classifier (named by timm's pretrained_cfg), 0 if it has none."""
+    cfg = timm.models.get_pretrained_cfg(arch) or timm.models.get_pretrained_cfg(
         timm.models.split_model_name_tag(arch)[0]
     )
-    names = (classifier.classifier if classifier else None) or ()
+    names = (cfg.classifier if cfg else None) or ()
     for head in (names,) if isinstance(names, str) else names:
         weight = state_dict.get(f"{head}.weight")
         if weight is not None:
