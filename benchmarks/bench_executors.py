@@ -38,14 +38,18 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tlbench-bench-"))
     suite = tiny_suite(tmp / "s.toml", seeds=tuple(range(args.seeds)), work=args.work)
-    timed(tmp, suite, "warmup", ExecutorConfig())  # imports, preprocessing cache: not what we compare
+    timed(
+        tmp, suite, "warmup", ExecutorConfig()
+    )  # imports, preprocessing cache: not what we compare
     results = {"local": timed(tmp, suite, "local", ExecutorConfig())}
     results["process-2"] = timed(tmp, suite, "process", ExecutorConfig("process", workers=2))
     if not args.skip_ray:
         results["ray-2"] = timed(tmp, suite, "ray", ExecutorConfig("ray", workers=2))
     cells = args.seeds * 2
     for name, seconds in results.items():
-        print(f"{name:10s} {seconds:7.1f} s  {cells} cells  ratio to local {seconds / results['local']:.2f}")
+        print(
+            f"{name:10s} {seconds:7.1f} s  {cells} cells  ratio to local {seconds / results['local']:.2f}"
+        )
 
 
 if __name__ == "__main__":

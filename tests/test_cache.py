@@ -34,7 +34,10 @@ def test_two_processes_asking_for_one_key_compute_it_once(tmp_path):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     log = tmp_path / "computations.log"
-    procs = [ctx.Process(target=_compute_shared, args=(str(tmp_path / "cache"), str(log), barrier)) for _ in range(2)]
+    procs = [
+        ctx.Process(target=_compute_shared, args=(str(tmp_path / "cache"), str(log), barrier))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -59,7 +62,9 @@ def test_a_corrupted_entry_is_detected_and_recomputed(tmp_path):
     value = Cache(tmp_path).get_or_compute("features", key, compute)
     assert len(calls) == 2, "the sha256 mismatch forced a recompute"
     assert torch.equal(value["value"], _expensive(3))
-    assert Cache(tmp_path).get_or_compute("features", key, compute) is not None and len(calls) == 2, "the repaired entry is a hit"
+    assert (
+        Cache(tmp_path).get_or_compute("features", key, compute) is not None and len(calls) == 2
+    ), "the repaired entry is a hit"
 
 
 def test_cache_info_and_clear_commands(tmp_path):
@@ -67,8 +72,12 @@ def test_cache_info_and_clear_commands(tmp_path):
 
     Cache(tmp_path).get_or_compute("features", {"k": 1}, lambda: {"v": torch.ones(3)})
     Cache(tmp_path).get_or_compute("prep", {"k": 1}, lambda: {"v": torch.ones(3)})
-    info = CliRunner().invoke(cli, ["cache", "info", "--cache-dir", str(tmp_path)], terminal_width=200)
+    info = CliRunner().invoke(
+        cli, ["cache", "info", "--cache-dir", str(tmp_path)], terminal_width=200
+    )
     assert info.exit_code == 0 and "features" in info.output and "prep" in info.output
-    cleared = CliRunner().invoke(cli, ["cache", "clear", "features", "--cache-dir", str(tmp_path), "--yes"])
+    cleared = CliRunner().invoke(
+        cli, ["cache", "clear", "features", "--cache-dir", str(tmp_path), "--yes"]
+    )
     assert cleared.exit_code == 0
     assert not (tmp_path / "features").exists() and (tmp_path / "prep").exists()

@@ -18,10 +18,15 @@ def test_groups_keep_cells_sharing_model_dataset_and_seed_together(tmp_path):
     from tlbench.planning import Selection, plan_cells
     from tlbench.suite import load_suite
 
-    cells = plan_cells(load_suite(tiny_suite(tmp_path / "s.toml", seeds=(0, 1, 2)), tiny_host().registry), Selection())
+    cells = plan_cells(
+        load_suite(tiny_suite(tmp_path / "s.toml", seeds=(0, 1, 2)), tiny_host().registry),
+        Selection(),
+    )
     groups = group_cells(reversed(cells))
     assert [len(g) for g in groups] == [2, 2, 2]
-    assert all(isinstance(g, deque) and len({(c.model, c.dataset, c.seed) for c in g}) == 1 for g in groups)
+    assert all(
+        isinstance(g, deque) and len({(c.model, c.dataset, c.seed) for c in g}) == 1 for g in groups
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +35,24 @@ def local_metrics(tmp_path_factory):
     from tlbench.runner import run_suite
 
     tmp_path = tmp_path_factory.mktemp("local")
-    return metrics_by_cell(run_suite(request(tmp_path, tiny_suite(tmp_path / "s.toml")), tiny_host()).records)
+    return metrics_by_cell(
+        run_suite(request(tmp_path, tiny_suite(tmp_path / "s.toml")), tiny_host()).records
+    )
 
 
 def test_process_executor_matches_local_and_keeps_groups_on_one_worker(tmp_path, local_metrics):
     from tlbench.runner import run_suite
 
     suite = tiny_suite(tmp_path / "s.toml")
-    parallel = run_suite(request(tmp_path, suite, out_dir=tmp_path / "proc", executor=ExecutorConfig("process", workers=2)), tiny_host())
+    parallel = run_suite(
+        request(
+            tmp_path,
+            suite,
+            out_dir=tmp_path / "proc",
+            executor=ExecutorConfig("process", workers=2),
+        ),
+        tiny_host(),
+    )
     assert parallel.exit_code == 0 and parallel.ran == 4
     assert metrics_by_cell(parallel.records) == local_metrics
     workers = {(r["seed"], r["worker"]["pid"]) for r in parallel.records}
@@ -53,8 +68,12 @@ def test_a_worker_that_dies_fails_its_cell_and_the_run_goes_on(tmp_path):
     flag = tmp_path / "crash"
     flag.write_text("")
     suite = tiny_suite(tmp_path / "s.toml", seeds=(0,), crash_if_exists=str(flag))
-    outcome = run_suite(request(tmp_path, suite, executor=ExecutorConfig("process", workers=1)), tiny_host())
-    assert [r["status"] for r in outcome.records] == ["failed", "failed"], "the restarted worker ran the next cell"
+    outcome = run_suite(
+        request(tmp_path, suite, executor=ExecutorConfig("process", workers=1)), tiny_host()
+    )
+    assert [r["status"] for r in outcome.records] == ["failed", "failed"], (
+        "the restarted worker ran the next cell"
+    )
     assert "the worker running this cell died" in outcome.records[0]["error"]["message"]
     assert outcome.exit_code == 1
 
@@ -64,7 +83,12 @@ def test_ray_executor_matches_local(tmp_path, local_metrics):
     from tlbench.runner import run_suite
 
     suite = tiny_suite(tmp_path / "s.toml")
-    on_ray = run_suite(request(tmp_path, suite, out_dir=tmp_path / "ray", executor=ExecutorConfig("ray", workers=2)), tiny_host())
+    on_ray = run_suite(
+        request(
+            tmp_path, suite, out_dir=tmp_path / "ray", executor=ExecutorConfig("ray", workers=2)
+        ),
+        tiny_host(),
+    )
     assert on_ray.exit_code == 0, [r.get("error") for r in on_ray.records]
     assert metrics_by_cell(on_ray.records) == local_metrics
     assert {r["worker"]["executor"] for r in on_ray.records} == {"ray"}
@@ -74,5 +98,11 @@ def test_ray_missing_is_a_clear_user_error(tmp_path, monkeypatch):
     from tlbench.runner import run_suite
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like
-    with pytest.raises(UserError, match=r"--executor ray needs Ray, which is not installed: pip install 'tlbench\[ray\]'"):
-        run_suite(request(tmp_path, tiny_suite(tmp_path / "s.toml"), executor=ExecutorConfig("ray")), tiny_host())
+    with pytest.raises(
+        UserError,
+        match=r"--executor ray needs Ray, which is not installed: pip install 'tlbench\[ray\]'",
+    ):
+        run_suite(
+            request(tmp_path, tiny_suite(tmp_path / "s.toml"), executor=ExecutorConfig("ray")),
+            tiny_host(),
+        )

@@ -15,8 +15,28 @@ from tlbench.results import read_records
 
 
 def start_run(tmp_path: Path, suite: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "tlbench.cli", "--plugin", PLUGIN, "run", str(suite), "--out", str(run_dir), "--device", "cpu", "-q", *extra]
-    return subprocess.Popen(command, env=subprocess_env(tmp_path / "cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench.cli",
+        "--plugin",
+        PLUGIN,
+        "run",
+        str(suite),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "-q",
+        *extra,
+    ]
+    return subprocess.Popen(
+        command,
+        env=subprocess_env(tmp_path / "cache"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(proc: subprocess.Popen, done) -> None:
@@ -26,7 +46,9 @@ def wait_for(proc: subprocess.Popen, done) -> None:
             proc.wait(timeout=0.02)
         except subprocess.TimeoutExpired:
             continue
-        raise AssertionError(f"the run exited ({proc.returncode}) before the awaited moment:\n{proc.stderr.read()}")
+        raise AssertionError(
+            f"the run exited ({proc.returncode}) before the awaited moment:\n{proc.stderr.read()}"
+        )
 
 
 def records_in(run_dir: Path) -> list[dict]:
@@ -49,7 +71,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_without_duplicates(tmp_
     result = cli("run", str(suite), "--resume", str(run_dir), "--device", "cpu", "--json", "-q")
     assert result.exit_code == 0, result.output
     records = records_in(run_dir)
-    assert max(Counter(r["config_hash"] for r in records).values()) == 1, "no cell is recorded twice"
+    assert max(Counter(r["config_hash"] for r in records).values()) == 1, (
+        "no cell is recorded twice"
+    )
     assert len(records) == 4
     assert metrics_by_cell(records) == metrics_by_cell(reference.records)
     env = (run_dir / "env.json").read_text()
@@ -66,7 +90,9 @@ def test_ctrl_c_finishes_the_cell_in_flight_exits_130_and_the_rest_resumes(tmp_p
     assert proc.returncode == 130, stderr
     assert "interrupt: finishing the cells in flight" in stderr and "--resume" in stderr
     done = records_in(run_dir)
-    assert 1 <= len(done) < 4 and all(r["status"] == "ok" for r in done), "the cell in flight finished normally"
+    assert 1 <= len(done) < 4 and all(r["status"] == "ok" for r in done), (
+        "the cell in flight finished normally"
+    )
     assert "run interrupted" in (run_dir / "run.log").read_text()
 
     resumed = cli("run", str(suite), "--resume", str(run_dir), "--device", "cpu", "-q")
@@ -92,4 +118,7 @@ def test_a_second_ctrl_c_stops_at_once_and_records_the_cell_in_flight_as_interru
     assert records[0]["strategy"] == "ridge" and records[0]["error"]["type"] == "KeyboardInterrupt"
 
     plan = cli("run", str(suite), "--resume", str(run_dir), "--dry-run", "--json")
-    assert [p["state"] for p in __import__("json").loads(plan.stdout)["plan"]] == ["pending", "pending"]
+    assert [p["state"] for p in __import__("json").loads(plan.stdout)["plan"]] == [
+        "pending",
+        "pending",
+    ]

@@ -34,7 +34,14 @@ def tiny_digits(argument, options, context):
 
     images = load_digits_images()
     digest = hashlib.sha256(images.images.tobytes() + images.labels.tobytes()).hexdigest()
-    return TargetData("tiny-digits", tuple(str(d) for d in range(10)), images, None, digest, {"source": "sklearn digits"})
+    return TargetData(
+        "tiny-digits",
+        tuple(str(d) for d in range(10)),
+        images,
+        None,
+        digest,
+        {"source": "sklearn digits"},
+    )
 
 
 def tiny_projection(argument, options, context):
@@ -48,7 +55,9 @@ def tiny_projection(argument, options, context):
     def build(num_classes: int, in_chans: int, seed: int) -> nn.Module:
         body = nn.Linear(in_chans * 64, width)
         with torch.no_grad():  # the "pretrained" weights: the same for every cell and process
-            body.weight.copy_(torch.randn(width, in_chans * 64, generator=torch.Generator().manual_seed(1234)) / 8)
+            body.weight.copy_(
+                torch.randn(width, in_chans * 64, generator=torch.Generator().manual_seed(1234)) / 8
+            )
             body.bias.zero_()
         layers = [nn.Flatten(), body, nn.Tanh()]
         if num_classes:
@@ -56,8 +65,23 @@ def tiny_projection(argument, options, context):
             layers.append(nn.Linear(width, num_classes))
         return nn.Sequential(*layers)
 
-    config = {"input_size": (3, 8, 8), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center"}
-    return SourceModel("tiny-proj", "tiny-proj", "random-projection", f"tiny-proj:1234:{width}", config, build, card={"arch": "tiny-proj"})
+    config = {
+        "input_size": (3, 8, 8),
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    return SourceModel(
+        "tiny-proj",
+        "tiny-proj",
+        "random-projection",
+        f"tiny-proj:1234:{width}",
+        config,
+        build,
+        card={"arch": "tiny-proj"},
+    )
 
 
 class Ridge:
@@ -78,12 +102,21 @@ class Ridge:
         for _ in range(self.options["work"]):
             chosen, val_top1, top1 = self._fit(ctx)
         width = ctx.source.build(0, ctx.data.in_chans, ctx.seed)[1].out_features
-        cost = {"trainable_params": (width + 1) * ctx.data.num_classes, "total_params": (width + 1) * ctx.data.num_classes + width * (ctx.data.in_chans * 64 + 1)}
-        return StrategyResult(metrics={"top1": top1, "val_top1": val_top1}, hparams={"l2": chosen}, cost=cost)
+        cost = {
+            "trainable_params": (width + 1) * ctx.data.num_classes,
+            "total_params": (width + 1) * ctx.data.num_classes
+            + width * (ctx.data.in_chans * 64 + 1),
+        }
+        return StrategyResult(
+            metrics={"top1": top1, "val_top1": val_top1}, hparams={"l2": chosen}, cost=cost
+        )
 
     def _fit(self, ctx):
         feats = {split: _features(ctx, split) for split in ("train", "val", "trainval", "test")}
-        scored = [(_accuracy(_solve(*feats["train"], ctx.data.num_classes, l2), *feats["val"]), l2) for l2 in self.options["l2"]]
+        scored = [
+            (_accuracy(_solve(*feats["train"], ctx.data.num_classes, l2), *feats["val"]), l2)
+            for l2 in self.options["l2"]
+        ]
         val_top1, chosen = max(scored, key=lambda item: (item[0], -item[1]))
         weights = _solve(*feats["trainval"], ctx.data.num_classes, chosen)
         return chosen, val_top1, _accuracy(weights, *feats["test"])
@@ -112,12 +145,21 @@ def _accuracy(weights, x, y) -> float:
 
 @hookimpl
 def register_models(register):
-    register(ModelSpec("tiny-proj", factory=tiny_projection, description="fixed random projection (tests)", options=(Option("width", int, 64, minimum=1),)))
+    register(
+        ModelSpec(
+            "tiny-proj",
+            factory=tiny_projection,
+            description="fixed random projection (tests)",
+            options=(Option("width", int, 64, minimum=1),),
+        )
+    )
 
 
 @hookimpl
 def register_datasets(register):
-    register(DatasetSpec("tiny-digits", factory=tiny_digits, description="scikit-learn digits (tests)"))
+    register(
+        DatasetSpec("tiny-digits", factory=tiny_digits, description="scikit-learn digits (tests)")
+    )
 
 
 @hookimpl
@@ -129,7 +171,14 @@ def register_strategies(register):
         Option("crash_if_exists", str, ""),
         Option("touch", str, "", help="create this file when a cell runs"),
     )
-    register(StrategySpec("ridge", factory=Ridge, description="ridge classifier on frozen features (tests)", options=options))
+    register(
+        StrategySpec(
+            "ridge",
+            factory=Ridge,
+            description="ridge classifier on frozen features (tests)",
+            options=options,
+        )
+    )
 
 
 # -- helpers the runner, resume and executor tests share --------------------------------------
@@ -154,7 +203,9 @@ l2 = [100.0, 1000.0]
 
 def tiny_suite(path: Path, seeds=(0, 1), **strategy_options) -> Path:
     extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in strategy_options.items())
-    path.write_text(TINY_SUITE.format(strategy_extra=extra).replace("seeds = [0, 1]", f"seeds = {list(seeds)}"))
+    path.write_text(
+        TINY_SUITE.format(strategy_extra=extra).replace("seeds = [0, 1]", f"seeds = {list(seeds)}")
+    )
     return path
 
 
@@ -167,18 +218,33 @@ def tiny_host():
 def subprocess_env(cache: Path) -> dict:
     """For ``python -m tlbench.cli`` children: find this plugin module, use a test cache."""
     paths = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "TLBENCH_CACHE": str(cache)}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "TLBENCH_CACHE": str(cache),
+    }
 
 
 def metrics_by_cell(records) -> dict:
-    return {(r["model"], r["dataset"], r["strategy"], r["seed"]): r["metrics"] for r in records if r["status"] == "ok"}
+    return {
+        (r["model"], r["dataset"], r["strategy"], r["seed"]): r["metrics"]
+        for r in records
+        if r["status"] == "ok"
+    }
 
 
 def request(tmp_path: Path, suite: Path, **options):
     from tlbench.runner import PluginConfig, RunRequest
 
     options.setdefault("out_dir", tmp_path / "run")
-    return RunRequest(suite=suite, device="cpu", cache_dir=tmp_path / "cache", results_root=tmp_path / "results", plugins=PluginConfig(modules=(PLUGIN,)), **options)
+    return RunRequest(
+        suite=suite,
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+        results_root=tmp_path / "results",
+        plugins=PluginConfig(modules=(PLUGIN,)),
+        **options,
+    )
 
 
 def cli(*args: str):
@@ -219,12 +285,19 @@ def test_a_failing_cell_is_recorded_with_its_traceback_and_the_rest_still_run(tm
     assert [r["status"] for r in outcome.records] == ["failed", "failed"]
     assert "told to fail" in outcome.records[0]["error"]["traceback"]
     log = (outcome.run_dir / "run.log").read_text()
-    assert "traceback of tiny-proj tiny-digits ridge seed=0" in log and "RuntimeError: told to fail" in log
+    assert (
+        "traceback of tiny-proj tiny-digits ridge seed=0" in log
+        and "RuntimeError: told to fail" in log
+    )
 
     again = run_suite(request(tmp_path, suite, resume=outcome.run_dir), tiny_host())
-    assert again.ran == 0 and again.skipped == 2, "without --retry-failed, failures count as recorded"
+    assert again.ran == 0 and again.skipped == 2, (
+        "without --retry-failed, failures count as recorded"
+    )
     flag.unlink()
-    retried = run_suite(request(tmp_path, suite, resume=outcome.run_dir, retry_failed=True), tiny_host())
+    retried = run_suite(
+        request(tmp_path, suite, resume=outcome.run_dir, retry_failed=True), tiny_host()
+    )
     assert retried.ran == 2 and retried.exit_code == 0
     assert [r["status"] for r in retried.records] == ["ok", "ok"]
 
@@ -239,13 +312,26 @@ def test_resume_skips_finished_cells_and_runs_only_the_rest(tmp_path):
     assert (second.ran, second.skipped) == (2, 2)
     assert {r["seed"] for r in second.records} == {0, 1} and len(second.records) == 4
     env = json.loads((first.run_dir / "env.json").read_text())
-    assert len(env["resumes"]) == 1, "a resumed run adds its environment, it does not replace the first"
+    assert len(env["resumes"]) == 1, (
+        "a resumed run adds its environment, it does not replace the first"
+    )
 
 
 def test_selection_naming_an_unknown_id_is_a_user_error_with_a_suggestion(tmp_path):
-    result = cli("run", str(tiny_suite(tmp_path / "s.toml")), "--strategy", "ridge-strng", "--out", str(tmp_path / "run"), "-q")
+    result = cli(
+        "run",
+        str(tiny_suite(tmp_path / "s.toml")),
+        "--strategy",
+        "ridge-strng",
+        "--out",
+        str(tmp_path / "run"),
+        "-q",
+    )
     assert result.exit_code == 2
-    assert "error: --strategy 'ridge-strng': suite 'tiny' has no such id. Did you mean 'ridge-strong'?" in result.output
+    assert (
+        "error: --strategy 'ridge-strng': suite 'tiny' has no such id. Did you mean 'ridge-strong'?"
+        in result.output
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -253,15 +339,39 @@ def test_dry_run_prints_the_plan_and_creates_and_loads_nothing(tmp_path):
     from tlbench.runner import Selection, run_suite
 
     suite = tiny_suite(tmp_path / "s.toml")
-    run_suite(request(tmp_path, suite, selection=Selection(strategies=("ridge",), seeds=(0,))), tiny_host())
-    result = cli("run", str(suite), "--out", str(tmp_path / "run"), "--dry-run", "--json", "--cache-dir", str(tmp_path / "cache"))
+    run_suite(
+        request(tmp_path, suite, selection=Selection(strategies=("ridge",), seeds=(0,))),
+        tiny_host(),
+    )
+    result = cli(
+        "run",
+        str(suite),
+        "--out",
+        str(tmp_path / "run"),
+        "--dry-run",
+        "--json",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert (plan["cells"], plan["to_run"]) == (4, 3)
     states = {(p["strategy"], p["seed"]): p["state"] for p in plan["plan"]}
-    assert states == {("ridge", 0): "recorded", ("ridge-strong", 0): "pending", ("ridge", 1): "pending", ("ridge-strong", 1): "pending"}
-    assert plan["shared_work"] == {"source_models": 2, "datasets": 1, "model_dataset_pairs": 1, "prepared_groups": 2}
-    assert {row["namespace"] for row in plan["cache"]["namespaces"]} >= {"prep"}, "the first run cached its preprocessing"
+    assert states == {
+        ("ridge", 0): "recorded",
+        ("ridge-strong", 0): "pending",
+        ("ridge", 1): "pending",
+        ("ridge-strong", 1): "pending",
+    }
+    assert plan["shared_work"] == {
+        "source_models": 2,
+        "datasets": 1,
+        "model_dataset_pairs": 1,
+        "prepared_groups": 2,
+    }
+    assert {row["namespace"] for row in plan["cache"]["namespaces"]} >= {"prep"}, (
+        "the first run cached its preprocessing"
+    )
     new = cli("run", str(suite), "--dry-run", "--out", str(tmp_path / "fresh"))
     assert new.exit_code == 0 and "not created by a dry run" in " ".join(new.output.split())
     assert not (tmp_path / "fresh").exists()
@@ -271,11 +381,25 @@ def test_dry_run_never_calls_a_factory(tmp_path, write_suite):
     # The model factory names a module that does not exist: loading it would fail the cell.
     plugin = tmp_path / "plugins" / "broken.py"
     plugin.parent.mkdir()
-    plugin.write_text('from tlbench import hookimpl\nfrom tlbench.specs import ModelSpec\n@hookimpl\ndef register_models(register):\n    register(ModelSpec("ghost", factory="no_such_module:make"))\n')
+    plugin.write_text(
+        'from tlbench import hookimpl\nfrom tlbench.specs import ModelSpec\n@hookimpl\ndef register_models(register):\n    register(ModelSpec("ghost", factory="no_such_module:make"))\n'
+    )
     suite = write_suite('models = ["ghost"]\ndatasets = ["tiny-digits"]\nstrategies = ["ridge"]')
     from tlbench.cli import cli as command
 
-    result = CliRunner().invoke(command, ["--plugin", PLUGIN, "--plugins-dir", str(plugin.parent), "run", str(suite), "--dry-run", "--json"])
+    result = CliRunner().invoke(
+        command,
+        [
+            "--plugin",
+            PLUGIN,
+            "--plugins-dir",
+            str(plugin.parent),
+            "run",
+            str(suite),
+            "--dry-run",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["to_run"] == 1
 
@@ -284,9 +408,17 @@ def test_unwritable_results_directory_fails_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     ran = tmp_path / "a-cell-ran"
-    result = cli("run", str(tiny_suite(tmp_path / "s.toml", touch=str(ran))), "--out", str(blocker / "run"), "-q")
+    result = cli(
+        "run",
+        str(tiny_suite(tmp_path / "s.toml", touch=str(ran))),
+        "--out",
+        str(blocker / "run"),
+        "-q",
+    )
     assert result.exit_code == 2
-    assert result.output.startswith("error: results directory") and "is not writable" in result.output
+    assert (
+        result.output.startswith("error: results directory") and "is not writable" in result.output
+    )
     assert not ran.exists()
 
 

@@ -15,11 +15,46 @@ from tlbench.errors import UserError
 from tlbench.suite import load_suite, parse_suite
 
 HOST = tiny_host()
-KEYS = ["name", "description", "seeds", "models", "datasets", "strategies", "estimators", "exclude", "requires", "id", "l2", "work", "width", "train_size", "shots", "protocol", "model", "dataset", "strategy", "seed", "modle"]
+KEYS = [
+    "name",
+    "description",
+    "seeds",
+    "models",
+    "datasets",
+    "strategies",
+    "estimators",
+    "exclude",
+    "requires",
+    "id",
+    "l2",
+    "work",
+    "width",
+    "train_size",
+    "shots",
+    "protocol",
+    "model",
+    "dataset",
+    "strategy",
+    "seed",
+    "modle",
+]
 NAMES = ["tiny-proj", "tiny-digits", "ridge", "ridge-strong", "nope", "tiny-proj:x", "", "scratch"]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 2000), st.floats(allow_nan=True), st.sampled_from(NAMES), st.text(max_size=8))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4), max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 2000),
+    st.floats(allow_nan=True),
+    st.sampled_from(NAMES),
+    st.text(max_size=8),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 suites = st.dictionaries(st.sampled_from(KEYS), values, max_size=8)
 
 
@@ -38,18 +73,32 @@ def toml_value(value) -> str:
 
 fragments = st.one_of(
     st.builds(lambda k, v: f"{k} = {toml_value(v)}", st.sampled_from(KEYS), values),
-    st.builds(lambda k: f"[[{k}]]", st.sampled_from(["models", "datasets", "strategies", "exclude", "seeds"])),
+    st.builds(
+        lambda k: f"[[{k}]]",
+        st.sampled_from(["models", "datasets", "strategies", "exclude", "seeds"]),
+    ),
     st.builds(lambda k: f"[{k}]", st.sampled_from(KEYS)),
     st.text(max_size=12),
 )
 texts = st.lists(fragments, max_size=10).map("\n".join)
-SLOW_OK = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SLOW_OK = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @SLOW_OK
 @given(raw=suites)
 # Found by this test: an unhashable exclude value reached a set lookup (TypeError).
-@example(raw={"models": ["tiny-proj"], "datasets": ["tiny-digits"], "strategies": ["ridge"], "exclude": [{"model": ["x"]}]})
+@example(
+    raw={
+        "models": ["tiny-proj"],
+        "datasets": ["tiny-digits"],
+        "strategies": ["ridge"],
+        "exclude": [{"model": ["x"]}],
+    }
+)
 def test_parsed_suites_raise_nothing_but_user_errors(raw):
     try:
         parse_suite(raw, Path("fuzz.toml"), HOST.registry)
@@ -68,16 +117,34 @@ def test_suite_texts_raise_nothing_but_user_errors(tmp_path, text):
         assert all(line.startswith(str(path)) for line in str(exc).splitlines())
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(text=texts)
 def test_dry_run_of_any_suite_file_never_shows_a_traceback(tmp_path, text):
     from tlbench.cli import cli
 
     path = tmp_path / "fuzz.toml"
     path.write_text(text)
-    result = CliRunner().invoke(cli, ["--plugin", PLUGIN, "run", str(path), "--dry-run", "--json", "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--plugin",
+            PLUGIN,
+            "run",
+            str(path),
+            "--dry-run",
+            "--json",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code in (0, 2), result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     assert "Traceback" not in result.output
     if result.exit_code == 2:
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -49,14 +49,20 @@ class ExecutorConfig:
 
     def check(self) -> None:
         if self.kind not in EXECUTORS:
-            raise UserError(f"unknown executor {self.kind!r} (expected one of: {', '.join(EXECUTORS)})")
+            raise UserError(
+                f"unknown executor {self.kind!r} (expected one of: {', '.join(EXECUTORS)})"
+            )
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers: expected an integer >= 1, got {self.workers}")
         if self.kind == "local" and self.workers not in (None, 1):
             raise UserError("--workers needs --executor process or --executor ray")
-        ray_only = self.ray_address is not None or self.cpus_per_cell != 1.0 or self.gpus_per_cell != 0.0
+        ray_only = (
+            self.ray_address is not None or self.cpus_per_cell != 1.0 or self.gpus_per_cell != 0.0
+        )
         if self.kind != "ray" and ray_only:
-            raise UserError("--ray-address, --cpus-per-cell and --gpus-per-cell need --executor ray")
+            raise UserError(
+                "--ray-address, --cpus-per-cell and --gpus-per-cell need --executor ray"
+            )
         if self.cpus_per_cell <= 0 or self.gpus_per_cell < 0:
             raise UserError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
 
@@ -78,7 +84,13 @@ class WorkerConfig:
 def worker_info(config: WorkerConfig) -> dict:
     import torch
 
-    return {"executor": config.executor, "slot": config.slot, "host": socket.gethostname(), "pid": os.getpid(), "torch_threads": torch.get_num_threads()}
+    return {
+        "executor": config.executor,
+        "slot": config.slot,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def make_runner(config: WorkerConfig, host=None, log: Callable[[str], None] = lambda _m: None):
@@ -162,7 +174,12 @@ class ProcessSlot(Slot):
     def _start(self) -> ProcessPoolExecutor:
         import multiprocessing
 
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_process_worker, initargs=(self.config,))
+        return ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_process_worker,
+            initargs=(self.config,),
+        )
 
     def submit(self, cell: Cell) -> Future:
         return self.pool.submit(_run_in_process_worker, cell)
@@ -277,17 +294,25 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise UserError("--executor ray needs Ray, which is not installed: pip install 'tlbench[ray]'") from None
+            raise UserError(
+                "--executor ray needs Ray, which is not installed: pip install 'tlbench[ray]'"
+            ) from None
         self.ray, self.config = ray, config
         if requested_device.startswith("cuda") and config.gpus_per_cell <= 0:
-            raise UserError(f"--device {requested_device} with --executor ray needs --gpus-per-cell > 0")
+            raise UserError(
+                f"--device {requested_device} with --executor ray needs --gpus-per-cell > 0"
+            )
         device = "cuda" if config.gpus_per_cell > 0 else "cpu"
-        self.base = replace(base, executor="ray", device=device, threads=max(1, int(config.cpus_per_cell)))
+        self.base = replace(
+            base, executor="ray", device=device, threads=max(1, int(config.cpus_per_cell))
+        )
         self.started_ray = False
 
     def start(self, groups: int) -> list[Slot]:
         self._init_ray()
-        actor = self.ray.remote(_RayWorker).options(num_cpus=self.config.cpus_per_cell, num_gpus=self.config.gpus_per_cell)
+        actor = self.ray.remote(_RayWorker).options(
+            num_cpus=self.config.cpus_per_cell, num_gpus=self.config.gpus_per_cell
+        )
         count = max(1, min(self.config.workers or self._capacity(), groups))
         self.slots = [RaySlot(actor, replace(self.base, slot=i)) for i in range(count)]
         return self.slots
@@ -301,11 +326,15 @@ class RayExecutor(Executor):
         else:
             # A local cluster: its workers import plugins from where this process does.
             options["num_cpus"] = local_cores()
-            options["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in _import_path() if p)}}
+            options["runtime_env"] = {
+                "env_vars": {"PYTHONPATH": os.pathsep.join(p for p in _import_path() if p)}
+            }
         try:
             self.ray.init(**options)
         except ConnectionError as exc:
-            raise UserError(f"--ray-address {self.config.ray_address}: cannot connect to a Ray cluster: {exc}") from None
+            raise UserError(
+                f"--ray-address {self.config.ray_address}: cannot connect to a Ray cluster: {exc}"
+            ) from None
         self.started_ray = True
 
     def _capacity(self) -> int:
@@ -314,7 +343,9 @@ class RayExecutor(Executor):
         if self.config.gpus_per_cell > 0:
             slots = min(slots, int(resources.get("GPU", 0) // self.config.gpus_per_cell))
         if slots < 1:
-            raise UserError(f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) cannot fit one cell with --cpus-per-cell {self.config.cpus_per_cell} --gpus-per-cell {self.config.gpus_per_cell}")
+            raise UserError(
+                f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) cannot fit one cell with --cpus-per-cell {self.config.cpus_per_cell} --gpus-per-cell {self.config.gpus_per_cell}"
+            )
         return slots
 
     def shutdown(self, kill: bool = False) -> None:
@@ -329,7 +360,13 @@ def _import_path() -> list[str]:
     return [os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)]
 
 
-def make_executor(config: ExecutorConfig, base: WorkerConfig, host, log: Callable[[str], None], requested_device: str) -> Executor:
+def make_executor(
+    config: ExecutorConfig,
+    base: WorkerConfig,
+    host,
+    log: Callable[[str], None],
+    requested_device: str,
+) -> Executor:
     config.check()
     if config.kind == "process":
         return ProcessExecutor(base, config.workers, _gpu_count() if base.device == "cuda" else 0)
@@ -433,7 +470,9 @@ class _Dispatch:
             slot.restart()
         if self.sink.stop_requested():
             return interrupted_record(cell)
-        return failed_record(cell, f"the worker running this cell died: {type(exc).__name__}: {exc}", exc)
+        return failed_record(
+            cell, f"the worker running this cell died: {type(exc).__name__}: {exc}", exc
+        )
 
     def in_flight_cells(self) -> list[Cell]:
         cells = [cell for _, cell, _ in self.in_flight.values()]
@@ -445,7 +484,11 @@ def interrupted_record(cell: Cell) -> dict:
     from tlbench.runner import base_record
 
     record = base_record(cell)
-    record.update(status="interrupted", error={"type": "KeyboardInterrupt", "message": "stopped by a second Ctrl-C while running"}, finished_at=now_iso())
+    record.update(
+        status="interrupted",
+        error={"type": "KeyboardInterrupt", "message": "stopped by a second Ctrl-C while running"},
+        finished_at=now_iso(),
+    )
     return record
 
 
@@ -457,5 +500,9 @@ def failed_record(cell: Cell, message: str, exc: BaseException) -> dict:
 
     record = base_record(cell)
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    record.update(status="failed", error={"type": type(exc).__name__, "message": message, "traceback": trace}, finished_at=now_iso())
+    record.update(
+        status="failed",
+        error={"type": type(exc).__name__, "message": message, "traceback": trace},
+        finished_at=now_iso(),
+    )
     return record

@@ -55,10 +55,14 @@ class Selection:
                 if value not in known:
                     close = difflib.get_close_matches(value, known, n=1)
                     hint = f" Did you mean {close[0]!r}?" if close else ""
-                    problems.append(f"{option} {value!r}: suite {suite.name!r} has no such id.{hint} Its ids: {', '.join(known)}")
+                    problems.append(
+                        f"{option} {value!r}: suite {suite.name!r} has no such id.{hint} Its ids: {', '.join(known)}"
+                    )
         for seed in self.seeds:
             if seed not in suite.seeds:
-                problems.append(f"--seed {seed}: suite {suite.name!r} has seeds {list(suite.seeds)}")
+                problems.append(
+                    f"--seed {seed}: suite {suite.name!r} has seeds {list(suite.seeds)}"
+                )
         if problems:
             raise UserError("\n".join(problems))
 
@@ -67,7 +71,9 @@ def plan_cells(suite: Suite, selection: Selection) -> list[Cell]:
     selection.check(suite)
     cells = [c for c in expand_cells(suite) if selection.keeps(c)]
     if not cells:
-        raise UserError(f"{suite.path}: the selection leaves no cells to run (every remaining cell is excluded)")
+        raise UserError(
+            f"{suite.path}: the selection leaves no cells to run (every remaining cell is excluded)"
+        )
     return cells
 
 
@@ -77,9 +83,15 @@ def choose_run_dir(request: RunRequest, suite: Suite) -> Path:
     Creates nothing, so a dry run leaves no trace."""
     if request.resume not in (None, ""):
         if str(request.resume) == "latest":
-            runs = sorted(p for p in (request.results_root / suite.name).glob("*") if (p / CELLS_FILE).exists())
+            runs = sorted(
+                p
+                for p in (request.results_root / suite.name).glob("*")
+                if (p / CELLS_FILE).exists()
+            )
             if not runs:
-                raise UserError(f"--resume latest: no earlier run of suite {suite.name!r} under {request.results_root / suite.name}")
+                raise UserError(
+                    f"--resume latest: no earlier run of suite {suite.name!r} under {request.results_root / suite.name}"
+                )
             return runs[-1]
         path = Path(request.resume)
         if not path.is_dir():
@@ -100,7 +112,9 @@ def cell_state(previous: dict | None, retry_failed: bool) -> str:
     return "retry" if status in RETRYABLE else "pending"
 
 
-def pending_cells(cells: Iterable[Cell], store: ResultsStore, retry_failed: bool) -> tuple[list[Cell], int]:
+def pending_cells(
+    cells: Iterable[Cell], store: ResultsStore, retry_failed: bool
+) -> tuple[list[Cell], int]:
     latest = store.latest_by_hash()
     todo, skipped = [], 0
     for cell in cells:
@@ -143,7 +157,10 @@ class Plan:
         }
 
     def to_json(self) -> dict:
-        counts = {state: sum(c.state == state for c in self.cells) for state in ("pending", "retry", "recorded")}
+        counts = {
+            state: sum(c.state == state for c in self.cells)
+            for state in ("pending", "retry", "recorded")
+        }
         return {
             "suite": self.suite.name,
             "suite_path": str(self.suite.path),
@@ -155,7 +172,15 @@ class Plan:
             "shared_work": self.shared_work(),
             "cache": {"root": str(self.cache_root), "namespaces": list(self.cache_namespaces)},
             "plan": [
-                {"model": p.cell.model, "dataset": p.cell.dataset, "strategy": p.cell.strategy, "seed": p.cell.seed, "config_hash": p.config_hash, "state": p.state, "recorded_status": p.recorded_status}
+                {
+                    "model": p.cell.model,
+                    "dataset": p.cell.dataset,
+                    "strategy": p.cell.strategy,
+                    "seed": p.cell.seed,
+                    "config_hash": p.config_hash,
+                    "state": p.state,
+                    "recorded_status": p.recorded_status,
+                }
                 for p in self.cells
             ],
         }
@@ -178,7 +203,14 @@ def make_plan(request: RunRequest, host: PluginHost, suite: Suite) -> Plan:
     for cell in cells:
         digest = config_hash(cell)
         previous = latest.get(digest)
-        planned.append(CellPlan(cell, digest, cell_state(previous, request.retry_failed), previous.get("status") if previous else None))
+        planned.append(
+            CellPlan(
+                cell,
+                digest,
+                cell_state(previous, request.retry_failed),
+                previous.get("status") if previous else None,
+            )
+        )
     cache = Cache(request.cache_dir)
     return Plan(suite, run_dir, run_dir.is_dir(), tuple(planned), cache.root, tuple(cache.info()))
 
@@ -187,23 +219,40 @@ def render_plan(plan: Plan, console) -> None:
     from rich.table import Table
 
     data = plan.to_json()
-    where = "existing run, resumed" if plan.run_dir_exists else "new run directory (not created by a dry run)"
-    console.print(f"suite {data['suite']} ({data['suite_path']}): {data['cells']} cells, {data['to_run']} to run", highlight=False)
+    where = (
+        "existing run, resumed"
+        if plan.run_dir_exists
+        else "new run directory (not created by a dry run)"
+    )
+    console.print(
+        f"suite {data['suite']} ({data['suite_path']}): {data['cells']} cells, {data['to_run']} to run",
+        highlight=False,
+    )
     console.print(f"run directory: {data['run_dir']} ({where})", highlight=False)
     counts = data["counts"]
-    console.print(f"already recorded: {counts['recorded']}; recorded failed, rerun with --retry-failed: {counts['retry']}; pending: {counts['pending']}", highlight=False)
+    console.print(
+        f"already recorded: {counts['recorded']}; recorded failed, rerun with --retry-failed: {counts['retry']}; pending: {counts['pending']}",
+        highlight=False,
+    )
     work = data["shared_work"]
     console.print(
         f"shared work: {work['source_models']} source model loads, {work['datasets']} datasets to decode, "
         f"{work['model_dataset_pairs']} (model, dataset) pairs, {work['prepared_groups']} prepared (model, dataset, seed) groups",
         highlight=False,
     )
-    cached = ", ".join(f"{row['namespace']}: {row['entries']}" for row in data["cache"]["namespaces"]) or "empty"
+    cached = (
+        ", ".join(f"{row['namespace']}: {row['entries']}" for row in data["cache"]["namespaces"])
+        or "empty"
+    )
     console.print(f"cache {data['cache']['root']}: {cached}", highlight=False)
     table = Table(title="cells", title_justify="left")
     for column in ("model", "dataset", "strategy", "seed", "state"):
         table.add_column(column)
     for row in data["plan"]:
-        state = row["state"] if row["recorded_status"] is None else f"{row['state']} ({row['recorded_status']})"
+        state = (
+            row["state"]
+            if row["recorded_status"] is None
+            else f"{row['state']} ({row['recorded_status']})"
+        )
         table.add_row(row["model"], row["dataset"], row["strategy"], str(row["seed"]), state)
     console.print(table)

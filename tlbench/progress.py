@@ -4,7 +4,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 
 class RunProgress:
@@ -43,8 +50,14 @@ class RunProgress:
         if self.current is None:
             return
         labels = list(self.running.values())
-        text = "; ".join(labels) if len(labels) < 2 else f"{len(labels)} in flight: " + "; ".join(labels)
-        self.progress.update(self.current, description=f"{text}: {self._note}" if self._note else text)
+        text = (
+            "; ".join(labels)
+            if len(labels) < 2
+            else f"{len(labels)} in flight: " + "; ".join(labels)
+        )
+        self.progress.update(
+            self.current, description=f"{text}: {self._note}" if self._note else text
+        )
 
     def cell_finished(self, cell, record: dict) -> None:
         label = self.running.pop(cell.key, _label(cell))
@@ -52,7 +65,9 @@ class RunProgress:
         outcome = f"{top1:.2f}%" if isinstance(top1, (int, float)) else record["status"]
         style = "green" if record["status"] == "ok" else "red"
         wall = (record.get("cost") or {}).get("wall_s", 0) or 0
-        self.progress.console.print(f"[{style}]{record['status']:>11}[/] {label}  {outcome}  ({wall:.1f}s)")
+        self.progress.console.print(
+            f"[{style}]{record['status']:>11}[/] {label}  {outcome}  ({wall:.1f}s)"
+        )
         self.progress.advance(self.grid)
         self._note = ""
         self._show()

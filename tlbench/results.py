@@ -37,7 +37,7 @@ def new_run_id() -> str:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def prepare_run_dir(path: Path) -> Path:
@@ -48,7 +48,9 @@ def prepare_run_dir(path: Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"results directory {str(path)!r} is not writable: {exc.strerror or exc}") from None
+        raise UserError(
+            f"results directory {str(path)!r} is not writable: {exc.strerror or exc}"
+        ) from None
     return path
 
 
@@ -62,7 +64,9 @@ def lock_run_dir(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"run directory {str(path)!r} is in use by another tlbench run (pid {holder})") from None
+            raise UserError(
+                f"run directory {str(path)!r} is in use by another tlbench run (pid {holder})"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -102,7 +106,11 @@ class ResultsStore:
 
     def check_schema(self) -> None:
         """Refuse to resume a run written by a newer tlbench: its records may mean other things."""
-        newer = {r.get("schema") for r in self.read() if isinstance(r.get("schema"), int) and r["schema"] > SCHEMA_VERSION}
+        newer = {
+            r.get("schema")
+            for r in self.read()
+            if isinstance(r.get("schema"), int) and r["schema"] > SCHEMA_VERSION
+        }
         if newer:
             raise UserError(
                 f"{self.path} holds records of schema {max(newer)}, newer than this tlbench understands ({SCHEMA_VERSION}); upgrade tlbench or choose another --out"
@@ -149,7 +157,9 @@ def read_records(path: Path) -> list[dict]:
             if isinstance(record, dict):
                 records.append(record)
             else:
-                warnings.warn(f"{path}:{number}: skipped a truncated or garbled record", stacklevel=2)
+                warnings.warn(
+                    f"{path}:{number}: skipped a truncated or garbled record", stacklevel=2
+                )
     return records
 
 
@@ -168,8 +178,12 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
 def git_revision() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if rev.returncode != 0:
@@ -178,7 +192,12 @@ def git_revision() -> str | None:
 
 
 def hardware() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
     try:
         import torch
 
@@ -191,10 +210,23 @@ def hardware() -> dict:
     return info
 
 
-CORE_PACKAGES = ("tlbench", "torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "pluggy", "safetensors", "peft")
+CORE_PACKAGES = (
+    "tlbench",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pluggy",
+    "safetensors",
+    "peft",
+)
 
 
-def environment(plugin_rows: list[dict], suite_text: str, suite_path: str, argv: list[str] | None = None) -> dict:
+def environment(
+    plugin_rows: list[dict], suite_text: str, suite_path: str, argv: list[str] | None = None
+) -> dict:
     return {
         "schema": SCHEMA_VERSION,
         "created_at": now_iso(),

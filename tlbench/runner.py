@@ -27,10 +27,27 @@ from tlbench.errors import Diverged, UserError
 from tlbench.executors import ExecutorConfig, Sink, WorkerConfig, dispatch, make_executor
 from tlbench.planning import Selection, choose_run_dir, pending_cells, plan_cells
 from tlbench.plugins import PluginHost, load_plugins
-from tlbench.results import ResultsStore, environment, lock_run_dir, now_iso, prepare_run_dir, write_environment
+from tlbench.results import (
+    ResultsStore,
+    environment,
+    lock_run_dir,
+    now_iso,
+    prepare_run_dir,
+    write_environment,
+)
 from tlbench.suite import Suite, config_hash, find_suite, load_suite
 
-__all__ = ["CellRunner", "PluginConfig", "RunOutcome", "RunRequest", "Selection", "choose_run_dir", "pending_cells", "plan_cells", "run_suite"]
+__all__ = [
+    "CellRunner",
+    "PluginConfig",
+    "RunOutcome",
+    "RunRequest",
+    "Selection",
+    "choose_run_dir",
+    "pending_cells",
+    "plan_cells",
+    "run_suite",
+]
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -80,7 +97,14 @@ class CellRunner:
     """Runs cells one after another in this process, keeping the source models, decoded datasets
     and prepared tensors that consecutive cells share in memory."""
 
-    def __init__(self, host: PluginHost, cache: Cache, device: str, run_dir: Path | None = None, log: Callable[[str], None] = lambda _m: None):
+    def __init__(
+        self,
+        host: PluginHost,
+        cache: Cache,
+        device: str,
+        run_dir: Path | None = None,
+        log: Callable[[str], None] = lambda _m: None,
+    ):
         self.host = host
         self.registry = host.registry
         self.cache = cache
@@ -92,26 +116,47 @@ class CellRunner:
         self._prepared = _Lru(1)
 
     def build_context(self, seed: int) -> BuildContext:
-        return BuildContext(cache=self.cache, device=self.device, registry=self.registry, seed=seed, log=self.log)
+        return BuildContext(
+            cache=self.cache, device=self.device, registry=self.registry, seed=seed, log=self.log
+        )
 
     def source_model(self, cell: Cell):
         entry, argument = self.registry.lookup("model", cell.model_ref)
         key = _key(cell.model_ref, dict(cell.model_options), cell.seed)
         factory = entry.spec.load_factory()
-        return self._models.get_or_make(key, lambda: factory(argument, dict(cell.model_options), self.build_context(cell.seed)))
+        return self._models.get_or_make(
+            key, lambda: factory(argument, dict(cell.model_options), self.build_context(cell.seed))
+        )
 
     def target_data(self, cell: Cell):
         entry, argument = self.registry.lookup("dataset", cell.dataset_ref)
         key = _key(cell.dataset_ref, dict(cell.dataset_options))
         factory = entry.spec.load_factory()
-        return self._targets.get_or_make(key, lambda: factory(argument, dict(cell.dataset_options), self.build_context(cell.seed)))
+        return self._targets.get_or_make(
+            key,
+            lambda: factory(argument, dict(cell.dataset_options), self.build_context(cell.seed)),
+        )
 
     def prepared_data(self, cell: Cell, target, source):
         from tlbench.data import prepare
 
-        key = _key(cell.dataset_ref, dict(cell.dataset_options), source.fingerprint, dict(cell.model_options), cell.seed)
+        key = _key(
+            cell.dataset_ref,
+            dict(cell.dataset_options),
+            source.fingerprint,
+            dict(cell.model_options),
+            cell.seed,
+        )
         return self._prepared.get_or_make(
-            key, lambda: prepare(target, source, dict(cell.dataset_options), dict(cell.model_options), cell.seed, self.cache)
+            key,
+            lambda: prepare(
+                target,
+                source,
+                dict(cell.dataset_options),
+                dict(cell.model_options),
+                cell.seed,
+                self.cache,
+            ),
         )
 
     def strategy(self, cell: Cell):
@@ -125,7 +170,14 @@ class CellRunner:
         target = self.target_data(cell)
         data = self.prepared_data(cell, target, source)
         return CellContext(
-            cell=cell, source=source, data=data, device=torch.device(self.device), cache=self.cache, seed=cell.seed, log=self.log, run_dir=self.run_dir
+            cell=cell,
+            source=source,
+            data=data,
+            device=torch.device(self.device),
+            cache=self.cache,
+            seed=cell.seed,
+            log=self.log,
+            run_dir=self.run_dir,
         )
 
     def run(self, cell: Cell) -> dict:
@@ -136,15 +188,29 @@ class CellRunner:
             ctx = self.context(cell)
             _seed_everything(cell.seed)
             result = self.strategy(cell).run(ctx)
-            record.update(status=result.status, metrics=result.metrics, hparams=result.hparams, cost=dict(result.cost))
+            record.update(
+                status=result.status,
+                metrics=result.metrics,
+                hparams=result.hparams,
+                cost=dict(result.cost),
+            )
             if result.detail:
                 record["detail"] = result.detail
         except Diverged as exc:
-            record.update(status="diverged", error={"type": "Diverged", "message": str(exc), "step": exc.step})
+            record.update(
+                status="diverged", error={"type": "Diverged", "message": str(exc), "step": exc.step}
+            )
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # one broken cell never stops the run
-            record.update(status="failed", error={"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
+            record.update(
+                status="failed",
+                error={
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(),
+                },
+            )
         _finish_record(record, ctx, started, self.device)
         return record
 
@@ -174,7 +240,11 @@ def base_record(cell: Cell) -> dict:
         "model_ref": cell.model_ref,
         "dataset_ref": cell.dataset_ref,
         "strategy_ref": cell.strategy_ref,
-        "options": {"model": dict(cell.model_options), "dataset": dict(cell.dataset_options), "strategy": dict(cell.strategy_options)},
+        "options": {
+            "model": dict(cell.model_options),
+            "dataset": dict(cell.dataset_options),
+            "strategy": dict(cell.strategy_options),
+        },
         "status": "running",
         "metrics": {},
         "hparams": {},
@@ -257,7 +327,9 @@ def check_suite_against_run(run_dir: Path, suite: Suite) -> None:
         return
     first = previous.get("suite_name")
     if first and first != suite.name:
-        raise UserError(f"run directory {str(run_dir)!r} holds suite {first!r}, not {suite.name!r}; choose another --out")
+        raise UserError(
+            f"run directory {str(run_dir)!r} holds suite {first!r}, not {suite.name!r}; choose another --out"
+        )
 
 
 def preflight(suite: Suite, host: PluginHost) -> None:
@@ -275,7 +347,9 @@ def preflight(suite: Suite, host: PluginHost) -> None:
             registered, argument = host.registry.lookup(kind, entry.ref)
             available = registered.spec.availability(argument, entry.options)
             if available is not True:
-                problems.append(f"{suite.path}: {entry.field}: {kind} {entry.ref!r} is not available: {available}")
+                problems.append(
+                    f"{suite.path}: {entry.field}: {kind} {entry.ref!r} is not available: {available}"
+                )
     if problems:
         raise UserError("\n".join(problems))
 
@@ -315,8 +389,16 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
         with _RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
             cache = Cache(request.cache_dir)
             base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
-            executor = make_executor(request.executor, base, host, progress.status if progress else lambda _m: None, request.device)
-            log.write(f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded")
+            executor = make_executor(
+                request.executor,
+                base,
+                host,
+                progress.status if progress else lambda _m: None,
+                request.device,
+            )
+            log.write(
+                f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded"
+            )
             recorder = _Recorder(store, host, log, progress, outcome, interrupts)
             if progress:
                 progress.start(total=len(cells), done=skipped)
@@ -327,16 +409,29 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                     progress.stop()
             outcome.interrupted = interrupts.requested or not completed
             if outcome.interrupted:
-                log.write(f"run interrupted: {outcome.ran} cells finished, {len(todo) - outcome.ran} not run; resume with --resume {run_dir}")
+                log.write(
+                    f"run interrupted: {outcome.ran} cells finished, {len(todo) - outcome.ran} not run; resume with --resume {run_dir}"
+                )
     outcome.records = final_records(cells, store)
     return outcome
 
 
-def _record_environment(run_dir: Path, request: RunRequest, host: PluginHost, suite: Suite, device: str) -> None:
-    env = environment(host.plugin_rows(), suite.text, str(suite.path), list(request.argv) if request.argv else None)
+def _record_environment(
+    run_dir: Path, request: RunRequest, host: PluginHost, suite: Suite, device: str
+) -> None:
+    env = environment(
+        host.plugin_rows(),
+        suite.text,
+        str(suite.path),
+        list(request.argv) if request.argv else None,
+    )
     env["suite_name"] = suite.name
     env["device"] = device
-    env["executor"] = {"kind": request.executor.kind, "workers": request.executor.workers, "ray_address": request.executor.ray_address}
+    env["executor"] = {
+        "kind": request.executor.kind,
+        "workers": request.executor.workers,
+        "ray_address": request.executor.ray_address,
+    }
     write_environment(run_dir, env)
     if not (run_dir / "suite.toml").exists() and suite.path.exists():
         shutil.copyfile(suite.path, run_dir / "suite.toml")
@@ -345,7 +440,15 @@ def _record_environment(run_dir: Path, request: RunRequest, host: PluginHost, su
 class _Recorder(Sink):
     """The parent's side of a run: every record is durably stored before anyone hears of it."""
 
-    def __init__(self, store: ResultsStore, host: PluginHost, log: _RunLog, progress, outcome: RunOutcome, interrupts: Interrupts):
+    def __init__(
+        self,
+        store: ResultsStore,
+        host: PluginHost,
+        log: _RunLog,
+        progress,
+        outcome: RunOutcome,
+        interrupts: Interrupts,
+    ):
         self.store, self.host, self.log, self.progress = store, host, log, progress
         self.outcome, self.interrupts = outcome, interrupts
 
@@ -358,9 +461,13 @@ class _Recorder(Sink):
         self.store.append(record)
         _notify(self.host, record)
         self.outcome.ran += 1
-        self.log.write(f"end {_label(cell)}: {record['status']} {record.get('metrics', {}).get('top1', '')}")
+        self.log.write(
+            f"end {_label(cell)}: {record['status']} {record.get('metrics', {}).get('top1', '')}"
+        )
         if record["status"] == "failed":
-            trace = (record.get("error") or {}).get("traceback") or (record.get("error") or {}).get("message", "")
+            trace = (record.get("error") or {}).get("traceback") or (record.get("error") or {}).get(
+                "message", ""
+            )
             self.log.write(f"traceback of {_label(cell)}:\n{trace.rstrip()}")
         if self.progress:
             self.progress.cell_finished(cell, record)

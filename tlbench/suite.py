@@ -209,7 +209,7 @@ def _excludes(value, entries, seeds, problems) -> tuple[Mapping[str, Any], ...]:
                     problems.add(f"{where}.seed", f"expected one of the suite's seeds {list(seeds)}, got {val!r}")
                     ok = False
             elif key in known:
-                if val not in known[key]:
+                if not isinstance(val, str) or val not in known[key]:
                     problems.add(f"{where}.{key}", f"expected one of the suite's {key} ids {sorted(known[key])}, got {val!r}")
                     ok = False
             else:

@@ -185,6 +185,7 @@ class PairInputs:
     logits_s: float | None = None
     logits_cached: bool = False
     no_head: str | None = None  # why there are no logits
+    logits_error: dict | None = None  # the source head exists but running it failed
     source_classes: int | None = None
 
 
@@ -234,10 +235,14 @@ def gather_inputs(cell: Cell, runner, needs_head: bool) -> PairInputs:
     if source.build_with_source_head is None:
         inputs.no_head = f"model {cell.model!r} ({cell.model_ref}) has no source classifier (randomly initialised or headless weights)"
         return inputs
-    inputs.logits, inputs.logits_s, inputs.logits_cached = _source_logits(
-        cell, runner, source, data
-    )
-    inputs.source_classes = int(inputs.logits.shape[1])
+    try:
+        logits, inputs.logits_s, inputs.logits_cached = _source_logits(cell, runner, source, data)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # fails the estimators that read logits, not LogME or H-score
+        inputs.logits_error = _error(exc)
+        return inputs
+    inputs.logits, inputs.source_classes = logits, int(logits.shape[1])
     return inputs
 
 
@@ -300,6 +305,8 @@ def score_one(entry: Entry, record: dict, estimator, inputs: PairInputs) -> dict
         num_classes=int(inputs.labels.unique().numel()),
     )
     if needs_head:
+        if inputs.logits_error is not None:
+            return _finish(record, "failed", error=inputs.logits_error)
         if inputs.logits is None:
             message = f"estimator {entry.id!r} needs the source model's predictions over its source classes; {inputs.no_head}"
             return _finish(record, "skipped", error={"type": "Skipped", "message": message})

@@ -47,7 +47,7 @@ def register_estimators(register):
         EstimatorSpec(
             name="hscore",
             factory="tlbench.estimators:make_hscore",
-            description="H-score (Bao et al. 2019): tr(cov(f)^-1 cov(E[f|y])) on the frozen features, Ledoit-Wolf shrunk by default",
+            description="H-score (Bao et al. 2019): tr(cov(f)^-1 cov(E(f|y))) on the frozen features, Ledoit-Wolf shrunk by default",
             options=(
                 Option(
                     "shrinkage",
