@@ -33,26 +33,31 @@ def sklearn_sweep(train, val, strengths):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
+    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"))
     parser.add_argument("--px", type=int, default=64)
     parser.add_argument("--model", default="efficientnet_lite0.in1k")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cache = common.Cache(common.Path("/tmp/tlbench-bench-cache/features"))
-    data = common.fashion(args.px, n_test=2000) if args.dataset == "fashion" else common.digits(args.px)
-    ctx = common.context(common.source(args.model, args.px, cache), data, "linear-probe", {}, cache)
+    store = common.cache("features")
+    src = common.source(args.model, args.px, store)
+    data = common.prepared(args.dataset, src, args.px, store, train_size=1000)
+    ctx = common.context(src, data, "linear-probe", {}, store)
     feats = cell_features(ctx, ("train", "val"))
     ours, theirs = [], []
     for _ in range(args.repeats):
         with common.timer() as t:
-            search = search_logistic(feats["train"], feats["val"], data.num_classes, device=ctx.device)
+            search = search_logistic(
+                feats["train"], feats["val"], data.num_classes, device=ctx.device
+            )
         ours.append(t.seconds)
         strengths = [row["l2"] for row in search.tried]
         with common.timer() as t:
             sk_l2, sk_val = sklearn_sweep(feats["train"], feats["val"], strengths)
         theirs.append(t.seconds)
     a, b = float(np.median(ours)), float(np.median(theirs))
-    print(f"dataset={args.dataset} px={args.px} model={args.model} n_train={len(feats['train'][1])} dim={feats['train'][0].shape[1]} fits={len(strengths)}")
+    print(
+        f"dataset={args.dataset} px={args.px} model={args.model} n_train={len(feats['train'][1])} dim={feats['train'][0].shape[1]} fits={len(strengths)}"
+    )
     print(f"tlbench  : {a:7.2f} s  best l2={search.l2:.3g}  val_top1={search.val_top1:.2f}")
     print(f"sklearn  : {b:7.2f} s  best l2={sk_l2:.3g}  val_top1={sk_val:.2f}")
     print(f"speed-up : {b / a:.1f}x   val difference: {search.val_top1 - sk_val:+.2f} points")

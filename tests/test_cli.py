@@ -54,14 +54,14 @@ def test_unknown_strategy_gets_did_you_mean(tmp_path):
 
 
 def test_list_shows_components_with_their_plugin():
-    result = CliRunner().invoke(cli, ["list", "strategies"])
+    result = CliRunner().invoke(cli, ["list", "strategies"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "linear-probe" in result.output
     assert "tlbench.builtin.strategies" in result.output
 
 
 def test_plugins_lists_builtins_with_hooks():
-    result = CliRunner().invoke(cli, ["plugins"])
+    result = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "tlbench.builtin.models" in result.output
     assert "register_models" in result.output

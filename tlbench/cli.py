@@ -250,7 +250,12 @@ def new_plugin(name, directory):
 
 
 def main() -> None:
-    cli(prog_name="tlbench")
+    try:
+        cli(prog_name="tlbench")
+    except KeyboardInterrupt:
+        # A Ctrl-C that lands outside the run loop's own handling still exits the documented way.
+        click.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -75,9 +75,9 @@ def lock_run_dir(path: Path) -> Iterator[None]:
 
 
 class ResultsStore:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, filename: str = CELLS_FILE):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / CELLS_FILE
+        self.path = self.run_dir / filename
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()

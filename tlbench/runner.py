@@ -339,9 +339,7 @@ def preflight(suite: Suite, host: PluginHost) -> None:
     if suite.requires:
         from tlbench import plugins as plugin_host
 
-        checker = getattr(plugin_host, "check_requirements", None)
-        if checker is not None:
-            problems += [f"{suite.path}: requires: {msg}" for msg in checker(list(suite.requires))]
+        problems += [f"{suite.path}: requires: {msg}" for msg in plugin_host.check_requirements(list(suite.requires))]
     for kind in ("model", "dataset"):
         for entry in suite.entries(kind):
             registered, argument = host.registry.lookup(kind, entry.ref)
@@ -352,6 +350,24 @@ def preflight(suite: Suite, host: PluginHost) -> None:
                 )
     if problems:
         raise UserError("\n".join(problems))
+
+
+def check_cells(cells: Iterable[Cell], runner: CellRunner) -> None:
+    """Let each strategy reject what it cannot do with its cell's model and data (k larger than
+    the model's layer groups, a LoRA target that matches nothing, ...) before any training.
+    Building the contexts loads the models and prepares the data the cells need anyway."""
+    problems = []
+    for cell in cells:
+        strategy = runner.strategy(cell)
+        check = getattr(strategy, "check", None)
+        if check is None:
+            continue
+        try:
+            check(runner.context(cell))
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(dict.fromkeys(problems)))
 
 
 def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
@@ -385,9 +401,14 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
         store.check_schema()
         _record_environment(run_dir, request, host, suite, device)
         todo, skipped = pending_cells(cells, store, request.retry_failed)
+        if progress:
+            progress.console.print(f"checking {len(todo)} cells before any training")
+        check_cells(todo, CellRunner(host, Cache(request.cache_dir), device, run_dir))
         outcome = RunOutcome(run_dir=run_dir, records=[], skipped=skipped)
         with _RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
             cache = Cache(request.cache_dir)
+            if suite.estimators:
+                _estimate(suite, request, host, cache, device, run_dir, progress, log)
             base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
             executor = make_executor(
                 request.executor,
@@ -414,6 +435,19 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                 )
     outcome.records = final_records(cells, store)
     return outcome
+
+
+def _estimate(suite, request, host, cache, device, run_dir, progress, log) -> None:
+    """Transferability estimates run before the cells, on a cold feature cache, so their
+    recorded feature-extraction time is what an estimator really costs."""
+    from tlbench.transferability import run_estimators
+
+    if progress:
+        progress.console.print(f"scoring transferability: {', '.join(e.id for e in suite.estimators)}")
+    runner = CellRunner(host, cache, device, run_dir, log=progress.status if progress else lambda _m: None)
+    records = run_estimators(suite, runner, run_dir, selection=request.selection, retry_failed=request.retry_failed)
+    failed = [r for r in records if r.get("status") == "failed"]
+    log.write(f"estimates: {len(records)} recorded, {len(failed)} failed")
 
 
 def _record_environment(

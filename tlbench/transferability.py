@@ -43,9 +43,7 @@ DONE = ("ok", "skipped")
 
 
 def estimates_store(run_dir: Path) -> ResultsStore:
-    store = ResultsStore(run_dir)
-    store.path = Path(run_dir) / ESTIMATES_FILE
-    return store
+    return ResultsStore(run_dir, ESTIMATES_FILE)
 
 
 def load_estimates(run_dir: Path) -> list[dict]:
@@ -194,7 +192,7 @@ def estimate_pair(cell: Cell, estimators: Sequence[Entry], runner) -> list[dict]
     failing estimator fails alone."""
     loaded, records = [], []
     for entry in estimators:
-        record = base_estimate(cell, entry)
+        record = {**base_estimate(cell, entry), "device": str(runner.device)}
         try:
             loaded.append((entry, record, load_estimator(runner.registry, entry)))
         except Exception as exc:

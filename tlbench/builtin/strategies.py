@@ -94,6 +94,13 @@ def training_options(
             True,
             "Refit the selected configuration on train+val before testing (VTAB protocol).",
         ),
+        Option(
+            "bn",
+            str,
+            "auto",
+            "BatchNorm statistics while training: auto = frozen for pretrained weights, batch statistics for scratch.",
+            choices=("auto", "frozen", "train"),
+        ),
     )
 
 

@@ -24,7 +24,7 @@ DEFAULT_L2_GRID = tuple(10.0**e for e in range(-6, 3))  # 1e-6 .. 1e2
 DEFAULT_REFINE_STEPS = 3
 # scikit-learn's lbfgs defaults (gradient tolerance on the mean loss); the benchmark uses the same.
 DEFAULT_TOL = 1e-4
-DEFAULT_MAX_ITER = 500
+DEFAULT_MAX_ITER = 100
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,15 @@ class _Problem:
 
     def fit(self, l2: float) -> LinearHead:
         nearest = min(self.solutions, key=lambda s: abs(math.log(s) - math.log(l2)), default=None)
-        w = _lbfgs(self.z, self.y, self.num_classes, l2, self.solutions.get(nearest), self.max_iter, self.tol)
+        w = _lbfgs(
+            self.z,
+            self.y,
+            self.num_classes,
+            l2,
+            self.solutions.get(nearest),
+            self.max_iter,
+            self.tol,
+        )
         self.solutions[l2] = w
         weight = (w[:-1] / self.std[:, None]).T
         bias = w[-1] - weight @ self.mean

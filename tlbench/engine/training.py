@@ -61,6 +61,7 @@ class TrainConfig:
     augment: bool = False
     label_smoothing: float = 0.0
     refit: bool = True
+    bn: str = "auto"  # "auto" | "frozen" | "train": see freeze_bn_stats
 
     @classmethod
     def sweep(cls, options: Mapping[str, Any]) -> list[TrainConfig]:
@@ -207,16 +208,27 @@ def _feeder(
 # ------------------------------------------------------------------------------ the loop
 
 
-def set_train_mode(model: nn.Module, batch_size: int) -> None:
+def freeze_bn_stats(cfg: TrainConfig, pretrained: bool) -> bool:
+    """Whether BatchNorm layers use their running statistics while training (affine parameters
+    still train). ``auto`` freezes them for pretrained weights: a few dozen steps of batch
+    statistics from another domain leave running statistics that wreck eval-mode accuracy (and
+    LP-FT's probed head would meet different features than it was fit on). Scratch models and
+    ``bn = "train"`` use batch statistics, except below ``SMALL_BATCH`` images per batch."""
+    if cfg.bn == "frozen" or cfg.batch_size < SMALL_BATCH:
+        return True
+    return cfg.bn == "auto" and pretrained
+
+
+def set_train_mode(model: nn.Module, frozen_bn: bool) -> None:
     """Train mode, except modules whose parameters are all frozen (their BatchNorm statistics and
-    dropout stay fixed, which also keeps cached prefix activations valid) and, for small batches,
-    every BatchNorm (batch statistics from a handful of images are noise)."""
+    dropout stay fixed, which also keeps cached prefix activations valid) and, with
+    ``frozen_bn``, every BatchNorm."""
     model.train()
     for module in model.modules():
         params = list(module.parameters(recurse=True))
         if params and not any(p.requires_grad for p in params):
             module.eval()
-        elif batch_size < SMALL_BATCH and isinstance(module, _BN_TYPES):
+        elif frozen_bn and isinstance(module, _BN_TYPES):
             module.eval()
 
 
@@ -276,6 +288,7 @@ def train_loop(
     precision: str,
     meter: CostMeter | None = None,
     val_split: str | None = None,
+    pretrained: bool = True,
 ) -> TrainOutcome:
     """Train ``epochs`` epochs on ``split``; with ``val_split``, evaluate after every epoch and stop
     after ``cfg.patience`` epochs without improvement. Raises ``Diverged`` on a non-finite loss."""
@@ -285,8 +298,9 @@ def train_loop(
         model, best_epoch=epochs, best_val=None, prefix_cache=feeder.prefix_cache
     )
     step = 0
+    frozen_bn = freeze_bn_stats(cfg, pretrained)
     for epoch in range(epochs):
-        set_train_mode(model, cfg.batch_size)
+        set_train_mode(model, frozen_bn)
         with meter.phase("train_s") if meter else _null():
             for x, y in feeder.batches(
                 split, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch
@@ -348,6 +362,10 @@ def _build(ctx: CellContext, recipe: Recipe, phase: str, device: torch.device) -
     return model.to(device, memory_format=memory_format(device))
 
 
+def is_pretrained(source) -> bool:
+    return not source.fingerprint.startswith("random:")
+
+
 def _steps(ctx: CellContext, split: str, batch_size: int) -> int:
     n = (
         ctx.data.size("train") + ctx.data.size("val")
@@ -379,6 +397,7 @@ def _train_candidate(
             precision=precision,
             meter=meter,
             val_split=val_split,
+            pretrained=is_pretrained(ctx.source),
         ), feeder
 
     (outcome, feeder), meter.batch_size = with_oom_retry(
@@ -478,6 +497,7 @@ def fit_model(
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     cfg = TrainConfig(
+        bn="train",
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
@@ -501,5 +521,6 @@ def fit_model(
         seed=seed,
         device=device,
         precision=precision,
+        pretrained=False,
     )
     model.eval()

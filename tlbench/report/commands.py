@@ -57,10 +57,19 @@ def report_command(
         from tlbench.report.plots import render_plots, save_plots
 
         plots = render_plots(records, metric)  # drawn once for both the page and the files
+    from tlbench.report.transferability import section_for_runs
+
+    estimates = section_for_runs(records, run_dirs)
     if fmt is None:
         _print_table(records)
+        if estimates is not None:
+            from rich.console import Console
+
+            from tlbench.report.transferability import render_transferability
+
+            render_transferability(estimates, Console())
     else:
-        text = render_report(records, fmt, envs=envs, metric=metric, plots=plots)
+        text = render_report(records, fmt, envs=envs, metric=metric, plots=plots, estimates=estimates)
         if output is None:
             click.echo(text, nl=False)
         else:

@@ -49,15 +49,22 @@ def render_report(
     envs: Envs | None = None,
     metric: str = "top1",
     plots: list[Plot] | None = None,
+    estimates: dict[str, pd.DataFrame] | None = None,
 ) -> str:
     """The report as text in ``fmt`` (one of ``FORMATS``). An HTML page embeds ``plots``
-    (drawn here when not given)."""
+    (drawn here when not given). ``estimates`` (transferability tables) adds that section to
+    Markdown and HTML reports."""
     renderers = {"md": _markdown, "latex": _latex, "csv": _csv, "json": _json}
     if fmt == "html":
-        return _html(records, envs or {}, metric, plots)
+        return _html(records, envs or {}, metric, plots, estimates)
     if fmt not in renderers:
         raise UserError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    return renderers[fmt](records, envs or {}, metric)
+    text = renderers[fmt](records, envs or {}, metric)
+    if fmt == "md" and estimates is not None:
+        from tlbench.report.transferability import transferability_markdown
+
+        text = text.rstrip("\n") + "\n\n" + transferability_markdown(estimates) + "\n"
+    return text
 
 
 def overview(records: pd.DataFrame) -> dict:
@@ -104,7 +111,7 @@ def _latex(records: pd.DataFrame, envs: Envs, metric: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _html(records: pd.DataFrame, envs: Envs, metric: str, plots: list[Plot] | None) -> str:
+def _html(records: pd.DataFrame, envs: Envs, metric: str, plots: list[Plot] | None, estimates=None) -> str:
     if plots is None:
         from tlbench.report.plots import render_plots  # matplotlib only when a page needs it
 
@@ -118,6 +125,10 @@ def _html(records: pd.DataFrame, envs: Envs, metric: str, plots: list[Plot] | No
     sections += [html_page.table_section(table) for table in build_tables(records, metric)]
     sections.append("<h2>Plots</h2>")
     sections += [html_page.figure_section(plot.name, plot.png, plot.caption) for plot in plots]
+    if estimates is not None:
+        from tlbench.report.transferability import transferability_html
+
+        sections.append(transferability_html(estimates))
     sections.append("<h2>Environment and suite</h2>")
     for run_dir in dict.fromkeys(records["run_dir"]):
         sections.append(html_page.environment_section(run_dir, envs.get(run_dir, {})))

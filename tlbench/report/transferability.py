@@ -73,12 +73,12 @@ def _mean_over_seeds(frame: pd.DataFrame, column: str, value: str) -> pd.DataFra
 
 
 def scores_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    pairs = _ordered(
-        [
-            *zip(est["dataset"], est["model"], strict=True),
-            *zip(cells["dataset"], cells["model"], strict=True),
-        ]
+    datasets = _ordered([*est["dataset"], *cells["dataset"]])
+    models = _ordered([*est["model"], *cells["model"]])
+    present = set(zip(est["dataset"], est["model"], strict=True)) | set(
+        zip(cells["dataset"], cells["model"], strict=True)
     )
+    pairs = [(d, m) for d in datasets for m in models if (d, m) in present]  # grouped per dataset
     if not pairs:
         return pd.DataFrame(columns=["dataset", "model"])
     index = pd.MultiIndex.from_tuples(pairs, names=["dataset", "model"])
@@ -260,3 +260,23 @@ def render_transferability(tables: Mapping[str, pd.DataFrame], console) -> None:
         for row in text.itertuples(index=False):
             table.add_row(*row)
         console.print(table)
+
+
+def transferability_html(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The section as HTML for the self-contained report page (``DataFrame.to_html``)."""
+    parts = ["<h2>Transferability estimation</h2>"]
+    for name, frame in tables.items():
+        parts.append(f"<h3>{TITLES.get(name, name)}</h3>")
+        if frame.empty:
+            parts.append("<p>No estimates or no finished cells to compare.</p>")
+            continue
+        parts.append(formatted(name, frame).to_html(index=False, classes="sortable", border=0))
+    return "\n".join(parts)
+
+
+def section_for_runs(cells_df: pd.DataFrame, run_dirs) -> dict[str, pd.DataFrame] | None:
+    """The section's tables when any of ``run_dirs`` holds estimates, else ``None``."""
+    from tlbench.transferability import load_estimates
+
+    estimates = [e for run_dir in run_dirs for e in load_estimates(run_dir)]
+    return transferability_tables(cells_df, estimates) if estimates else None

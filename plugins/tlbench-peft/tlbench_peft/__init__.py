@@ -59,8 +59,12 @@ class LoRA(FineTuneStrategy):
         try:
             re.compile(self.options["target_modules"])
         except re.error as exc:
-            raise UserError(f"{cell_label(ctx)}: strategy option 'target_modules' is not a valid regular expression: {exc}") from None
-        model = ctx.source.build(num_classes=ctx.data.num_classes, in_chans=ctx.data.in_chans, seed=ctx.seed)
+            raise UserError(
+                f"{cell_label(ctx)}: strategy option 'target_modules' is not a valid regular expression: {exc}"
+            ) from None
+        model = ctx.source.build(
+            num_classes=ctx.data.num_classes, in_chans=ctx.data.in_chans, seed=ctx.seed
+        )
         if not target_modules(model, self.options["target_modules"]):
             raise UserError(
                 f"{cell_label(ctx)}: strategy option 'target_modules' = {self.options['target_modules']!r} matches no linear or "
@@ -90,9 +94,16 @@ def make_lora(options: Mapping[str, Any]) -> LoRA:
 
 LORA_OPTIONS = (
     Option("r", int, 8, "Rank of the low-rank update.", minimum=1),
-    Option("alpha", float, 16.0, "LoRA scaling numerator (update scaled by alpha / r).", minimum=0.0),
+    Option(
+        "alpha", float, 16.0, "LoRA scaling numerator (update scaled by alpha / r).", minimum=0.0
+    ),
     Option("dropout", float, 0.0, "Dropout on the LoRA branch input.", minimum=0.0, maximum=1.0),
-    Option("target_modules", str, "auto", "'auto' (linear layers and 1x1 convs) or a regex over full module names."),
+    Option(
+        "target_modules",
+        str,
+        "auto",
+        "'auto' (linear layers and 1x1 convs) or a regex over full module names.",
+    ),
 ) + training_options(lr=[1e-3, 3e-3], epochs=3, weight_decay=0.0)
 
 
