@@ -35,6 +35,8 @@ demo: setup
 	$(BIN)/tlbench run suites/quickstart.toml
 
 test: setup browser
+	$(BIN)/ruff check tlbench tests benchmarks plugins
+	$(BIN)/ruff format --check tlbench tests benchmarks plugins
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -22,9 +22,17 @@ print("HEAVY:" + ",".join(heavy))
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "models"], ["plugins"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["list"], ["list", "models"], ["plugins"], ["run", "--help"]]
+)
 def test_cheap_commands_do_not_import_torch(args, repo_root):
-    result = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], capture_output=True, text=True, cwd=repo_root, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH.format(args=args)],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("HEAVY:"), result.stdout[-500:]
 
@@ -47,10 +55,15 @@ def test_malformed_suite_exits_2_naming_the_file(tmp_path):
 
 def test_unknown_strategy_gets_did_you_mean(tmp_path):
     suite = tmp_path / "typo.toml"
-    suite.write_text('models = ["scratch:resnet18"]\ndatasets = ["digits"]\nstrategies = ["linear-prob"]\n')
+    suite.write_text(
+        'models = ["scratch:resnet18"]\ndatasets = ["digits"]\nstrategies = ["linear-prob"]\n'
+    )
     result = CliRunner().invoke(cli, ["run", str(suite)])
     assert result.exit_code == 2
-    assert "strategies[0].name: unknown strategy 'linear-prob'. Did you mean 'linear-probe'" in result.output
+    assert (
+        "strategies[0].name: unknown strategy 'linear-prob'. Did you mean 'linear-probe'"
+        in result.output
+    )
 
 
 def test_list_shows_components_with_their_plugin():

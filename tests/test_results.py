@@ -8,7 +8,13 @@ import multiprocessing as mp
 import pytest
 
 from tlbench.errors import UserError
-from tlbench.results import ResultsStore, environment, prepare_run_dir, read_records, write_environment
+from tlbench.results import (
+    ResultsStore,
+    environment,
+    prepare_run_dir,
+    read_records,
+    write_environment,
+)
 
 
 def _write_many(run_dir, writer: int, count: int) -> None:
@@ -36,7 +42,9 @@ def test_concurrent_writers_never_interleave_lines(tmp_path):
         p.join()
     lines = (tmp_path / "cells.jsonl").read_text().splitlines()
     assert len(lines) == 75
-    assert {json.loads(line)["config_hash"] for line in lines} == {f"{w}-{i}" for w in range(3) for i in range(25)}
+    assert {json.loads(line)["config_hash"] for line in lines} == {
+        f"{w}-{i}" for w in range(3) for i in range(25)
+    }
 
 
 def test_a_torn_last_line_is_skipped_with_a_warning_and_the_next_record_starts_clean(tmp_path):
@@ -59,7 +67,9 @@ def test_unwritable_results_directory_fails_before_work(tmp_path):
 
 
 def test_environment_is_recorded_once_and_resumes_are_appended(tmp_path):
-    env = environment([{"name": "p", "version": "1", "hooks": []}], "name='x'", "x.toml", argv=["tlbench"])
+    env = environment(
+        [{"name": "p", "version": "1", "hooks": []}], "name='x'", "x.toml", argv=["tlbench"]
+    )
     assert {"packages", "plugins", "git_revision", "hardware", "suite"} <= set(env)
     assert env["packages"]["torch"]
     write_environment(tmp_path, env)

@@ -10,10 +10,10 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from tlbench.errors import UserError
 from tlbench.scaffold import create_plugin, module_name

@@ -26,7 +26,11 @@ class Components:
 
     @hookimpl
     def register_strategies(self, register):
-        register(StrategySpec("probe", factory="x:y", options=(Option("lr", float, 0.1, minimum=0.0, sweep=True),)))
+        register(
+            StrategySpec(
+                "probe", factory="x:y", options=(Option("lr", float, 0.1, minimum=0.0, sweep=True),)
+            )
+        )
         register(StrategySpec("tune", factory="x:y", options=(Option("k", int, 2, minimum=1),)))
 
 
@@ -62,7 +66,11 @@ def test_valid_suite_expands_to_the_cross_product_minus_excludes(registry, write
     cells = expand_cells(suite)
     # 2 models x 1 dataset x 2 seeds x 2 strategies = 8, minus 2 excluded (scratch x tune x 2 seeds)
     assert len(cells) == 6
-    assert {(c.model, c.strategy) for c in cells} == {("net.a", "probe"), ("net.a", "tune"), ("scratch:resnet18", "probe")}
+    assert {(c.model, c.strategy) for c in cells} == {
+        ("net.a", "probe"),
+        ("net.a", "tune"),
+        ("scratch:resnet18", "probe"),
+    }
     probe = next(c for c in cells if c.strategy == "probe")
     assert probe.strategy_options["lr"] == [0.1, 0.01]
     assert probe.dataset_options["train_size"] == 100
@@ -90,18 +98,54 @@ def test_config_hash_is_stable_and_distinguishes_options(registry, write_suite):
     ("text", "expected"),
     [
         ("models = [", "invalid TOML"),
-        ('models = ["net.b"]\ndatasets = ["digits"]\nstrategies = ["probe"]', "models[0].name: unknown model 'net.b'. Did you mean 'net.a'?"),
-        ('models = ["net.a"]\ndatasets = ["digts"]\nstrategies = ["probe"]', "datasets[0].name: unknown dataset 'digts'. Did you mean 'digits'?"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["prob"]', "Did you mean 'probe'?"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "tune"\nk = "two"', "strategies[0]: strategy 'tune': option 'k': expected an integer >= 1, got 'two'"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "probe"\nlr = -1.0', "option 'lr': expected a number >= 0.0"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "tune"\nkk = 1', "unknown option 'kk' (known options: k)"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\nseeds = ["x"]', "seeds: expected a non-empty list of non-negative integers"),
-        ('models = []\ndatasets = ["digits"]\nstrategies = ["probe"]', "models: expected a non-empty list"),
-        ('models = ["scratch"]\ndatasets = ["digits"]\nstrategies = ["probe"]', "model 'scratch' needs an argument: 'scratch:<arch>'"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\n[[exclude]]\nmodel = "nope"', "exclude[0].model: expected one of the suite's model ids"),
-        ('models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\nmodle = 1', "modle: unknown field"),
-        ('models = ["net.a", "net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]', "duplicate model id 'net.a'"),
+        (
+            'models = ["net.b"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "models[0].name: unknown model 'net.b'. Did you mean 'net.a'?",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digts"]\nstrategies = ["probe"]',
+            "datasets[0].name: unknown dataset 'digts'. Did you mean 'digits'?",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["prob"]',
+            "Did you mean 'probe'?",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "tune"\nk = "two"',
+            "strategies[0]: strategy 'tune': option 'k': expected an integer >= 1, got 'two'",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "probe"\nlr = -1.0',
+            "option 'lr': expected a number >= 0.0",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "tune"\nkk = 1',
+            "unknown option 'kk' (known options: k)",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\nseeds = ["x"]',
+            "seeds: expected a non-empty list of non-negative integers",
+        ),
+        (
+            'models = []\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "models: expected a non-empty list",
+        ),
+        (
+            'models = ["scratch"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "model 'scratch' needs an argument: 'scratch:<arch>'",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\n[[exclude]]\nmodel = "nope"',
+            "exclude[0].model: expected one of the suite's model ids",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\nmodle = 1',
+            "modle: unknown field",
+        ),
+        (
+            'models = ["net.a", "net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "duplicate model id 'net.a'",
+        ),
     ],
 )
 def test_bad_suites_name_file_field_and_expectation(registry, write_suite, text, expected):
@@ -114,7 +158,9 @@ def test_bad_suites_name_file_field_and_expectation(registry, write_suite, text,
 
 
 def test_every_problem_is_reported_in_one_pass(registry, write_suite):
-    path = write_suite('models = ["net.x"]\ndatasets = ["digitz"]\nstrategies = ["probe"]\nseeds = [-1]')
+    path = write_suite(
+        'models = ["net.x"]\ndatasets = ["digitz"]\nstrategies = ["probe"]\nseeds = [-1]'
+    )
     with pytest.raises(UserError) as info:
         load_suite(path, registry)
     lines = str(info.value).splitlines()

@@ -61,7 +61,9 @@ class Cache:
     tuples and scalars of them. The in-memory layer keeps the most recent ``memory_items``.
     """
 
-    def __init__(self, root: os.PathLike | None = None, memory_items: int = 8, enabled: bool = True):
+    def __init__(
+        self, root: os.PathLike | None = None, memory_items: int = 8, enabled: bool = True
+    ):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.enabled = enabled
         self._memory: OrderedDict[str, Any] = OrderedDict()
@@ -127,7 +129,13 @@ class Cache:
             meta_path.unlink(missing_ok=True)
             return _MISS
 
-    def _write(self, payload: Path, value: Any, save: Callable[[Any, Path], None], key_parts: Mapping[str, Any]) -> None:
+    def _write(
+        self,
+        payload: Path,
+        value: Any,
+        save: Callable[[Any, Path], None],
+        key_parts: Mapping[str, Any],
+    ) -> None:
         fd, tmp = tempfile.mkstemp(dir=payload.parent, prefix=".tmp-", suffix=payload.suffix)
         os.close(fd)
         tmp_path = Path(tmp)

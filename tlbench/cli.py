@@ -12,7 +12,12 @@ import click
 from tlbench import __version__
 from tlbench.errors import TlbenchError
 
-KIND_NAMES = {"models": "model", "datasets": "dataset", "strategies": "strategy", "estimators": "estimator"}
+KIND_NAMES = {
+    "models": "model",
+    "datasets": "dataset",
+    "strategies": "strategy",
+    "estimators": "estimator",
+}
 LAZY_COMMANDS = {
     "report": "tlbench.report.commands:report_command",
     "compare": "tlbench.report.commands:compare_command",
@@ -50,14 +55,26 @@ class TlbenchGroup(click.Group):
 
 @click.group(cls=TlbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tlbench")
-@click.option("--plugin", "plugin_modules", multiple=True, metavar="MODULE", help="Load an extra plugin module (repeatable).")
-@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path), help="Load every single-file plugin (*.py) in this directory.")
+@click.option(
+    "--plugin",
+    "plugin_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Load an extra plugin module (repeatable).",
+)
+@click.option(
+    "--plugins-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Load every single-file plugin (*.py) in this directory.",
+)
 @click.pass_context
 def cli(ctx, plugin_modules, plugins_dir):
     """tlbench: which pretrained source model, adapted with which strategy, transfers best to your data, and at what cost."""
     from tlbench.runner import PluginConfig
 
-    ctx.obj = PluginConfig(modules=tuple(plugin_modules), plugins_dir=str(plugins_dir) if plugins_dir else None)
+    ctx.obj = PluginConfig(
+        modules=tuple(plugin_modules), plugins_dir=str(plugins_dir) if plugins_dir else None
+    )
 
 
 def _host(ctx, quiet: bool = False):
@@ -70,25 +87,99 @@ def _host(ctx, quiet: bool = False):
 
 @cli.command()
 @click.argument("suite")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default: results/<suite>/<run-id>). An existing one is resumed.")
-@click.option("--resume", metavar="RUN_DIR|latest", help="Resume a run: skip cells already recorded.")
-@click.option("--retry-failed", is_flag=True, help="When resuming, rerun cells recorded as failed or diverged.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory (default: results/<suite>/<run-id>). An existing one is resumed.",
+)
+@click.option(
+    "--resume", metavar="RUN_DIR|latest", help="Resume a run: skip cells already recorded."
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="When resuming, rerun cells recorded as failed or diverged.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Feature/weights cache (default: $TLBENCH_CACHE or ~/.cache/tlbench).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Feature/weights cache (default: $TLBENCH_CACHE or ~/.cache/tlbench).",
+)
 @click.option("--model", "models", multiple=True, help="Run only these model ids (repeatable).")
-@click.option("--dataset", "datasets", multiple=True, help="Run only these dataset ids (repeatable).")
-@click.option("--strategy", "strategies", multiple=True, help="Run only these strategy ids (repeatable).")
+@click.option(
+    "--dataset", "datasets", multiple=True, help="Run only these dataset ids (repeatable)."
+)
+@click.option(
+    "--strategy", "strategies", multiple=True, help="Run only these strategy ids (repeatable)."
+)
 @click.option("--seed", "seeds", multiple=True, type=int, help="Run only these seeds (repeatable).")
-@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "process", "ray"]), help="Where cells run: this process, N worker processes, or a Ray cluster.")
-@click.option("--workers", type=int, help="Parallel cells (process: default one per core; ray: default what the cluster fits).")
-@click.option("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one).")
-@click.option("--cpus-per-cell", type=float, default=1.0, show_default=True, help="Ray: CPUs each cell reserves.")
-@click.option("--gpus-per-cell", type=float, default=0.0, show_default=True, help="Ray: GPUs each cell reserves.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is recorded, shared work) and run nothing.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress or table; just the exit code (and --json).")
-@click.option("--json", "as_json", is_flag=True, help="Print the run's records (or, with --dry-run, the plan) as JSON on stdout.")
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "process", "ray"]),
+    help="Where cells run: this process, N worker processes, or a Ray cluster.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="Parallel cells (process: default one per core; ray: default what the cluster fits).",
+)
+@click.option(
+    "--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)."
+)
+@click.option(
+    "--cpus-per-cell",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Ray: CPUs each cell reserves.",
+)
+@click.option(
+    "--gpus-per-cell",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Ray: GPUs each cell reserves.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (cells, what is recorded, shared work) and run nothing.",
+)
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress or table; just the exit code (and --json)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the run's records (or, with --dry-run, the plan) as JSON on stdout.",
+)
 @click.pass_context
-def run(ctx, suite, out_dir, resume, retry_failed, device, cache_dir, models, datasets, strategies, seeds, executor, workers, ray_address, cpus_per_cell, gpus_per_cell, dry_run, quiet, as_json):
+def run(
+    ctx,
+    suite,
+    out_dir,
+    resume,
+    retry_failed,
+    device,
+    cache_dir,
+    models,
+    datasets,
+    strategies,
+    seeds,
+    executor,
+    workers,
+    ray_address,
+    cpus_per_cell,
+    gpus_per_cell,
+    dry_run,
+    quiet,
+    as_json,
+):
     """Run every cell of SUITE (a path, or a name under suites/).
 
     Ctrl-C finishes the cells in flight and exits with code 130; a second Ctrl-C stops at once.
@@ -122,9 +213,13 @@ def run(ctx, suite, out_dir, resume, retry_failed, device, cache_dir, models, da
         click.echo(json.dumps(outcome.records, indent=2, default=str))
     if not quiet:
         _print_table(outcome.run_dir, Console())
-        console.print(f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)")
+        console.print(
+            f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)"
+        )
     if outcome.interrupted:
-        click.echo(f"interrupted: resume with: tlbench run {suite} --resume {outcome.run_dir}", err=True)
+        click.echo(
+            f"interrupted: resume with: tlbench run {suite} --resume {outcome.run_dir}", err=True
+        )
     ctx.exit(outcome.exit_code)
 
 
@@ -147,8 +242,17 @@ def _print_table(run_dir: Path, console) -> None:
 
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(sorted(KIND_NAMES)))
-@click.option("--all-timm", "timm_pattern", metavar="PATTERN", help="List timm architectures matching PATTERN (e.g. 'resnet*'); --pretrained for tags.")
-@click.option("--pretrained", is_flag=True, help="With --all-timm: list pretrained tags (arch.tag) usable as timm:<arch>.<tag>.")
+@click.option(
+    "--all-timm",
+    "timm_pattern",
+    metavar="PATTERN",
+    help="List timm architectures matching PATTERN (e.g. 'resnet*'); --pretrained for tags.",
+)
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="With --all-timm: list pretrained tags (arch.tag) usable as timm:<arch>.<tag>.",
+)
 @click.pass_context
 def list_components(ctx, kind, timm_pattern, pretrained):
     """List registered components, the plugin each came from, and whether it runs offline now."""
@@ -167,20 +271,37 @@ def list_components(ctx, kind, timm_pattern, pretrained):
     kinds = [kind] if kind else sorted(KIND_NAMES, key=list(KIND_NAMES).index)
     for plural in kinds:
         table = Table(title=plural, title_justify="left", expand=False)
-        for column in ("name", "plugin", "description", "options", "offline"):
+        show_card = plural in ("models", "datasets")
+        columns = (
+            ("name", "plugin", "description")
+            + (("card",) if show_card else ())
+            + ("options", "offline")
+        )
+        for column in columns:
             table.add_column(column, overflow="fold")
         for item in host.registry.items(KIND_NAMES[plural]):
             spec = item.spec
-            name = f"{spec.name}:<{spec.argument_help or 'arg'}>" if spec.takes_argument else spec.name
+            name = (
+                f"{spec.name}:<{spec.argument_help or 'arg'}>" if spec.takes_argument else spec.name
+            )
             options = ", ".join(o.name for o in spec.options)
             available = spec.availability() if not spec.takes_argument else spec.availability(None)
             offline = "yes" if available is True else f"no: {available}"
-            table.add_row(name, item.plugin, spec.description, options, offline)
+            card = (
+                ("\n".join(f"{k}: {v}" for k, v in spec.card.items() if k != "source"),)
+                if show_card
+                else ()
+            )
+            table.add_row(name, item.plugin, spec.description, *card, options, offline)
         console.print(table)
 
 
 @cli.command()
-@click.option("--requirements", is_flag=True, help="Print pinned requirements of tlbench and installed plugins.")
+@click.option(
+    "--requirements",
+    is_flag=True,
+    help="Print pinned requirements of tlbench and installed plugins.",
+)
 @click.pass_context
 def plugins(ctx, requirements):
     """List loaded plugins, their versions and the hooks each implements."""
@@ -240,7 +361,13 @@ def cache_clear(namespace, cache_dir):
 
 @cli.command("new-plugin")
 @click.argument("name")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+)
 def new_plugin(name, directory):
     """Scaffold a plugin package tlbench-NAME with a model, a dataset, a strategy and tests."""
     from tlbench.scaffold import create_plugin

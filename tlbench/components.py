@@ -160,4 +160,6 @@ class Strategy(Protocol):
 class Estimator(Protocol):
     needs_source_head: bool
 
-    def score(self, features: torch.Tensor, labels: torch.Tensor, source_logits: torch.Tensor | None) -> float: ...
+    def score(
+        self, features: torch.Tensor, labels: torch.Tensor, source_logits: torch.Tensor | None
+    ) -> float: ...

@@ -339,7 +339,10 @@ def preflight(suite: Suite, host: PluginHost) -> None:
     if suite.requires:
         from tlbench import plugins as plugin_host
 
-        problems += [f"{suite.path}: requires: {msg}" for msg in plugin_host.check_requirements(list(suite.requires))]
+        problems += [
+            f"{suite.path}: requires: {msg}"
+            for msg in plugin_host.check_requirements(list(suite.requires))
+        ]
     for kind in ("model", "dataset"):
         for entry in suite.entries(kind):
             registered, argument = host.registry.lookup(kind, entry.ref)
@@ -443,9 +446,15 @@ def _estimate(suite, request, host, cache, device, run_dir, progress, log) -> No
     from tlbench.transferability import run_estimators
 
     if progress:
-        progress.console.print(f"scoring transferability: {', '.join(e.id for e in suite.estimators)}")
-    runner = CellRunner(host, cache, device, run_dir, log=progress.status if progress else lambda _m: None)
-    records = run_estimators(suite, runner, run_dir, selection=request.selection, retry_failed=request.retry_failed)
+        progress.console.print(
+            f"scoring transferability: {', '.join(e.id for e in suite.estimators)}"
+        )
+    runner = CellRunner(
+        host, cache, device, run_dir, log=progress.status if progress else lambda _m: None
+    )
+    records = run_estimators(
+        suite, runner, run_dir, selection=request.selection, retry_failed=request.retry_failed
+    )
     failed = [r for r in records if r.get("status") == "failed"]
     log.write(f"estimates: {len(records)} recorded, {len(failed)} failed")
 

@@ -90,7 +90,11 @@ def resolve_options(options: tuple[Option, ...], given: Mapping[str, Any]) -> di
         elif opt.required:
             raise ValueError(f"option {name!r} is required ({opt.describe()})")
         else:
-            resolved[name] = [opt.default] if opt.sweep and opt.default is not None and not isinstance(opt.default, list) else opt.default
+            resolved[name] = (
+                [opt.default]
+                if opt.sweep and opt.default is not None and not isinstance(opt.default, list)
+                else opt.default
+            )
     return resolved
 
 
@@ -119,9 +123,13 @@ class ComponentSpec:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or ":" in self.name or " " in self.name:
-            raise ValueError(f"name must be a non-empty string without ':' or spaces, got {self.name!r}")
+            raise ValueError(
+                f"name must be a non-empty string without ':' or spaces, got {self.name!r}"
+            )
         if not (callable(self.factory) or (isinstance(self.factory, str) and ":" in self.factory)):
-            raise ValueError(f"factory must be a callable or a 'module:attr' string, got {self.factory!r}")
+            raise ValueError(
+                f"factory must be a callable or a 'module:attr' string, got {self.factory!r}"
+            )
         for opt in self.options:
             if not isinstance(opt, Option):
                 raise ValueError(f"options must be tlbench.specs.Option instances, got {opt!r}")
@@ -132,7 +140,9 @@ class ComponentSpec:
         module_name, _, attr = self.factory.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
-    def availability(self, argument: str | None = None, options: Mapping[str, Any] | None = None) -> bool | str:
+    def availability(
+        self, argument: str | None = None, options: Mapping[str, Any] | None = None
+    ) -> bool | str:
         """Ask the ``available`` probe. Probes take ``()``, ``(argument)`` for families, and may
         take the suite entry's ``options`` as one more parameter (a dataset with its own ``root``
         or ``download = true`` is available where the default location is empty)."""
@@ -178,21 +188,63 @@ class EstimatorSpec(ComponentSpec):
     kind = "estimator"
 
 
-SPEC_KINDS = {"model": ModelSpec, "dataset": DatasetSpec, "strategy": StrategySpec, "estimator": EstimatorSpec}
+SPEC_KINDS = {
+    "model": ModelSpec,
+    "dataset": DatasetSpec,
+    "strategy": StrategySpec,
+    "estimator": EstimatorSpec,
+}
 
 
 # Options the core understands for every component of a kind, on top of the component's own.
 COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
     "model": (
-        Option("input_size", int, None, "Override the resolution the weights expect (small-image targets); recorded.", minimum=8, maximum=1024),
-        Option("input_adaptation", str, "replicate", "How grayscale/multi-channel targets meet the stem: replicate channels, or adapt the stem's in_chans the timm way.", choices=("replicate", "stem")),
+        Option(
+            "input_size",
+            int,
+            None,
+            "Override the resolution the weights expect (small-image targets); recorded.",
+            minimum=8,
+            maximum=1024,
+        ),
+        Option(
+            "input_adaptation",
+            str,
+            "replicate",
+            "How grayscale/multi-channel targets meet the stem: replicate channels, or adapt the stem's in_chans the timm way.",
+            choices=("replicate", "stem"),
+        ),
     ),
     "dataset": (
-        Option("train_size", int, None, "Cap the training split at this many examples (stratified).", minimum=1),
-        Option("val_size", int, None, "Validation examples carved from training data (default: 20% of train, at most 10000).", minimum=1),
-        Option("test_size", int, None, "Cap the test split (stratified); default uses all of it.", minimum=1),
+        Option(
+            "train_size",
+            int,
+            None,
+            "Cap the training split at this many examples (stratified).",
+            minimum=1,
+        ),
+        Option(
+            "val_size",
+            int,
+            None,
+            "Validation examples carved from training data (default: 20% of train, at most 10000).",
+            minimum=1,
+        ),
+        Option(
+            "test_size",
+            int,
+            None,
+            "Cap the test split (stratified); default uses all of it.",
+            minimum=1,
+        ),
         Option("shots", int, None, "n-shot: this many training examples per class.", minimum=1),
-        Option("protocol", str, "standard", "Split protocol: 'standard', or 'vtab1k' (800 train + 200 val for selection, final fit on all 1000).", choices=("standard", "vtab1k")),
+        Option(
+            "protocol",
+            str,
+            "standard",
+            "Split protocol: 'standard', or 'vtab1k' (800 train + 200 val for selection, final fit on all 1000).",
+            choices=("standard", "vtab1k"),
+        ),
     ),
     "strategy": (),
     "estimator": (),

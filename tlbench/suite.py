@@ -21,7 +21,17 @@ from tlbench.registry import Registry
 from tlbench.specs import resolve_options
 
 KINDS = (("models", "model"), ("datasets", "dataset"), ("strategies", "strategy"))
-TOP_LEVEL = {"name", "description", "seeds", "models", "datasets", "strategies", "estimators", "exclude", "requires"}
+TOP_LEVEL = {
+    "name",
+    "description",
+    "seeds",
+    "models",
+    "datasets",
+    "strategies",
+    "estimators",
+    "exclude",
+    "requires",
+}
 ENTRY_KEYS = {"name", "id"}
 
 
@@ -52,7 +62,12 @@ class Suite:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     def entries(self, kind: str) -> tuple[Entry, ...]:
-        return {"model": self.models, "dataset": self.datasets, "strategy": self.strategies, "estimator": self.estimators}[kind]
+        return {
+            "model": self.models,
+            "dataset": self.datasets,
+            "strategy": self.strategies,
+            "estimator": self.estimators,
+        }[kind]
 
 
 class _Problems:
@@ -79,7 +94,9 @@ def find_suite(name_or_path: str, search_dirs: tuple[Path, ...] = (Path("suites"
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise UserError(f"suite file not found: {name_or_path!r} (looked for {', '.join(str(c) for c in candidates)})")
+    raise UserError(
+        f"suite file not found: {name_or_path!r} (looked for {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def load_suite(path: Path, registry: Registry) -> Suite:
@@ -102,7 +119,10 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry, text: st
     name = _string(raw, "name", path.stem, problems)
     description = _string(raw, "description", "", problems)
     seeds = _seeds(raw.get("seeds", [0]), problems)
-    entries = {kind: _entries(raw, plural, kind, registry, problems, required=True) for plural, kind in KINDS}
+    entries = {
+        kind: _entries(raw, plural, kind, registry, problems, required=True)
+        for plural, kind in KINDS
+    }
     estimators = _entries(raw, "estimators", "estimator", registry, problems, required=False)
     excludes = _excludes(raw.get("exclude", []), entries, seeds, problems)
     requires = _requires(raw.get("requires", []), problems)
@@ -133,7 +153,9 @@ def _string(raw, key, default, problems) -> str:
 
 def _seeds(value, problems) -> tuple[int, ...]:
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
         problems.add("seeds", f"expected a non-empty list of non-negative integers, got {value!r}")
         return (0,)
     if len(set(values)) != len(values):
@@ -153,7 +175,10 @@ def _entries(raw, plural, kind, registry, problems, required) -> tuple[Entry, ..
         if entry is None:
             continue
         if entry.id in seen:
-            problems.add(f"{where}.id", f"duplicate {kind} id {entry.id!r} (also {seen[entry.id]}); give one an explicit 'id'")
+            problems.add(
+                f"{where}.id",
+                f"duplicate {kind} id {entry.id!r} (also {seen[entry.id]}); give one an explicit 'id'",
+            )
             continue
         seen[entry.id] = where
         entries.append(entry)
@@ -206,14 +231,22 @@ def _excludes(value, entries, seeds, problems) -> tuple[Mapping[str, Any], ...]:
         for key, val in rule.items():
             if key == "seed":
                 if val not in seeds:
-                    problems.add(f"{where}.seed", f"expected one of the suite's seeds {list(seeds)}, got {val!r}")
+                    problems.add(
+                        f"{where}.seed",
+                        f"expected one of the suite's seeds {list(seeds)}, got {val!r}",
+                    )
                     ok = False
             elif key in known:
                 if not isinstance(val, str) or val not in known[key]:
-                    problems.add(f"{where}.{key}", f"expected one of the suite's {key} ids {sorted(known[key])}, got {val!r}")
+                    problems.add(
+                        f"{where}.{key}",
+                        f"expected one of the suite's {key} ids {sorted(known[key])}, got {val!r}",
+                    )
                     ok = False
             else:
-                problems.add(f"{where}.{key}", "unknown key (expected model, dataset, strategy or seed)")
+                problems.add(
+                    f"{where}.{key}", "unknown key (expected model, dataset, strategy or seed)"
+                )
                 ok = False
         if ok:
             rules.append(dict(rule))
@@ -222,13 +255,21 @@ def _excludes(value, entries, seeds, problems) -> tuple[Mapping[str, Any], ...]:
 
 def _requires(value, problems) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.add("requires", f"expected a list of requirement strings like 'tlbench-peft>=0.1', got {value!r}")
+        problems.add(
+            "requires",
+            f"expected a list of requirement strings like 'tlbench-peft>=0.1', got {value!r}",
+        )
         return ()
     return tuple(value)
 
 
 def _excluded(cell: Cell, rules) -> bool:
-    values = {"model": cell.model, "dataset": cell.dataset, "strategy": cell.strategy, "seed": cell.seed}
+    values = {
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "strategy": cell.strategy,
+        "seed": cell.seed,
+    }
     return any(all(values[k] == v for k, v in rule.items()) for rule in rules)
 
 
@@ -239,7 +280,9 @@ def expand_cells(suite: Suite) -> list[Cell]:
     preprocessed tensors and frozen features they share stay hot in memory.
     """
     cells = []
-    for model, dataset, seed, strategy in itertools.product(suite.models, suite.datasets, suite.seeds, suite.strategies):
+    for model, dataset, seed, strategy in itertools.product(
+        suite.models, suite.datasets, suite.seeds, suite.strategies
+    ):
         cell = Cell(
             suite=suite.name,
             model=model.id,

@@ -97,9 +97,9 @@ def training_options(
         Option(
             "bn",
             str,
-            "auto",
-            "BatchNorm statistics while training: auto = frozen for pretrained weights, batch statistics for scratch.",
-            choices=("auto", "frozen", "train"),
+            "frozen",
+            "BatchNorm statistics while training: frozen running statistics, or batch statistics (train; re-estimated after each epoch).",
+            choices=("frozen", "train"),
         ),
     )
 
@@ -389,7 +389,7 @@ SPECS = (
                 minimum=0,
             ),
         )
-        + training_options(lr=[1e-3, 3e-3], epochs=8),
+        + training_options(lr=[1e-3, 3e-3], epochs=5),
         tags=("partial", "cached"),
     ),
     StrategySpec(

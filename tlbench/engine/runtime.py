@@ -39,8 +39,9 @@ def autocast(device: torch.device, precision: str):
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    # channels_last pays on CUDA tensor cores; on CPU it is a wash for small convnets.
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    # channels_last pays on CUDA tensor cores and on CPU too: oneDNN's NHWC kernels trained
+    # efficientnet-lite0 at 64 px 1.56x faster here (2.5x for a frozen-prefix suffix).
+    return torch.channels_last
 
 
 def seed_everything(seed: int) -> None:

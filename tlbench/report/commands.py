@@ -69,7 +69,9 @@ def report_command(
 
             render_transferability(estimates, Console())
     else:
-        text = render_report(records, fmt, envs=envs, metric=metric, plots=plots, estimates=estimates)
+        text = render_report(
+            records, fmt, envs=envs, metric=metric, plots=plots, estimates=estimates
+        )
         if output is None:
             click.echo(text, nl=False)
         else:

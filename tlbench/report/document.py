@@ -111,7 +111,9 @@ def _latex(records: pd.DataFrame, envs: Envs, metric: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _html(records: pd.DataFrame, envs: Envs, metric: str, plots: list[Plot] | None, estimates=None) -> str:
+def _html(
+    records: pd.DataFrame, envs: Envs, metric: str, plots: list[Plot] | None, estimates=None
+) -> str:
     if plots is None:
         from tlbench.report.plots import render_plots  # matplotlib only when a page needs it
 

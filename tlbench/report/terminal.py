@@ -21,14 +21,21 @@ def render_terminal(records: pd.DataFrame, console: Console) -> None:
     strategies = list(summary["strategy"].unique())
     suites = ", ".join(map(str, records["suite"].unique()))
     table = RichTable(title=f"{suites}: top1 (%), mean ± std over seeds", title_justify="left")
-    table.add_column("model")
-    table.add_column("dataset")
-    for strategy in strategies:
-        table.add_column(strategy, justify="right", no_wrap=True)
+    rows = []
     for (model, dataset), part in summary.groupby(["model", "dataset"], sort=False):
         cells = part.set_index("strategy")
         best = cells["mean"].max()
-        table.add_row(model, dataset, *(_cell(cells, strategy, best) for strategy in strategies))
+        rows.append((model, dataset, *(_cell(cells, strategy, best) for strategy in strategies)))
+    # Labels never wrap; in a narrow terminal the strategy headers wrap instead, so the table
+    # stays readable at 80 columns.
+    for i, name in enumerate(("model", "dataset")):
+        table.add_column(name, no_wrap=True, min_width=max(len(str(r[i])) for r in rows))
+    for j, strategy in enumerate(strategies, start=2):
+        table.add_column(
+            strategy, justify="right", overflow="fold", min_width=max(len(r[j].plain) for r in rows)
+        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     _print_failures(records, console)
 
