@@ -87,7 +87,7 @@ train_size = 400
 [[datasets]]
 name = "fashion-mnist"
 protocol = "vtab1k"
-test_size = 1000
+test_size = 500
 
 [[datasets]]
 name = "imagefolder"
@@ -138,4 +138,4 @@ name = "linear-probe"
     assert "linear-probe" in result.output and "packaged" in result.output
     report = CliRunner().invoke(cli, ["report", str(run_dir), "--format", "md"])
     assert report.exit_code == 0, report.output
-    assert "Transferability estimation" in report.output and "Kendall" in report.output
+    assert "Transferability estimation" in report.output and "kendall_tau" in report.output

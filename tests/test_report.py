@@ -386,3 +386,26 @@ def test_cli_import_is_light_and_reports_never_import_torch(full_run):
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_records_without_a_run_id_take_the_run_directory_name(tmp_path):
+    import json
+
+    from tlbench.report.records import load_records
+
+    run = tmp_path / "20261129-000000-abcd"
+    run.mkdir()
+    record = {
+        "schema": 1,
+        "suite": "s",
+        "model": "m",
+        "dataset": "d",
+        "strategy": "x",
+        "seed": 0,
+        "status": "ok",
+        "metrics": {"top1": 50.0},
+        "cost": {},
+    }
+    (run / "cells.jsonl").write_text(json.dumps(record) + "\n")
+    frame = load_records([run])
+    assert list(frame["run_id"]) == ["20261129-000000-abcd"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -220,6 +221,11 @@ def run(
         click.echo(
             f"interrupted: resume with: tlbench run {suite} --resume {outcome.run_dir}", err=True
         )
+        # Every record is already fsync'ed. Leave now with the documented code: after a second
+        # Ctrl-C the interpreter's own exit path would otherwise end the process by SIGINT (-2).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     ctx.exit(outcome.exit_code)
 
 

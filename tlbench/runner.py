@@ -501,6 +501,7 @@ class _Recorder(Sink):
             self.progress.cell_started(cell)
 
     def finished(self, cell: Cell, record: dict) -> None:
+        record.setdefault("run_id", self.store.run_dir.name)
         self.store.append(record)
         _notify(self.host, record)
         self.outcome.ran += 1

@@ -509,9 +509,10 @@ def _hub_download(argument: str, repo_id: str, filename: str | None) -> Path:
 
 # ---------------------------------------------------------------------------- self-pretrained
 
-PRETRAIN_RECIPE = (
-    "self-pretrained-v1"  # bump when the pretraining procedure changes: it keys the cache
-)
+# Bump when the pretraining procedure changes: it keys the cache. v2: BatchNorm running
+# statistics re-estimated after every epoch (precise BN), so the checkpoint's eval-mode features
+# are the ones it was trained with.
+PRETRAIN_RECIPE = "self-pretrained-v2"
 SOURCE_TEST_SIZE = 1000  # source-task test images scored once, so the card shows pretraining worked
 
 

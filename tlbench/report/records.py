@@ -73,6 +73,10 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     for column in TEXT_COLUMNS:
         if column not in frame:
             frame[column] = None
+    if "run_id" not in frame or frame["run_id"].isna().any():
+        # Records written before run ids were recorded: the run directory's name is the id.
+        names = frame["run_dir"].map(lambda d: Path(d).name if d else "")
+        frame["run_id"] = frame["run_id"].fillna(names) if "run_id" in frame else names
     frame["baseline"] = [
         is_baseline(ref, card)
         for ref, card in zip(frame["model_ref"], frame["model_card"], strict=True)
