@@ -48,7 +48,8 @@ reference: setup
 	rm -rf results/reference/quickstart
 	$(BIN)/tlbench run suites/quickstart.toml --out results/reference/quickstart
 	$(BIN)/tlbench report results/reference/quickstart --format md -o results/reference/quickstart/report.md
-	$(BIN)/tlbench report results/reference/quickstart --format html -o results/reference/quickstart/report.html
+	$(BIN)/tlbench report results/reference/quickstart --format html -o results/reference/quickstart/report.html --plots results/reference/quickstart/plots
+	$(BIN)/python -m tlbench.report.screenshot results/reference/quickstart/report.html results/reference/quickstart/report.png
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

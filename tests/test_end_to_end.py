@@ -139,3 +139,47 @@ name = "linear-probe"
     report = CliRunner().invoke(cli, ["report", str(run_dir), "--format", "md"])
     assert report.exit_code == 0, report.output
     assert "Transferability estimation" in report.output and "kendall_tau" in report.output
+
+
+def test_installed_peft_plugin_runs_lora_through_the_cli(tmp_path):
+    """plugins/tlbench-peft is its own distribution (installed by `make setup`); its entry point
+    brings the lora strategy, and a suite requiring it runs end to end."""
+    suite = tmp_path / "lora.toml"
+    suite.write_text(
+        """
+name = "lora"
+requires = ["tlbench-peft>=0.1"]
+[[models]]
+name = "efficientnet_lite0.in1k"
+input_size = 32
+[[datasets]]
+name = "digits"
+train_size = 300
+[[strategies]]
+name = "lora"
+lr = 3e-3
+epochs = 1
+refit = false
+"""
+    )
+    listed = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "200"})
+    assert "peft" in listed.output and "register_strategies" in listed.output
+    result = CliRunner().invoke(
+        cli, ["run", str(suite), "--out", str(tmp_path / "run"), "-q", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert record["status"] == "ok" and record["strategy"] == "lora"
+    assert 0 < record["cost"]["trainable_params"] < record["cost"]["total_params"] / 5
+    assert record["metrics"]["top1"] > 20, "one epoch of LoRA on digits learns far above chance"
+
+
+def test_a_suite_requiring_a_missing_plugin_fails_before_any_work(tmp_path):
+    suite = tmp_path / "needs.toml"
+    suite.write_text(
+        'requires = ["tlbench-nonexistent>=1"]\nmodels = ["scratch:resnet18"]\ndatasets = ["digits"]\nstrategies = ["linear-probe"]\n'
+    )
+    result = CliRunner().invoke(cli, ["run", str(suite), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "requires" in result.output and "tlbench-nonexistent" in result.output
+    assert not (tmp_path / "run" / "cells.jsonl").exists()

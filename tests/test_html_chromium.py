@@ -110,3 +110,16 @@ def test_report_renders_tables_images_and_sorts_in_chromium(browser, report_page
     assert screenshot.read_bytes().startswith(b"\x89PNG")
     if os.environ.get("TLBENCH_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["TLBENCH_SCREENSHOT"])
+
+
+def test_screenshot_command_writes_a_png_of_the_rendered_report(report_page, tmp_path):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(
+            f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver)"
+        )
+    from tlbench.report.screenshot import main
+
+    out = tmp_path / "shot.png"
+    assert main([str(report_page), str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(tmp_path / "missing.html"), str(out)]) == 2
