@@ -39,3 +39,46 @@ def write_suite(tmp_path):
         return path
 
     return write
+
+
+LITE0_PX = 32
+
+
+@pytest.fixture(scope="session")
+def lite0(tmp_path_factory):
+    """The packaged ImageNet efficientnet-lite0 at 32 px (engine and strategy tests share it)."""
+    from tlbench.cache import Cache
+    from tlbench.components import BuildContext
+    from tlbench.weights import PACKAGED, packaged_model
+
+    cache = Cache(tmp_path_factory.mktemp("weights"))
+    return packaged_model(
+        PACKAGED["efficientnet_lite0.in1k"],
+        None,
+        {"input_size": LITE0_PX},
+        BuildContext(cache=cache, device="cpu"),
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_data(lite0, tmp_path_factory):
+    """Real digits, 200 train / 100 val / 200 test, prepared for ``lite0``."""
+    from tlbench.cache import Cache
+    from tlbench.components import BuildContext
+    from tlbench.data import prepare
+    from tlbench.datasetlib.local import digits
+    from tlbench.specs import COMMON_OPTIONS, resolve_options
+
+    cache = Cache(tmp_path_factory.mktemp("data"))
+    target = digits(None, {}, BuildContext(cache=cache, device="cpu"))
+    options = resolve_options(
+        COMMON_OPTIONS["dataset"], {"train_size": 200, "val_size": 100, "test_size": 200}
+    )
+    return prepare(
+        target,
+        lite0,
+        options,
+        {"input_size": LITE0_PX, "input_adaptation": "replicate"},
+        0,
+        cache,
+    )

@@ -11,7 +11,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from tlbench.cache import Cache
-from tlbench.components import BuildContext
 from tlbench.engine import (
     extract_features,
     fit_logistic,
@@ -30,35 +29,6 @@ def digits_arrays():
     order = np.random.RandomState(0).permutation(len(y))
     x, y = torch.tensor(x[order], dtype=torch.float32), torch.tensor(y[order])
     return (x[:900], y[:900]), (x[900:1300], y[900:1300])
-
-
-@pytest.fixture(scope="module")
-def lite0(tmp_path_factory):
-    from tlbench.weights import PACKAGED, packaged_model
-
-    cache = Cache(tmp_path_factory.mktemp("weights"))
-    return packaged_model(
-        PACKAGED["efficientnet_lite0.in1k"],
-        None,
-        {"input_size": PX},
-        BuildContext(cache=cache, device="cpu"),
-    )
-
-
-@pytest.fixture(scope="module")
-def digits_data(lite0, tmp_path_factory):
-    from tlbench.data import prepare
-    from tlbench.datasetlib.local import digits
-    from tlbench.specs import COMMON_OPTIONS, resolve_options
-
-    cache = Cache(tmp_path_factory.mktemp("data"))
-    target = digits(None, {}, BuildContext(cache=cache, device="cpu"))
-    options = resolve_options(
-        COMMON_OPTIONS["dataset"], {"train_size": 200, "val_size": 100, "test_size": 200}
-    )
-    return prepare(
-        target, lite0, options, {"input_size": PX, "input_adaptation": "replicate"}, 0, cache
-    )
 
 
 def test_fit_logistic_matches_scikit_learn_on_the_same_objective(digits_arrays):

@@ -2,27 +2,15 @@
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from tlbench.report.document import render_report
 from tlbench.report.records import load_env, load_records
 from tlbench.report.samples import write_sample_run
+from tlbench.report.screenshot import CHROMEDRIVER, CHROMIUM, FLAGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1800",
-)
+CHROMIUM_FLAGS = (*FLAGS[:-1], "--window-size=1400,1800")
 
 
 @pytest.fixture

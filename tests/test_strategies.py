@@ -10,40 +10,12 @@ import pytest
 import torch
 
 from tlbench.cache import Cache
-from tlbench.components import BuildContext, Cell, CellContext
+from tlbench.components import Cell, CellContext
 from tlbench.errors import Diverged, UserError
-from tlbench.specs import COMMON_OPTIONS, resolve_options
+from tlbench.specs import resolve_options
 
 PX = 32
 FAST = {"epochs": 1, "lr": 3e-3, "batch_size": 32}
-
-
-@pytest.fixture(scope="module")
-def lite0(tmp_path_factory):
-    from tlbench.weights import PACKAGED, packaged_model
-
-    cache = Cache(tmp_path_factory.mktemp("weights"))
-    return packaged_model(
-        PACKAGED["efficientnet_lite0.in1k"],
-        None,
-        {"input_size": PX},
-        BuildContext(cache=cache, device="cpu"),
-    )
-
-
-@pytest.fixture(scope="module")
-def digits_data(lite0, tmp_path_factory):
-    from tlbench.data import prepare
-    from tlbench.datasetlib.local import digits
-
-    cache = Cache(tmp_path_factory.mktemp("data"))
-    target = digits(None, {}, BuildContext(cache=cache, device="cpu"))
-    options = resolve_options(
-        COMMON_OPTIONS["dataset"], {"train_size": 200, "val_size": 100, "test_size": 200}
-    )
-    return prepare(
-        target, lite0, options, {"input_size": PX, "input_adaptation": "replicate"}, 0, cache
-    )
 
 
 @pytest.fixture(scope="module")
