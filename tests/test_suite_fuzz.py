@@ -12,19 +12,12 @@ from hypothesis import strategies as st
 from test_runner import PLUGIN, tiny_host
 
 from tlbench.errors import UserError
-from tlbench.suite import load_suite, parse_suite
+from tlbench.suite import TOP_LEVEL, load_suite, parse_suite
 
 HOST = tiny_host()
+# Every field the parser knows, plus option, exclude and misspelt keys.
 KEYS = [
-    "name",
-    "description",
-    "seeds",
-    "models",
-    "datasets",
-    "strategies",
-    "estimators",
-    "exclude",
-    "requires",
+    *sorted(TOP_LEVEL),
     "id",
     "l2",
     "work",

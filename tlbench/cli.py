@@ -291,7 +291,7 @@ def list_components(ctx, kind, timm_pattern, pretrained):
                 f"{spec.name}:<{spec.argument_help or 'arg'}>" if spec.takes_argument else spec.name
             )
             options = ", ".join(o.name for o in spec.options)
-            available = spec.availability() if not spec.takes_argument else spec.availability(None)
+            available = spec.availability()
             offline = "yes" if available is True else f"no: {available}"
             card = (
                 ("\n".join(f"{k}: {v}" for k, v in spec.card.items() if k != "source"),)
