@@ -121,3 +121,29 @@ def test_out_of_memory_halves_the_batch_size_until_it_fits():
     assert with_oom_retry(step, 64) == (32, 16)
     with pytest.raises(ValueError):
         with_oom_retry(lambda bs: (_ for _ in ()).throw(ValueError("not memory")), 64)
+
+
+def test_precise_bn_sets_running_statistics_to_the_training_split_average():
+    """bn = "train": after an epoch, running statistics are re-estimated over the training split,
+    so eval mode normalises as training did (stale momentum-0.01 averages wreck accuracy)."""
+    from tlbench.engine.training import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01))
+    data = torch.randn(64, 3, 8, 8) * 3 + 5
+
+    class Feeder:
+        def batches(self, split, batch_size, *, shuffle, seed):
+            for start in range(0, len(data), batch_size):
+                yield data[start : start + batch_size], None
+
+        def forward(self, x):
+            return model(x)
+
+    model.train()
+    recalibrate_bn(model, Feeder(), "train", 16, 0, torch.device("cpu"), "fp32")
+    with torch.no_grad():
+        conv = model[0](data)
+    expected = conv.mean(dim=(0, 2, 3))
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-4)
+    assert model[1].momentum == 0.01, "the layer's own momentum is restored"
