@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlbench.components import CellContext, StrategyResult
+from tlbench.engine.depthwise import accelerate_depthwise
 from tlbench.engine.features import (
     MAX_PREFIX_CACHE_BYTES,
     PrefixSplit,
@@ -390,7 +391,10 @@ def _build(ctx: CellContext, recipe: Recipe, phase: str, device: torch.device) -
         )
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
-    return model.to(device, memory_format=memory_format(device))
+    model = model.to(device, memory_format=memory_format(device))
+    if device.type == "cpu":
+        accelerate_depthwise(model)
+    return model
 
 
 def is_pretrained(source) -> bool:
