@@ -15,7 +15,8 @@ options as suites/quickstart.toml; what a competent user writes without a cachin
   stopping with patience 2 on val; partial-unfreeze (k=2, lr swept over [1e-3, 3e-3], 5 epochs,
   refit on train+val for the best epoch count) freezes its prefix with ``requires_grad=False``
   but still runs it forward every step; full-finetune, lp-ft, bitfit and lora train 3 epochs
-  at one lr and keep the best epoch's weights (no refit), as the quickstart suite sets them.
+  at one lr and keep the best epoch's weights (no refit), as the quickstart suite sets them;
+  lp-ft's probe scales all features by one number, as tlbench's does (docs/strategies.md).
 
 Only weight loading (``tlbench.weights``: the packaged ImageNet weights and the seeded
 from-scratch init) and the split indices (``tlbench.splits.make_splits`` on the built-in dataset
@@ -153,19 +154,25 @@ def features(backbone: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.nd
     return torch.cat(xs).numpy(), torch.cat(ys).numpy()
 
 
-def fit_probe(train, l2: float) -> tuple[StandardScaler, LogisticRegression]:
+def fit_probe(
+    train, l2: float, one_scale: bool = False
+) -> tuple[StandardScaler, LogisticRegression]:
+    """``one_scale``: every feature divided by the same number (their mean standard deviation),
+    as tlbench's LP-FT probe does; otherwise each standardised (the linear-probe protocol)."""
     scaler = StandardScaler().fit(train[0])
+    if one_scale:
+        scaler.scale_ = np.full_like(scaler.scale_, np.sqrt(scaler.var_).mean())
     clf = LogisticRegression(C=1.0 / (l2 * len(train[1])), max_iter=100, tol=1e-4)
     return scaler, clf.fit(scaler.transform(train[0]), train[1])
 
 
-def search_probe(train, val) -> float:
+def search_probe(train, val, one_scale: bool = False) -> float:
     """The strength with the best val top-1: the log grid, then interval halving around the best."""
     scores = {}
 
     def score(l2: float) -> None:
         if l2 not in scores:
-            scaler, clf = fit_probe(train, l2)
+            scaler, clf = fit_probe(train, l2, one_scale)
             scores[l2] = clf.score(scaler.transform(val[0]), val[1])
 
     def best() -> float:
@@ -230,7 +237,7 @@ def build(strategy: str, source, splits, num_classes: int, loader) -> nn.Module:
         backbone = copy.deepcopy(model)
         backbone.reset_classifier(0)
         train, val = (features(backbone, loader(s)) for s in ("train", "val"))
-        scaler, clf = fit_probe(train, search_probe(train, val))
+        scaler, clf = fit_probe(train, search_probe(train, val, True), one_scale=True)
         weight = torch.tensor(clf.coef_ / scaler.scale_, dtype=torch.float32)
         with torch.no_grad():
             model.get_classifier().weight.copy_(weight)

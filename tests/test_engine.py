@@ -53,6 +53,31 @@ def test_search_logistic_refines_around_the_best_grid_point(digits_arrays):
     assert tried[100.0] < search.val_top1  # the strongest penalty underfits digits
 
 
+def test_feature_scaling_is_invariant_to_per_dimension_rescaling_and_global_scaling_is_not(
+    digits_arrays,
+):
+    (xtr, ytr), (xva, _) = digits_arrays
+    rescale = torch.ones(xtr.shape[1])
+    rescale[::2] = 50.0  # every other pixel in other units
+
+    def logits(x_train, x_val, scaling):
+        head = fit_logistic(x_train, ytr, 10, l2=1e-2, scaling=scaling)
+        return head.logits(x_val)
+
+    for scaling in ("feature", "global"):
+        # One common unit change never matters: both scalings divide it out.
+        # (up to the solver's tolerance)
+        gap = logits(xtr * 3.0, xva * 3.0, scaling) - logits(xtr, xva, scaling)
+        assert gap.abs().max() < 0.05
+    gap = logits(xtr * rescale, xva * rescale, "feature") - logits(xtr, xva, "feature")
+    assert gap.abs().max() < 0.05
+    # "global" keeps the penalty on the head as applied to raw features, so units matter.
+    gap = logits(xtr * rescale, xva * rescale, "global") - logits(xtr, xva, "global")
+    assert gap.abs().max() > 1.0
+    with pytest.raises(ValueError, match="scaling"):
+        fit_logistic(xtr, ytr, 10, l2=1e-2, scaling="none")
+
+
 def test_features_are_computed_once_then_read_from_the_cache(lite0, digits_data, tmp_path):
     builds = []
 

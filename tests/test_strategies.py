@@ -166,10 +166,12 @@ def test_bitfit_trains_only_biases_and_the_head(run):
 def test_lp_ft_starts_from_the_probe_and_keeps_its_accuracy(run):
     result = run("lp-ft", epochs=1, lr=1e-4, batch_size=32)
     probe = run("linear-probe")
-    assert result.hparams["probe_l2"] == probe.hparams["l2"]
-    # One epoch at lr 1e-4 leaves a randomly initialised head near chance (~15% measured);
-    # starting from the probe keeps most of the probe's accuracy.
-    assert result.metrics["val_top1"] >= probe.metrics["val_top1"] - 20
+    assert result.hparams["probe_scaling"] == "global"
+    assert result.hparams["probe_l2"] in {row["l2"] for row in result.hparams["sweep_probe"]}
+    # One epoch at lr 1e-4 leaves a randomly initialised head near chance (~15% measured).
+    # Starting from the probe keeps its accuracy: 80 vs 81 measured here; a per-dimension
+    # standardised probe fell to 70 (see LinearProbeThenFineTune).
+    assert result.metrics["val_top1"] >= probe.metrics["val_top1"] - 5
 
 
 def test_lora_adapts_pointwise_convs_and_rejects_targets_that_match_nothing(run):

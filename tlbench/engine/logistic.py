@@ -54,10 +54,21 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1).cpu() == labels.cpu()).float().mean().item()
 
 
-def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+# How features are scaled before fitting. "feature": each dimension to unit variance (the
+# linear-probe protocol). "global": one scale for all dimensions (their mean standard deviation),
+# so the L2 penalty acts on the head as it is applied to raw features: what LP-FT needs, see
+# tlbench.builtin.strategies.LinearProbeThenFineTune.
+SCALINGS = ("feature", "global")
+
+
+def _standardiser(x: torch.Tensor, scaling: str = "feature") -> tuple[torch.Tensor, torch.Tensor]:
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
     mean = x.mean(0)
-    std = x.std(0, unbiased=False).clamp_min(1e-6)
-    return mean, std
+    std = x.std(0, unbiased=False)
+    if scaling == "global":
+        std = std.mean().expand_as(std)
+    return mean, std.clamp_min(1e-6)
 
 
 def _lbfgs(
@@ -106,9 +117,10 @@ class _Problem:
         device: torch.device,
         max_iter: int,
         tol: float,
+        scaling: str = "feature",
     ):
         x = x.to(device, torch.float32)
-        self.mean, self.std = _standardiser(x)
+        self.mean, self.std = _standardiser(x, scaling)
         self.z = (x - self.mean) / self.std
         self.y = y.to(device)
         self.num_classes = num_classes
@@ -141,9 +153,12 @@ def fit_logistic(
     device: str | torch.device | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
+    scaling: str = "feature",
 ) -> LinearHead:
-    """Fit one L2-regularised multinomial logistic regression (standardised features)."""
-    return _Problem(features, labels, num_classes, resolve_device(device), max_iter, tol).fit(l2)
+    """Fit one L2-regularised multinomial logistic regression on standardised features
+    (``scaling``: per dimension, or one scale for all, see ``SCALINGS``)."""
+    device = resolve_device(device)
+    return _Problem(features, labels, num_classes, device, max_iter, tol, scaling).fit(l2)
 
 
 def search_logistic(
@@ -156,12 +171,13 @@ def search_logistic(
     device: str | torch.device | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
+    scaling: str = "feature",
 ) -> LogisticSearch:
     """Choose the strength on ``val``: the grid from strong to weak (warm starts follow the
     regularisation path), then ``refine_steps`` rounds of interval halving in log space.
     Ties go to the stronger regularisation."""
     device = resolve_device(device)
-    problem = _Problem(*train, num_classes, device, max_iter, tol)
+    problem = _Problem(*train, num_classes, device, max_iter, tol, scaling)
     val_x, val_y = val[0].to(device), val[1]
     scores: dict[float, tuple[float, LinearHead]] = {}
 
