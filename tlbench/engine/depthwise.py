@@ -5,8 +5,10 @@ development machine, a 64x1152x2x2 map with a 5x5 kernel (EfficientNet's last st
 input) takes ~10 ms for the weight gradient against 0.4 ms for the forward pass. That gradient is
 itself a depthwise convolution: fold batch and channels into one channel axis, use the output
 gradient as the kernel, and sum the result over the batch. oneDNN's *forward* kernel computes it
-~3x faster on maps up to 8x8 and slower on larger ones, hence ``MAX_OUTPUT_PIXELS``
-(`benchmarks/bench_depthwise.py` measures both sides).
+~3x faster for the 5x5 kernels on maps up to 8x8 and for 3x3 kernels on 2x2 maps; elsewhere
+oneDNN's own gradient is as fast or faster (``folded_is_faster``; `benchmarks/bench_depthwise.py`
+prints both sides per layer). The rule is a fixed function of the layer's shape, not a timing
+taken at run time, so results stay bit-for-bit reproducible.
 
 Only the weight gradient changes; the forward pass and the input gradient are ATen's own. The
 result equals ATen's up to float summation order. ``accelerate_depthwise`` installs it on the
@@ -23,8 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Output maps up to 8x8: where the folded forward beats ATen's weight gradient (see module doc).
+# Where the folded gradient beat ATen's on EfficientNet-Lite0's layers (torch 2.14 / oneDNN, 2-core
+# Xeon; `benchmarks/bench_depthwise.py`): 5x5 kernels on output maps up to 8x8 (1.3-3.6x), 3x3
+# kernels only on 2x2 maps (3.6x; on 4x4 maps ATen was 3-5x faster).
 MAX_OUTPUT_PIXELS = 64
+MAX_OUTPUT_PIXELS_SMALL_KERNEL = 4
+
+
+def folded_is_faster(kernel_size: int, output_pixels: int) -> bool:
+    if kernel_size >= 5:
+        return output_pixels <= MAX_OUTPUT_PIXELS
+    return output_pixels <= MAX_OUTPUT_PIXELS_SMALL_KERNEL
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -119,7 +130,7 @@ def _fast_forward(self, x):
         padded, padding = _same_padding_input(self, x)
         oh = (padded.shape[-2] + 2 * padding[0] - weight.shape[-2]) // self.stride[0] + 1
         ow = (padded.shape[-1] + 2 * padding[1] - weight.shape[-1]) // self.stride[1] + 1
-        if oh * ow <= MAX_OUTPUT_PIXELS:
+        if folded_is_faster(min(weight.shape[-2:]), oh * ow):
             return _DepthwiseConv.apply(padded, weight, self.bias, tuple(self.stride), padding)
     return type(self).forward(self, x)
 
