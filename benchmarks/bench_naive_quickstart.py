@@ -87,7 +87,7 @@ class Images(Dataset):
 
 
 def load_splits(dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Images and labels per split, at the indices tlbench uses for seed 0."""
+    """Images and labels per split, at the indices tlbench uses for ``SEED``."""
     from tlbench.datasetlib import local
     from tlbench.splits import make_splits
 
@@ -342,7 +342,12 @@ def main() -> None:
         "--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES)
     )
     parser.add_argument("--json", type=Path, help="write per-cell top-1 and seconds here")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="as tlbench's seed: train/val split, init, data order"
+    )
     args = parser.parse_args()
+    global SEED
+    SEED = args.seed
     rows = []
     start = time.perf_counter()
     for model_id in args.models:
