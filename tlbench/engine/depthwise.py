@@ -23,6 +23,8 @@ import types
 
 import torch
 import torch.nn.functional as F
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import pad_same
 from torch import nn
 
 # Where the folded gradient beat ATen's on EfficientNet-Lite0's layers (torch 2.14 / oneDNN, 2-core
@@ -94,25 +96,17 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
-def _conv2d_same_type():
-    from timm.layers.conv2d_same import Conv2dSame
-
-    return Conv2dSame
-
-
 def _supported(module: nn.Module) -> bool:
     """Plain ``nn.Conv2d`` with numeric padding, or timm's ``Conv2dSame`` (TF "same" padding,
     computed per input in its forward): the two whose padding we reproduce exactly."""
-    if isinstance(module, _conv2d_same_type()):
+    if isinstance(module, Conv2dSame):
         return True
     return type(module) is nn.Conv2d and not isinstance(module.padding, str)
 
 
 def _same_padding_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """The input and explicit padding the module's own forward hands to ``conv2d``."""
-    if isinstance(module, _conv2d_same_type()):
-        from timm.layers.padding import pad_same
-
+    if isinstance(module, Conv2dSame):
         return pad_same(x, module.weight.shape[-2:], module.stride, module.dilation), (0, 0)
     return x, tuple(module.padding)
 

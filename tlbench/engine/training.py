@@ -209,15 +209,14 @@ def _feeder(
 # ------------------------------------------------------------------------------ the loop
 
 
-def freeze_bn_stats(cfg: TrainConfig, pretrained: bool) -> bool:
+def freeze_bn_stats(cfg: TrainConfig) -> bool:
     """Whether BatchNorm layers use their running statistics while training (affine parameters
     still train). ``frozen`` (the default) keeps the function being fine-tuned the same one the
     linear probe and evaluation see: with batch statistics, a few dozen steps leave running
     statistics that wreck eval-mode accuracy, and LP-FT's probed head meets features it was not
     fit on. Measured on the quickstart's from-scratch lite0: full-finetune 72 -> 98% (digits),
     LP-FT 16 -> 94%. ``train`` uses batch statistics (re-estimated after every epoch, see
-    ``recalibrate_bn``), except below ``SMALL_BATCH`` images per batch. ``pretrained`` is kept
-    for callers; the policy no longer depends on it."""
+    ``recalibrate_bn``), except below ``SMALL_BATCH`` images per batch."""
     return cfg.bn == "frozen" or cfg.batch_size < SMALL_BATCH
 
 
@@ -318,7 +317,6 @@ def train_loop(
     precision: str,
     meter: CostMeter | None = None,
     val_split: str | None = None,
-    pretrained: bool = True,
 ) -> TrainOutcome:
     """Train ``epochs`` epochs on ``split``; with ``val_split``, evaluate after every epoch and stop
     after ``cfg.patience`` epochs without improvement. Raises ``Diverged`` on a non-finite loss."""
@@ -328,7 +326,7 @@ def train_loop(
         model, best_epoch=epochs, best_val=None, prefix_cache=feeder.prefix_cache
     )
     step = 0
-    frozen_bn = freeze_bn_stats(cfg, pretrained)
+    frozen_bn = freeze_bn_stats(cfg)
     for epoch in range(epochs):
         set_train_mode(model, frozen_bn)
         with meter.phase("train_s") if meter else _null():
@@ -397,10 +395,6 @@ def _build(ctx: CellContext, recipe: Recipe, phase: str, device: torch.device) -
     return model
 
 
-def is_pretrained(source) -> bool:
-    return not source.fingerprint.startswith("random:")
-
-
 def _steps(ctx: CellContext, split: str, batch_size: int) -> int:
     n = (
         ctx.data.size("train") + ctx.data.size("val")
@@ -432,7 +426,6 @@ def _train_candidate(
             precision=precision,
             meter=meter,
             val_split=val_split,
-            pretrained=is_pretrained(ctx.source),
         ), feeder
 
     (outcome, feeder), meter.batch_size = with_oom_retry(
@@ -556,6 +549,5 @@ def fit_model(
         seed=seed,
         device=device,
         precision=precision,
-        pretrained=False,
     )
     model.eval()
