@@ -144,13 +144,16 @@ class CellContext:
 class StrategyResult:
     """What a strategy returns. ``metrics['top1']`` (percent, on the test split) is required;
     ``hparams`` are the chosen hyperparameters; ``cost`` holds at least ``trainable_params`` and
-    ``total_params`` and per-phase seconds under ``phases``."""
+    ``total_params`` and per-phase seconds under ``phases``. ``predictions`` (optional, a
+    ``tlbench.predictions.Predictions``) holds the per-example test predictions the runner stores
+    next to the record; tables' intervals over test items need them."""
 
     metrics: dict
     hparams: dict
     cost: dict
     status: str = "ok"
     detail: str | None = None
+    predictions: Any = None  # tlbench.predictions.Predictions of the test split, when available
 
 
 class Strategy(Protocol):
