@@ -65,7 +65,7 @@ class TVSet:
     cls: str
     train_parts: tuple[dict, ...]
     test_parts: tuple[dict, ...] | None
-    probe: tuple[str, ...]  # paths relative to root that must exist
+    probe: tuple[str, ...]  # every file or folder, relative to root, that torchvision reads
     card: dict = field(default_factory=dict)
 
 
@@ -77,7 +77,11 @@ TV_SETS: dict[str, TVSet] = {
             "CIFAR10",
             ({"train": True},),
             ({"train": False},),
-            ("cifar-10-batches-py",),
+            (
+                *(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
+                "cifar-10-batches-py/test_batch",
+                "cifar-10-batches-py/batches.meta",
+            ),
             {
                 "classes": 10,
                 "image_size": [32, 32],
@@ -91,7 +95,7 @@ TV_SETS: dict[str, TVSet] = {
             "CIFAR100",
             ({"train": True},),
             ({"train": False},),
-            ("cifar-100-python",),
+            ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
             {
                 "classes": 100,
                 "image_size": [32, 32],
@@ -133,7 +137,11 @@ TV_SETS: dict[str, TVSet] = {
             "OxfordIIITPet",
             ({"split": "trainval"},),
             ({"split": "test"},),
-            ("oxford-iiit-pet/images", "oxford-iiit-pet/annotations"),
+            (
+                "oxford-iiit-pet/images",
+                "oxford-iiit-pet/annotations/trainval.txt",
+                "oxford-iiit-pet/annotations/test.txt",
+            ),
             {
                 "classes": 37,
                 "image_size": "varies",
@@ -147,7 +155,12 @@ TV_SETS: dict[str, TVSet] = {
             "DTD",
             ({"split": "train"}, {"split": "val"}),
             ({"split": "test"},),
-            ("dtd/dtd",),
+            (
+                "dtd/dtd/images",
+                "dtd/dtd/labels/train1.txt",
+                "dtd/dtd/labels/val1.txt",
+                "dtd/dtd/labels/test1.txt",
+            ),
             {
                 "classes": 47,
                 "image_size": "varies",
@@ -175,7 +188,7 @@ TV_SETS: dict[str, TVSet] = {
             "Food101",
             ({"split": "train"},),
             ({"split": "test"},),
-            ("food-101/images", "food-101/meta"),
+            ("food-101/images", "food-101/meta/train.json", "food-101/meta/test.json"),
             {
                 "classes": 101,
                 "image_size": "varies (max side 512)",
@@ -189,7 +202,10 @@ TV_SETS: dict[str, TVSet] = {
             "Caltech101",
             ({},),
             None,
-            ("caltech101/101_ObjectCategories",),
+            (
+                "caltech101/101_ObjectCategories",
+                "caltech101/101_ObjectCategories/BACKGROUND_Google",  # torchvision drops it by name
+            ),
             {
                 "classes": 101,
                 "image_size": "varies",
@@ -209,11 +225,13 @@ def tv_probe(name: str, options: dict | None = None) -> bool | str:
     options = options or {}
     if options.get("download"):
         return True
-    return tv_availability(name, Path(options["root"]) if options.get("root") else None)
+    return tv_availability(
+        name, Path(options["root"]).expanduser() if options.get("root") else None
+    )
 
 
 def tv_availability(name: str, root: Path | None = None) -> bool | str:
-    """Cheap probe (file existence only)."""
+    """Cheap probe (file existence only) naming the first file torchvision would miss."""
     root = root or default_data_root()
     missing = [p for p in TV_SETS[name].probe if not (root / p).exists()]
     if not missing:
