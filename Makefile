@@ -8,16 +8,24 @@ STAMP := $(VENV)/.tlbench-installed
 # torch is pinned here, not in pyproject.toml: this exact build lies on the CI machines' disk.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint reference bench clean-venv browser
+# Quiet unless something fails: pip's errors still print, its progress and tips do not.
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check --no-input
+INSTALL := $(PIP) install --no-warn-script-location
+
+.PHONY: setup demo test lint reference bench clean-venv browser wheel
 
 setup: $(STAMP) fashion-mnist
 
 $(STAMP): pyproject.toml plugins/tlbench-peft/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[dev,peft]' -e plugins/tlbench-peft
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(INSTALL) --upgrade pip
+	@$(INSTALL) $(TORCH_PIN)
+	@$(INSTALL) -e '.[dev,peft]' -e plugins/tlbench-peft
+	@touch $(STAMP)
+
+# Wheels of tlbench and tlbench-peft in dist/, built with the venv's setuptools (no download).
+wheel: setup
+	@$(PIP) wheel --no-deps --no-build-isolation --wheel-dir dist . plugins/tlbench-peft
 
 # The Debian package carrying Fashion-MNIST: installed when we are root, otherwise we say how.
 fashion-mnist:

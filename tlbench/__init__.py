@@ -6,6 +6,8 @@ everything that imports torch lives behind lazily loaded factories.
 
 import pluggy
 
+# The one place the version is written: pyproject.toml reads it from here (a literal, so
+# setuptools parses it without importing tlbench).
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("tlbench")

@@ -85,17 +85,33 @@ class _Problems:
             raise UserError("\n".join(self.lines))
 
 
-def find_suite(name_or_path: str, search_dirs: tuple[Path, ...] = (Path("suites"),)) -> Path:
-    """``suites/quickstart.toml``, ``suites/quickstart`` and ``quickstart`` all name the same file."""
-    candidates = [Path(name_or_path)]
+def find_suite(name_or_path: str, search_dirs: tuple[Path, ...] | None = None) -> Path:
+    """The suite file a user named: the path itself (``.toml`` optional), else ``<name>.toml`` in
+    ``./suites/``, else among the suites installed with tlbench (``tlbench/suites``). So
+    ``quickstart``, ``suites/quickstart`` and ``suites/quickstart.toml`` work in a checkout and
+    after ``pip install tlbench`` alike; a local ``suites/`` shadows the packaged suites."""
+    import difflib
+
+    packaged = Path(__file__).resolve().parent / "suites"
+    dirs = (Path("suites"), packaged) if search_dirs is None else search_dirs
+    given = Path(name_or_path)
+    candidates = [given]
     if not name_or_path.endswith(".toml"):
         candidates.append(Path(name_or_path + ".toml"))
-        candidates += [d / f"{name_or_path}.toml" for d in search_dirs]
+    # A bare name, or suites/<name> as the docs write it, is also looked up in the suite folders.
+    if given.parent in (Path("."), Path("suites")):
+        file_name = given.name if given.suffix == ".toml" else given.name + ".toml"
+        candidates += [d / file_name for d in dirs]
+    candidates = list(dict.fromkeys(candidates))
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+    close = difflib.get_close_matches(given.stem, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    available = f" Available: {', '.join(known)}." if known else ""
     raise UserError(
-        f"suite file not found: {name_or_path!r} (looked for {', '.join(str(c) for c in candidates)})"
+        f"suite file not found: {name_or_path!r} (looked for {', '.join(str(c) for c in candidates)}).{hint}{available}"
     )
 
 

@@ -1,0 +1,175 @@
+"""tlbench as a user gets it: built into an sdist, then a wheel, installed into a fresh virtual
+environment and run from a directory that is not a checkout. Offline: the build uses this
+environment's setuptools and the fresh environment borrows the dependencies installed here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import tlbench
+from tlbench.errors import UserError
+from tlbench.suite import find_suite
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGED_SUITES = REPO / "tlbench" / "suites"
+# What an sdist is built from; anything else in the checkout must not be needed.
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "tlbench")
+# The editable installs of tlbench and tlbench-peft in this environment, hidden from the fresh one.
+EDITABLE_TRACES = ("tlbench", "__editable__")
+BUILD = "import sys; from setuptools import build_meta; print(getattr(build_meta, sys.argv[1])(sys.argv[2]))"
+
+
+def _build(hook: str, source: Path, out: Path) -> Path:
+    """Run a PEP 517 hook (``build_sdist``/``build_wheel``) of setuptools on ``source``."""
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD, hook, str(out)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, f"{hook} of {source} failed:\n{done.stderr[-3000:]}"
+    warnings = sorted(set(re.findall(r"\w+Warning\b.*", done.stderr)))
+    assert warnings == [], f"{hook} of {source} warned:\n" + "\n".join(warnings)
+    return out / done.stdout.strip().splitlines()[-1]
+
+
+def _copy(source: Path, target: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=ignore)
+    else:
+        shutil.copy2(source, target)
+    return target
+
+
+def _borrow_dependencies(venv_python: Path, deps: Path) -> None:
+    """Make this environment's packages, but not its editable tlbench, importable in the venv."""
+    deps.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(EDITABLE_TRACES) and entry.suffix != ".pth":
+            (deps / entry.name).symlink_to(entry)
+    purelib = subprocess.run(
+        [venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(purelib, "borrowed-dependencies.pth").write_text(f"{deps}\n")
+
+
+@pytest.fixture(scope="module")
+def fresh_install(tmp_path_factory) -> Path:
+    """A fresh venv holding the tlbench wheel built from its sdist, and the tlbench-peft wheel."""
+    root = tmp_path_factory.mktemp("packaging")
+    source, dist = root / "source", root / "dist"
+    source.mkdir()
+    for name in SOURCES:
+        _copy(REPO / name, source / name)
+    sdist = _build("build_sdist", source, dist)
+    with tarfile.open(sdist) as archive:
+        archive.extractall(root / "unpacked", filter="data")
+    tlbench_wheel = _build("build_wheel", root / "unpacked" / sdist.name[: -len(".tar.gz")], dist)
+    plugin = _copy(REPO / "plugins" / "tlbench-peft", root / "tlbench-peft")
+    plugin_wheel = _build("build_wheel", plugin, dist)
+
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    _borrow_dependencies(venv / "bin" / "python", root / "deps")
+    install = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install"]
+    subprocess.run(
+        [*install, "--quiet", "--no-deps", "--no-index", tlbench_wheel, plugin_wheel],
+        check=True,
+        capture_output=True,
+    )
+    return venv
+
+
+@pytest.fixture
+def run_installed(fresh_install, tmp_path):
+    """Run a command of the fresh venv from an empty directory outside the checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{fresh_install / 'bin'}{os.pathsep}{env['PATH']}", COLUMNS="200")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=elsewhere, env=env, capture_output=True, text=True)
+
+    return run
+
+
+def test_installed_wheel_is_this_version_with_its_license(fresh_install, run_installed):
+    version = run_installed("tlbench", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"tlbench, version {tlbench.__version__}"
+
+    where = run_installed(
+        "python",
+        "-c",
+        "import importlib.metadata as m, tlbench, tlbench_peft; "
+        "print(tlbench.__file__); print(tlbench_peft.__file__); "
+        "print(m.version('tlbench')); print(m.metadata('tlbench')['License-Expression'])",
+    )
+    assert where.returncode == 0, where.stderr
+    tlbench_file, plugin_file, installed_version, license_ = where.stdout.split()
+    assert Path(tlbench_file).is_relative_to(fresh_install), "tlbench came from the checkout"
+    assert Path(plugin_file).is_relative_to(fresh_install), "tlbench_peft came from the checkout"
+    assert installed_version == tlbench.__version__
+    assert license_ == "Apache-2.0"
+
+
+def test_python_dash_m_tlbench_is_the_tlbench_command(run_installed):
+    result = run_installed("python", "-m", "tlbench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: tlbench ")
+    assert re.search(r"^\s+run\s", result.stdout, re.M)
+
+
+def test_installed_tlbench_plans_the_quickstart_outside_a_checkout(fresh_install, run_installed):
+    result = run_installed("tlbench", "run", "quickstart", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    suite = re.search(r"suite quickstart \((.+?)\): (\d+) cells", result.stdout)
+    assert suite, result.stdout
+    assert Path(suite.group(1)).is_relative_to(fresh_install), "the suite is not the packaged one"
+    assert int(suite.group(2)) == 24
+    assert "lora" in result.stdout, "tlbench-peft's strategy was not planned"
+
+
+def test_repository_suites_folder_is_the_packaged_one():
+    assert (REPO / "suites").resolve() == PACKAGED_SUITES
+    assert (PACKAGED_SUITES / "quickstart.toml").is_file()
+
+
+def test_a_suite_name_finds_the_packaged_suite_outside_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = PACKAGED_SUITES / "quickstart.toml"
+    for spelling in ("quickstart", "suites/quickstart", "suites/quickstart.toml"):
+        assert find_suite(spelling) == expected, spelling
+
+
+def test_a_local_suites_folder_shadows_the_packaged_suites(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "quickstart.toml").write_text('name = "mine"\n')
+    assert find_suite("quickstart").resolve() == tmp_path / "suites" / "quickstart.toml"
+
+
+def test_a_missing_suite_names_every_place_looked_and_the_closest_suite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        find_suite("quikstart")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "suites/quikstart.toml" in message
+    assert str(PACKAGED_SUITES / "quikstart.toml") in message
+    assert "Did you mean 'quickstart'?" in message
