@@ -1,0 +1,196 @@
+"""The leaderboard page of one suite under one strategy, and its CSV download."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from tlbench.publish.html import SiteInfo, document, esc, link, note, td
+from tlbench.publish.leaderboard import Leaderboard, Row, Score
+from tlbench.publish.paths import (
+    board_csv_path,
+    board_path,
+    cell_path,
+    dataset_path,
+    model_path,
+)
+from tlbench.publish.variants import Variant
+
+
+def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) -> str:
+    view = board.suite
+    legend = (
+        f"{board.metric} (%): mean ± 95% confidence interval over seeds (Student t; one seed: "
+        "its value). The small number is the rank on that dataset (1 = best); "
+    )
+    legend += (
+        f"the signed number is the gain in points over {board.baseline.label}, the suite's "
+        f"from-scratch model, with the same strategy. "
+        if board.baseline
+        else ""
+    )
+    legend += "Click a number for its cell: configuration, hyperparameters, cost, environment, errors made."
+    body = [
+        f'<p class="description">{esc(view.description)}</p>' if view.description else "",
+        strategy_selector(board, page, default),
+        *[note(text, "warning") for text in [*view.notes, *board.notes]],
+        f"""<div class="toolbar">
+<label>Filter models <input type="search" class="filter" data-table="leaderboard" placeholder="name or reference"></label>
+<span class="count" data-count-for="leaderboard"></span>
+{link(page, board_csv_path(view.name, board.strategy.key), "Download CSV")}
+</div>""",
+        board_table(board, page),
+        note(legend),
+        '<h2>Datasets</h2><ul class="inline">'
+        + "".join(
+            f"<li>{link(page, dataset_path(view.name, d.id), d.label)}</li>" for d in board.datasets
+        )
+        + "</ul>",
+    ]
+    crumbs = [(view.name, None)]
+    return document(
+        page,
+        f"{view.name}: {board.strategy.label}",
+        "\n".join(part for part in body if part),
+        site,
+        view.runs,
+        crumbs,
+    )
+
+
+def strategy_selector(board: Leaderboard, page: str, default: Variant) -> str:
+    view = board.suite
+    items = []
+    for strategy in view.strategies:
+        target = board_path(view.name, strategy.key, strategy.key == default.key)
+        current = ' aria-current="page"' if strategy.key == board.strategy.key else ""
+        items.append(f"<li{current}>{link(page, target, strategy.label, strategy.difference)}</li>")
+    return f'<nav class="strategies" aria-label="strategy"><span>Strategy:</span><ul>{"".join(items)}</ul></nav>'
+
+
+def board_table(board: Leaderboard, page: str) -> str:
+    # Scores and gains sort best first on the first click; positions and ranks lowest first.
+    heads = [("#", ""), ("model", "")]
+    heads += [(d.label, "desc") for d in board.datasets] + [("average rank", "")]
+    if board.baseline:
+        heads.append((f"gain over {board.baseline.label}", "desc"))
+    header = "".join(
+        f"<th{f' data-order={chr(34)}{order}{chr(34)}' if order else ''}>{esc(h)}</th>"
+        for h, order in heads
+    )
+    rows = "\n".join(_row(board, row, page) for row in board.rows)
+    return f"""<table class="sortable leaderboard" id="leaderboard">
+<thead><tr>{header}</tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>"""
+
+
+def _row(board: Leaderboard, row: Row, page: str) -> str:
+    view = board.suite
+    model = row.model
+    marker = (
+        f' <sup class="variant" title="{esc(model.difference)}">variant</sup>'
+        if model.index
+        else ""
+    )
+    badge = ' <span class="badge">baseline</span>' if row.baseline else ""
+    name = (
+        link(page, model_path(view.name, model.id), model.label)
+        + marker
+        + badge
+        + f'<br><span class="ref">{esc(model.ref)}</span>'
+    )
+    cells = [td(str(row.position), row.position), td(name, model.label)]
+    for dataset in board.datasets:
+        score = row.scores.get(dataset.key)
+        cells.append(_score_cell(board, score, page) if score else td("—", cls="missing"))
+    datasets_ranked = sum(1 for s in row.scores.values() if s.rank is not None)
+    coverage = (
+        f' <span class="ref">({datasets_ranked} of {len(board.datasets)})</span>'
+        if datasets_ranked < len(board.datasets)
+        else ""
+    )
+    average = f"{row.average_rank:.2f}" if row.average_rank is not None else "—"
+    cells.append(td(average + coverage, row.average_rank))
+    if board.baseline:
+        gain = "baseline" if row.baseline else _signed(row.mean_gain)
+        cells.append(td(gain, None if row.baseline else row.mean_gain))
+    search = esc(f"{model.label} {model.ref}".lower())
+    return f'<tr data-filter="{search}">' + "".join(cells) + "</tr>"
+
+
+def _score_cell(board: Leaderboard, score: Score, page: str) -> str:
+    group = score.group
+    target = cell_path(board.suite.name, group.model.key, group.dataset.key, group.strategy.key)
+    seeds = ", ".join(f"seed {seed}: {value:.2f}" for seed, value in score.values)
+    tip = f"{group.model.label} on {group.dataset.label}: {seeds or score.status}"
+    content = link(page, target, score.text, tip)
+    if score.rank is not None:
+        content += (
+            f' <span class="rank" title="rank on {esc(group.dataset.label)}">{score.rank:g}</span>'
+        )
+    if score.gain is not None and not (board.baseline and group.model.key == board.baseline.key):
+        content += f' <span class="gain">{_signed(score.gain)}</span>'
+    cls = "failed" if not score.n else ""
+    return td(content, score.mean if score.n else None, cls)
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:+.1f}"
+
+
+def board_csv(board: Leaderboard) -> str:
+    """One line per (model, dataset): the numbers behind the page."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "position",
+            "model",
+            "model_ref",
+            "dataset",
+            "strategy",
+            "metric",
+            "mean",
+            "ci95",
+            "n",
+            "seeds",
+            "status",
+            "rank",
+            "gain",
+            "average_rank",
+            "mean_gain",
+        ]
+    )
+    for row in board.rows:
+        for dataset in board.datasets:
+            score = row.scores.get(dataset.key)
+            if score is None:
+                continue
+            writer.writerow(
+                [
+                    row.position,
+                    row.model.label,
+                    row.model.ref,
+                    dataset.label,
+                    board.strategy.label,
+                    board.metric,
+                    _number(score.mean),
+                    _number(score.ci95),
+                    score.n,
+                    " ".join(str(e.seed) for e in score.group.entries),
+                    score.status,
+                    _number(score.rank),
+                    _number(score.gain),
+                    _number(row.average_rank),
+                    _number(row.mean_gain),
+                ]
+            )
+    return out.getvalue()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4f}".rstrip("0").rstrip(".")

@@ -1,0 +1,114 @@
+"""A page per model and per dataset of a suite: its card as recorded, and all its cells."""
+
+from __future__ import annotations
+
+from tlbench.publish.html import (
+    SiteInfo,
+    document,
+    esc,
+    fields_table,
+    flatten,
+    link,
+    note,
+    table,
+    td,
+)
+from tlbench.publish.leaderboard import Score
+from tlbench.publish.paths import cell_path, suite_index_path
+from tlbench.publish.variants import Group, SuiteView
+
+
+def model_page(
+    view: SuiteView, model_id: str, page: str, site: SiteInfo, scores: dict[str, Score]
+) -> str:
+    rows = [m for m in view.models if m.id == model_id]
+    groups = [g for g in view.groups if g.model.id == model_id]
+    body = []
+    for row in rows:
+        mine = [g for g in groups if g.model.key == row.key]
+        body.append(f"<h2>{esc(row.label)}: {esc(row.ref)}</h2>")
+        if row.index:
+            body.append(note(f"A separate variant of {row.id}: {row.difference}", "warning"))
+        if any(g.baseline for g in mine):
+            body.append(note("Trained from scratch: the suite's baseline for gains.", "badge-note"))
+        body += ["<h3>Model card</h3>", _card(mine, "model_card")]
+        body += ["<h3>Cells</h3>", _grid(view, mine, "strategy", "dataset", page, scores)]
+    crumbs = [(view.name, suite_index_path(view.name)), (f"model {model_id}", None)]
+    return document(page, f"Model {model_id}", "\n".join(body), site, _runs(view, groups), crumbs)
+
+
+def dataset_page(
+    view: SuiteView, dataset_id: str, page: str, site: SiteInfo, scores: dict[str, Score]
+) -> str:
+    columns = [d for d in view.datasets if d.id == dataset_id]
+    groups = [g for g in view.groups if g.dataset.id == dataset_id]
+    body = []
+    for column in columns:
+        mine = [g for g in groups if g.dataset.key == column.key]
+        body.append(f"<h2>{esc(column.label)}: {esc(column.ref)}</h2>")
+        if column.index:
+            body.append(note(f"A separate variant of {column.id}: {column.difference}", "warning"))
+        body += ["<h3>Dataset card</h3>", _card(mine, "dataset_card")]
+        split = _newest(mine, "split")
+        protocol = [
+            (k, v)
+            for k, v in flatten(split)
+            if k not in ("hash", "seed", "hashes.train", "hashes.val")
+        ]
+        body += ["<h3>Split protocol</h3>", fields_table(protocol)]
+        body += ["<h3>Cells</h3>", _grid(view, mine, "model", "strategy", page, scores)]
+    crumbs = [(view.name, suite_index_path(view.name)), (f"dataset {dataset_id}", None)]
+    return document(
+        page, f"Dataset {dataset_id}", "\n".join(body), site, _runs(view, groups), crumbs
+    )
+
+
+def _newest(groups: list[Group], key: str) -> dict:
+    entries = sorted(
+        (
+            e
+            for g in groups
+            for e in g.entries
+            if isinstance(e.record.get(key), dict) and e.record[key]
+        ),
+        key=lambda e: str(e.record.get("finished_at", "")),
+    )
+    return entries[-1].record[key] if entries else {}
+
+
+def _card(groups: list[Group], key: str) -> str:
+    card = _newest(groups, key)
+    if not card:
+        return note("No card recorded (every cell failed before loading it).")
+    return fields_table(flatten(card))
+
+
+def _grid(
+    view: SuiteView, groups: list[Group], rows: str, columns: str, page: str, scores: dict
+) -> str:
+    """``rows`` x ``columns`` (two of model, dataset, strategy) with a link per cell."""
+    order = {"model": view.models, "dataset": view.datasets, "strategy": view.strategies}
+    used_rows = [v for v in order[rows] if any(getattr(g, rows).key == v.key for g in groups)]
+    used_cols = [v for v in order[columns] if any(getattr(g, columns).key == v.key for g in groups)]
+    by_key = {(getattr(g, rows).key, getattr(g, columns).key): g for g in groups}
+    body = []
+    for row in used_rows:
+        cells = [td(esc(row.label), row.label)]
+        for column in used_cols:
+            group = by_key.get((row.key, column.key))
+            cells.append(_cell(view, group, page, scores) if group else td("—", cls="missing"))
+        body.append(cells)
+    return table([rows, *[c.label for c in used_cols]], body, "sortable")
+
+
+def _cell(view: SuiteView, group: Group, page: str, scores: dict) -> str:
+    score = scores[group.id]
+    target = cell_path(view.name, group.model.key, group.dataset.key, group.strategy.key)
+    return td(link(page, target, score.text), score.mean if score.n else None)
+
+
+def _runs(view: SuiteView, groups: list[Group]) -> list:
+    labels = {
+        r.label for g in groups for e in g.entries for r in [e.run, *(o for _, o in e.superseded)]
+    }
+    return [run for run in view.runs if run.label in labels]

@@ -1,0 +1,162 @@
+"""The HTML every page shares: the document around a body, escaping, links, tables and the
+provenance footer. Pages are plain f-strings over these helpers; nothing is fetched from the
+network (one stylesheet and one script, both files of the site)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tlbench.publish.paths import ASSETS, relative, run_path
+from tlbench.publish.runs import Run
+
+esc = html.escape
+MISSING = "—"
+PROVENANCE_RUNS = 8  # runs listed in a page footer; the front page lists them all
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What every page says about how the site itself was built."""
+
+    title: str
+    built_at: str
+    tlbench_version: str
+    git_revision: str
+    metric: str
+
+
+def document(
+    page: str,
+    title: str,
+    body: str,
+    site: SiteInfo,
+    runs: Iterable[Run],
+    crumbs: Iterable[tuple[str, str | None]] = (),
+) -> str:
+    """A complete page at ``page`` (its path from the site root)."""
+    trail = [link(page, "index.html", site.title)] + [
+        link(page, target, text) if target else esc(text) for text, target in crumbs
+    ]
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)} · {esc(site.title)}</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="{relative(page, f"{ASSETS}/site.css")}">
+</head>
+<body>
+<nav class="crumbs">{" › ".join(trail)}</nav>
+<main>
+<h1>{esc(title)}</h1>
+{body}
+</main>
+{provenance(page, site, list(runs))}
+<script src="{relative(page, f"{ASSETS}/site.js")}"></script>
+</body>
+</html>
+"""
+
+
+def link(page: str, target: str, text: str, title: str | None = None, raw: bool = False) -> str:
+    tip = f' title="{esc(title)}"' if title else ""
+    inner = text if raw else esc(text)
+    return f'<a href="{esc(relative(page, target))}"{tip}>{inner}</a>'
+
+
+def td(
+    content: str, value: float | str | None = None, cls: str = "", title: str | None = None
+) -> str:
+    """A cell; ``value`` is what the sorting script compares (numbers, or text)."""
+    attrs = ""
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        attrs += f' data-value="{esc(str(value))}"'
+    if cls:
+        attrs += f' class="{cls}"'
+    if title:
+        attrs += f' title="{esc(title)}"'
+    return f"<td{attrs}>{content}</td>"
+
+
+def table(
+    headers: Iterable[str],
+    rows: Iterable[Iterable[str]],
+    cls: str = "",
+    id_: str = "",
+    raw_headers: bool = False,
+) -> str:
+    """``rows`` hold rendered ``<td>`` strings (see ``td``); plain strings are wrapped."""
+    head = "".join(f"<th>{h if raw_headers else esc(h)}</th>" for h in headers)
+    body = "\n".join(
+        "<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    attrs = (f' class="{cls}"' if cls else "") + (f' id="{id_}"' if id_ else "")
+    return f"<table{attrs}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def fields_table(pairs: Iterable[tuple[str, object]], cls: str = "fields") -> str:
+    rows = [[esc(str(key)), f'<td class="value">{esc(shown(value))}</td>'] for key, value in pairs]
+    return table(["field", "value"], rows, cls) if rows else '<p class="note">None recorded.</p>'
+
+
+def shown(value: object) -> str:
+    """A recorded value as a reader wants it: ``0.0133``, ``12,810``, ``{"a": 1}``, ``—``."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return MISSING if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
+    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]``; lists stay whole."""
+    if isinstance(value, dict) and value:
+        return [pair for k, v in value.items() for pair in flatten(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), value)] if prefix else []
+
+
+def note(text: str, cls: str = "note") -> str:
+    return f'<p class="{cls}">{esc(text)}</p>'
+
+
+def provenance(page: str, site: SiteInfo, runs: list[Run]) -> str:
+    """Footer: how the site was built and from which runs (versions, git, plugins)."""
+    shown_runs = runs[:PROVENANCE_RUNS]
+    items = "".join(f"<li>{run_line(page, run)}</li>" for run in shown_runs)
+    more = (
+        f"<li>and {len(runs) - len(shown_runs)} more runs ({link(page, 'index.html#runs', 'all runs')})</li>"
+        if len(runs) > len(shown_runs)
+        else ""
+    )
+    source = f"from {len(runs)} run{'s' if len(runs) != 1 else ''}:" if runs else ""
+    return f"""<footer class="provenance">
+<p>Published with tlbench {esc(site.tlbench_version)} (git {esc(site.git_revision)}) on {esc(site.built_at)} {source}</p>
+<ul>{items}{more}</ul>
+</footer>"""
+
+
+def run_line(page: str, run: Run) -> str:
+    plugins = ", ".join(f"{name} {version}" for name, version in plugin_summary(run)) or "unknown"
+    return (
+        f"{link(page, run_path(run.label), run.label)}: tlbench {esc(', '.join(run.tlbench_versions) or 'unknown')}, "
+        f"git {esc(run.git_revision)}, plugins {esc(plugins)}"
+    )
+
+
+def plugin_summary(run: Run) -> list[tuple[str, str]]:
+    """Third-party plugins by name; tlbench's own built-in plugins as one entry."""
+    builtin = sorted({v for n, v in run.plugins if n.startswith("tlbench.builtin.")})
+    others = [(n, v) for n, v in run.plugins if not n.startswith("tlbench.builtin.")]
+    return others + ([("built-ins", "/".join(builtin))] if builtin else [])

@@ -1,0 +1,170 @@
+"""A suite's leaderboard under one strategy: models x datasets with the mean and 95% interval
+over seeds, the rank of each model on each dataset, its average rank and its gain over the
+suite's from-scratch baseline trained with the same strategy.
+
+Statistics follow ``tlbench report`` (docs/reports.md): Student t interval over seeds, ties share
+the mean of their ranks, a cell without a value ranks last among the models that have the cell.
+A model without a cell on a dataset is not ranked there, so its average covers fewer datasets
+(the page says how many). The baseline is the first model of the suite, in suite order, whose
+reference starts with ``scratch:`` or whose card says ``weights = "random"``; it is never chosen
+by its score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+
+from tlbench.publish.variants import Group, SuiteView, Variant
+from tlbench.report.records import STATUSES
+from tlbench.report.tables import t_quantile
+
+
+@dataclass(frozen=True)
+class Score:
+    """One leaderboard cell: the seeds of a group and their statistics."""
+
+    group: Group
+    values: tuple[tuple[int, float], ...]  # (seed, value) of the seeds that finished ok
+    problems: dict  # status -> count of the seeds that did not
+    rank: float | None = None
+    gain: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(v for _, v in self.values) / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        if self.n < 2:
+            return math.nan
+        mean = self.mean
+        return math.sqrt(sum((v - mean) ** 2 for _, v in self.values) / (self.n - 1))
+
+    @property
+    def ci95(self) -> float:
+        return t_quantile(self.n - 1) * self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
+
+    @property
+    def status(self) -> str:
+        if self.n:
+            return "ok"
+        return max(self.problems, key=self.problems.get) if self.problems else "no value"
+
+    @property
+    def text(self) -> str:
+        """``81.3 ± 0.4``, ``81.3`` (one seed), ``81.3 ± 0.4 (1 failed)`` or the failure."""
+        if not self.n:
+            return self.status
+        text = f"{self.mean:.1f}" + (f" ± {self.ci95:.1f}" if self.n >= 2 else "")
+        if self.problems:
+            text += " (" + ", ".join(f"{c} {s}" for s, c in self.problems.items()) + ")"
+        return text
+
+
+@dataclass
+class Row:
+    model: Variant
+    baseline: bool
+    scores: dict[str, Score]  # dataset variant key -> score
+    average_rank: float | None = None
+    mean_gain: float | None = None
+    position: int = 0
+
+
+@dataclass
+class Leaderboard:
+    suite: SuiteView
+    strategy: Variant
+    metric: str
+    datasets: list[Variant]
+    rows: list[Row]
+    baseline: Variant | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def score(group: Group, metric: str) -> Score:
+    values = tuple(
+        (e.seed, value) for e in group.entries if (value := e.metric(metric)) is not None
+    )
+    counts = Counter(e.status for e in group.entries if e.metric(metric) is None)
+    problems = {s: counts[s] for s in (*STATUSES, *sorted(counts)) if counts.get(s)}
+    return Score(group, values, problems)
+
+
+def baseline_model(view: SuiteView) -> Variant | None:
+    """The suite's from-scratch model: the first baseline row in suite order."""
+    baselines = {g.model.key for g in view.groups if g.baseline}
+    return next((m for m in view.models if m.key in baselines), None)
+
+
+def build_leaderboard(view: SuiteView, strategy: Variant, metric: str) -> Leaderboard:
+    groups = [g for g in view.groups if g.strategy.key == strategy.key]
+    columns = [d for d in view.datasets if any(g.dataset.key == d.key for g in groups)]
+    models = [m for m in view.models if any(g.model.key == m.key for g in groups)]
+    scores = {(g.model.key, g.dataset.key): score(g, metric) for g in groups}
+    _rank(scores, columns)
+    base = baseline_model(view)
+    notes = _gains(scores, columns, base, strategy)
+    rows = [
+        Row(
+            model=m,
+            baseline=base is not None and m.key == base.key,
+            scores={d.key: scores[(m.key, d.key)] for d in columns if (m.key, d.key) in scores},
+        )
+        for m in models
+    ]
+    for row in rows:
+        ranks = [s.rank for s in row.scores.values() if s.rank is not None]
+        gains = [s.gain for s in row.scores.values() if s.gain is not None]
+        row.average_rank = sum(ranks) / len(ranks) if ranks else None
+        row.mean_gain = sum(gains) / len(gains) if gains else None
+    rows.sort(key=lambda r: _position_key(r, models))
+    for position, row in enumerate(rows, start=1):
+        row.position = position
+    return Leaderboard(view, strategy, metric, columns, rows, base, notes)
+
+
+def _rank(scores: dict, columns: list[Variant]) -> None:
+    for column in columns:
+        keys = [key for key in scores if key[1] == column.key]
+        means = pd.Series([scores[key].mean for key in keys], dtype=float)
+        ranks = means.rank(ascending=False, method="average", na_option="bottom")
+        for key, rank in zip(keys, ranks, strict=True):
+            scores[key] = replace(scores[key], rank=float(rank))
+
+
+def _gains(scores: dict, columns: list[Variant], base: Variant | None, strategy) -> list[str]:
+    if base is None:
+        return ["No from-scratch model in this suite, so no gain over training from scratch."]
+    missing = []
+    for column in columns:
+        reference = scores.get((base.key, column.key))
+        if reference is None or not reference.n:
+            missing.append(column.label)
+            continue
+        for key in [k for k in scores if k[1] == column.key]:
+            if scores[key].n:
+                scores[key] = replace(scores[key], gain=scores[key].mean - reference.mean)
+    if missing:
+        return [
+            f"No gain on {', '.join(missing)}: the baseline {base.label} has no value there with {strategy.label}."
+        ]
+    return []
+
+
+def _position_key(row: Row, models: list[Variant]) -> tuple:
+    means = [s.mean for s in row.scores.values() if s.n]
+    return (
+        row.average_rank is None,
+        row.average_rank if row.average_rank is not None else 0.0,
+        -(sum(means) / len(means)) if means else 0.0,
+        models.index(row.model),
+    )
