@@ -7,8 +7,12 @@ Fixtures:
     make_tlbench_host(*plugins, builtins=True, entrypoints=False) -> PluginHost
     tlbench_host        a fresh host with the built-in plugins only
     tlbench_run(suite, plugins=(), **options) -> list of cell records, run in this test's tmp_path
-    digits_images       scikit-learn's 1797 handwritten digits as a uint8 ``ImageSet`` (8x8)
-    digits_target       the same as a ``TargetData`` without a test split
+    tlbench_digits_images   scikit-learn's 1797 handwritten digits as a uint8 ``ImageSet`` (8x8)
+    tlbench_digits_target   the same as a ``TargetData`` without a test split
+
+Every fixture name carries ``tlbench`` because pytest offers them to every test session of the
+environment, not only to tlbench plugins'. ``digits_images`` and ``digits_target`` are deprecated
+aliases of the two digits fixtures (they warn) and go away in the next minor release.
 
 The plain functions ``make_host`` and ``run_tiny_suite`` do the same outside pytest.
 """
@@ -16,6 +20,7 @@ The plain functions ``make_host`` and ``run_tiny_suite`` do the same outside pyt
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,22 +146,43 @@ def tlbench_run(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def digits_images():
+def tlbench_digits_images():
+    """scikit-learn's 1797 handwritten digits as a uint8 ``ImageSet`` (8x8), shared by the session."""
     return load_digits_images()
 
 
 @pytest.fixture(scope="session")
-def digits_target(digits_images):
+def tlbench_digits_target(tlbench_digits_images):
+    """The digits as a ``TargetData`` named ``digits``, without a test split."""
     import hashlib
 
     from tlbench.components import TargetData
 
-    digest = hashlib.sha256(digits_images.images.tobytes() + digits_images.labels.tobytes())
+    images = tlbench_digits_images
+    digest = hashlib.sha256(images.images.tobytes() + images.labels.tobytes())
     return TargetData(
         name="digits",
         class_names=tuple(str(d) for d in range(10)),
-        train=digits_images,
+        train=images,
         test=None,
         fingerprint=digest.hexdigest(),
         card={"source": "sklearn.datasets.load_digits"},
     )
+
+
+def _deprecated_alias(old: str, new: str):
+    def alias(request):
+        warnings.warn(
+            f"tlbench's {old!r} fixture is deprecated and goes away in the next minor release; "
+            f"use {new!r}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return request.getfixturevalue(new)
+
+    alias.__doc__ = f"Deprecated alias of ``{new}`` (warns)."
+    return pytest.fixture(scope="session", name=old)(alias)
+
+
+_digits_images_alias = _deprecated_alias("digits_images", "tlbench_digits_images")
+_digits_target_alias = _deprecated_alias("digits_target", "tlbench_digits_target")
