@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
-import multiprocessing as mp
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -16,12 +19,34 @@ from tlbench.results import (
     write_environment,
 )
 
+# A writer killed mid-record: its second record's bytes are half written (the write is split
+# the way a signal or a full disk splits os.write) when it is SIGKILLed, holding the lock.
+TORN_WRITER = """
+import os, sys
+from tlbench.results import ResultsStore
 
-def _write_many(run_dir, writer: int, count: int) -> None:
-    store = ResultsStore(run_dir)
-    for i in range(count):
-        # Large records make interleaving likely if writes were not atomic.
-        store.append({"config_hash": f"{writer}-{i}", "status": "ok", "payload": "x" * 20000})
+store = ResultsStore(sys.argv[1])
+store.append({"config_hash": "before", "status": "ok"})
+real_write = os.write
+
+def write_half_then_hang(fd, data):
+    written = real_write(fd, bytes(data[: len(data) // 2]))
+    print("torn", flush=True)
+    sys.stdin.read()  # until killed
+    return written
+
+os.write = write_half_then_hang
+store.append({"config_hash": "torn", "status": "ok", "payload": "x" * 20000})
+"""
+# Large records, so two writers racing for the file would interleave if appends were not atomic.
+WRITER = """
+import sys
+from tlbench.results import ResultsStore
+
+store = ResultsStore(sys.argv[1])
+for i in range(10):
+    store.append({"config_hash": f"{sys.argv[2]}-{i}", "status": "ok", "payload": "x" * 20000})
+"""
 
 
 def test_records_are_appended_and_read_back(tmp_path):
@@ -33,18 +58,36 @@ def test_records_are_appended_and_read_back(tmp_path):
     assert store.latest_by_hash()["a"]["status"] == "ok", "a retried cell supersedes its failure"
 
 
-def test_concurrent_writers_never_interleave_lines(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_write_many, args=(tmp_path, w, 25)) for w in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    lines = (tmp_path / "cells.jsonl").read_text().splitlines()
-    assert len(lines) == 75
-    assert {json.loads(line)["config_hash"] for line in lines} == {
-        f"{w}-{i}" for w in range(3) for i in range(25)
-    }
+def test_a_writer_killed_mid_record_loses_only_that_record_while_others_append(tmp_path):
+    torn = subprocess.Popen(
+        [sys.executable, "-c", TORN_WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    with torn:
+        try:
+            assert torn.stdout.readline() == "torn\n", "the writer never reached its half record"
+            with open(tmp_path / "cells.jsonl", "rb") as cells, pytest.raises(BlockingIOError):
+                fcntl.flock(cells, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a record in progress holds it
+            # Started while the torn writer holds the lock: they wait, then race each other.
+            writers = [
+                subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name])
+                for name in "ab"
+            ]
+        finally:
+            torn.kill()
+    assert torn.returncode == -signal.SIGKILL
+    assert [w.wait() for w in writers] == [0, 0]
+
+    with pytest.warns(UserWarning) as caught:
+        records = read_records(tmp_path / "cells.jsonl")
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'cells.jsonl'}:2: skipped a truncated or garbled record"
+    ]
+    hashes = [r["config_hash"] for r in records]
+    assert hashes[0] == "before"
+    assert sorted(hashes) == sorted(["before"] + [f"{w}-{i}" for w in "ab" for i in range(10)])
 
 
 def test_a_torn_last_line_is_skipped_with_a_warning_and_the_next_record_starts_clean(tmp_path):
