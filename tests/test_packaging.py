@@ -4,6 +4,8 @@ environment's setuptools and the fresh environment borrows the dependencies inst
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import re
 import shutil
@@ -11,9 +13,12 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import tlbench
 from tlbench.errors import UserError
@@ -26,6 +31,43 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "tlbench")
 # The editable installs of tlbench and tlbench-peft in this environment, hidden from the fresh one.
 EDITABLE_TRACES = ("tlbench", "__editable__")
 BUILD = "import sys; from setuptools import build_meta; print(getattr(build_meta, sys.argv[1])(sys.argv[2]))"
+
+
+def _imported_modules(package: Path) -> set[str]:
+    """Top-level names of every absolute import in ``package``, inside functions too."""
+    names = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    "package, project",
+    [
+        ("tlbench", "pyproject.toml"),
+        ("plugins/tlbench-peft/tlbench_peft", "plugins/tlbench-peft/pyproject.toml"),
+    ],
+)
+def test_every_imported_distribution_is_declared(package, project):
+    metadata = tomllib.loads((REPO / project).read_text())["project"]
+    requirements = [
+        *metadata["dependencies"],
+        *(r for extra in metadata.get("optional-dependencies", {}).values() for r in extra),
+    ]
+    declared = {canonicalize_name(Requirement(r).name) for r in requirements}
+    ours = {"tlbench", "tlbench_peft", "__future__"}
+    third_party = _imported_modules(REPO / package) - set(sys.stdlib_module_names) - ours
+    providers = importlib.metadata.packages_distributions()
+    undeclared = sorted(
+        f"{module} ({', '.join(providers.get(module, ['not installed']))})"
+        for module in third_party
+        if not declared & {canonicalize_name(d) for d in providers.get(module, [])}
+    )
+    assert undeclared == [], f"{project} does not declare what {package} imports: {undeclared}"
 
 
 def _build(hook: str, source: Path, out: Path) -> Path:
@@ -126,6 +168,20 @@ def test_installed_wheel_is_this_version_with_its_license(fresh_install, run_ins
     assert Path(plugin_file).is_relative_to(fresh_install), "tlbench_peft came from the checkout"
     assert installed_version == tlbench.__version__
     assert license_ == "Apache-2.0"
+
+
+def test_every_data_file_of_the_package_is_installed(fresh_install):
+    site_packages = next((fresh_install / "lib").glob("python3*/site-packages"))
+    data = [
+        path.relative_to(REPO)
+        for path in (REPO / "tlbench").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    ]
+    assert data, "tlbench has no data files at all?"
+    missing = sorted(str(path) for path in data if not (site_packages / path).is_file())
+    assert missing == [], (
+        f"not in the wheel (add them to package-data in pyproject.toml): {missing}"
+    )
 
 
 def test_python_dash_m_tlbench_is_the_tlbench_command(run_installed):
