@@ -97,9 +97,17 @@ def _copy(source: Path, target: Path) -> Path:
 def _borrow_dependencies(venv_python: Path, deps: Path) -> None:
     """Make this environment's packages, but not its editable tlbench, importable in the venv."""
     deps.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.startswith(EDITABLE_TRACES) and entry.suffix != ".pth":
-            (deps / entry.name).symlink_to(entry)
+    paths = sysconfig.get_paths()
+    for site_packages in dict.fromkeys([paths["purelib"], paths["platlib"]]):
+        for entry in Path(site_packages).iterdir():
+            borrowed = deps / entry.name
+            if (
+                entry.name.startswith(EDITABLE_TRACES)
+                or entry.suffix == ".pth"
+                or borrowed.exists()
+            ):
+                continue
+            borrowed.symlink_to(entry)
     purelib = subprocess.run(
         [venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
@@ -119,7 +127,9 @@ def fresh_install(tmp_path_factory) -> Path:
         _copy(REPO / name, source / name)
     sdist = _build("build_sdist", source, dist)
     with tarfile.open(sdist) as archive:
-        archive.extractall(root / "unpacked", filter="data")
+        # The "data" filter (Python >= 3.11.4) refuses links and paths outside the target.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        archive.extractall(root / "unpacked", **safe)
     tlbench_wheel = _build("build_wheel", root / "unpacked" / sdist.name[: -len(".tar.gz")], dist)
     plugin = _copy(REPO / "plugins" / "tlbench-peft", root / "tlbench-peft")
     plugin_wheel = _build("build_wheel", plugin, dist)
