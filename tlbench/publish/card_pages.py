@@ -13,7 +13,7 @@ from tlbench.publish.html import (
     table,
     td,
 )
-from tlbench.publish.leaderboard import Score
+from tlbench.publish.leaderboard import Score, baseline_model
 from tlbench.publish.paths import cell_path, suite_index_path
 from tlbench.publish.variants import Group, SuiteView
 
@@ -23,16 +23,19 @@ def model_page(
 ) -> str:
     rows = [m for m in view.models if m.id == model_id]
     groups = [g for g in view.groups if g.model.id == model_id]
+    baseline = baseline_model(view)
     body = []
     for row in rows:
         mine = [g for g in groups if g.model.key == row.key]
         body.append(f"<h2>{esc(row.label)}: {esc(row.ref)}</h2>")
         if row.index:
             body.append(note(f"A separate variant of {row.id}: {row.difference}", "warning"))
-        if any(g.baseline for g in mine):
-            body.append(note("Trained from scratch: the suite's baseline for gains.", "badge-note"))
-        body += ["<h3>Model card</h3>", _card(mine, "model_card")]
+        if baseline is not None and baseline.key == row.key:
+            body.append(note("Trained from scratch: the suite's baseline for the gains."))
+        elif any(g.baseline for g in mine):
+            body.append(note("Trained from scratch."))
         body += ["<h3>Cells</h3>", _grid(view, mine, "strategy", "dataset", page, scores)]
+        body += ["<h3>Model card</h3>", _card(mine, "model_card")]
     crumbs = [(view.name, suite_index_path(view.name)), (f"model {model_id}", None)]
     return document(page, f"Model {model_id}", "\n".join(body), site, _runs(view, groups), crumbs)
 
@@ -48,6 +51,7 @@ def dataset_page(
         body.append(f"<h2>{esc(column.label)}: {esc(column.ref)}</h2>")
         if column.index:
             body.append(note(f"A separate variant of {column.id}: {column.difference}", "warning"))
+        body += ["<h3>Cells</h3>", _grid(view, mine, "model", "strategy", page, scores)]
         body += ["<h3>Dataset card</h3>", _card(mine, "dataset_card")]
         split = _newest(mine, "split")
         protocol = [
@@ -56,7 +60,6 @@ def dataset_page(
             if k not in ("hash", "seed", "hashes.train", "hashes.val")
         ]
         body += ["<h3>Split protocol</h3>", fields_table(protocol)]
-        body += ["<h3>Cells</h3>", _grid(view, mine, "model", "strategy", page, scores)]
     crumbs = [(view.name, suite_index_path(view.name)), (f"dataset {dataset_id}", None)]
     return document(
         page, f"Dataset {dataset_id}", "\n".join(body), site, _runs(view, groups), crumbs

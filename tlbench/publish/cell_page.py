@@ -17,6 +17,7 @@ from tlbench.publish.html import (
     shown,
     table,
     td,
+    when,
 )
 from tlbench.publish.leaderboard import Score
 from tlbench.publish.merge import Entry, versions_of, versions_text
@@ -126,7 +127,7 @@ def _seed_table(group: Group, page: str, metric: str) -> str:
                 esc(entry.status),
                 td("—" if value is None else f"{value:.2f}", value),
                 link(page, run_path(entry.run.label), entry.run.label),
-                esc(str(entry.record.get("finished_at", "—"))),
+                esc(when(entry.record.get("finished_at"))),
                 f"<code>{esc(entry.record['config_hash'][:12])}</code>",
                 esc(", ".join(old.label for _, old in entry.superseded) or "—"),
             ]
@@ -167,16 +168,17 @@ def _seed_section(entry: Entry, page: str, evidence: Evidence | None, metric: st
     sweeps = [(k, v) for k, v in hparams.items() if _is_sweep(v)]
     parts = [f'<section class="seed" id="seed-{entry.seed}">', f"<h2>Seed {entry.seed}</h2>"]
     parts.append(_status(entry, metric))
-    parts += ["<h3>Chosen hyperparameters</h3>", fields_table(scalars)]
-    for key, sweep in sweeps:
-        parts += [
-            f"<h3>Tried configurations ({esc(key)}, {len(sweep)})</h3>",
-            sweep_table(sweep, hparams),
-        ]
-    cost = flatten(record.get("cost") or {})
-    parts += ["<h3>Cost</h3>", fields_table(cost)]
-    parts += ["<h3>Environment</h3>", _environment(entry, page)]
     parts.append(_evidence(evidence, page))
+    cost = flatten(record.get("cost") or {})
+    parts.append('<div class="facts">')
+    parts.append(f"<div><h3>Chosen hyperparameters</h3>{fields_table(scalars)}</div>")
+    parts.append(f"<div><h3>Cost</h3>{fields_table(cost)}</div>")
+    parts += [
+        f"<div><h3>Tried configurations ({esc(key)}, {len(sweep)})</h3>{sweep_table(sweep, hparams)}</div>"
+        for key, sweep in sweeps
+    ]
+    parts.append("</div>")
+    parts += ["<h3>Environment</h3>", _environment(entry, page)]
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -72,11 +72,12 @@ def evidence(
 ) -> Evidence:
     record = entry.record
     if not isinstance(record.get("predictions"), dict):
-        why = (
-            "the cell did not finish"
-            if entry.status != "ok"
-            else "the run that recorded it did not store them"
-        )
+        if record.get("predictions_error"):
+            why = str(record["predictions_error"])  # the runner could not write the file
+        elif entry.status != "ok":
+            why = "the cell did not finish"
+        else:
+            why = "the run that recorded it did not store them"
         return Evidence(missing=f"Per-example predictions were not stored ({why}).")
     try:
         predictions = read_predictions(entry.run.path, record)

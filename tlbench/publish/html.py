@@ -76,6 +76,8 @@ def td(
     attrs = ""
     if value is not None and not (isinstance(value, float) and math.isnan(value)):
         attrs += f' data-value="{esc(str(value))}"'
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            cls = f"num {cls}".strip()
     if cls:
         attrs += f' class="{cls}"'
     if title:
@@ -125,6 +127,14 @@ def flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
     if isinstance(value, dict) and value:
         return [pair for k, v in value.items() for pair in flatten(v, f"{prefix}{k}.")]
     return [(prefix.rstrip("."), value)] if prefix else []
+
+
+def when(stamp: object) -> str:
+    """``2026-11-29T04:39:29+00:00`` -> ``2026-11-29 04:39 UTC`` (other text unchanged)."""
+    text = str(stamp or MISSING)
+    if len(text) >= 16 and text[10] == "T" and text.endswith(("+00:00", "Z")):
+        return f"{text[:10]} {text[11:16]} UTC"
+    return text
 
 
 def note(text: str, cls: str = "note") -> str:

@@ -14,6 +14,7 @@ from tlbench.publish.html import (
     note,
     table,
     td,
+    when,
 )
 from tlbench.publish.paths import cell_path, run_path, suite_index_path
 from tlbench.publish.runs import Run
@@ -63,7 +64,7 @@ def _suites_table(views: list[SuiteView], page: str) -> str:
                 td(str(len(view.strategies)), len(view.strategies)),
                 td(str(len(entries)), len(entries)),
                 td(str(len(view.runs)), len(view.runs)),
-                esc(finished or "—"),
+                esc(when(finished) if finished else "—"),
             ]
         )
     headers = [
@@ -84,7 +85,7 @@ def _runs_table(runs: list[Run], views: list[SuiteView], page: str) -> str:
     rows = []
     for run in runs:
         stamps = sorted(str(r.get("finished_at", "")) for r in run.records if r.get("finished_at"))
-        span = f"{stamps[0]} – {stamps[-1]}" if stamps else "—"
+        span = f"{when(stamps[0])} – {when(stamps[-1])}" if stamps else "—"
         suites = ", ".join(dict.fromkeys(str(r["suite"]) for r in run.records))
         rows.append(
             [
@@ -184,6 +185,8 @@ def _cells_table(run: Run, placed: dict, page: str) -> str:
     for record in run.records:
         where = placed.get(_key(run, record))
         value = (record.get("metrics") or {}).get("top1")
+        number = value if isinstance(value, int | float) else None
+        value_text = "—" if number is None else f"{number:.2f}"
         ids = f"{record['model']} · {record['dataset']} · {record['strategy']}"
         if where is None:
             shown_as = esc(ids)
@@ -191,6 +194,8 @@ def _cells_table(run: Run, placed: dict, page: str) -> str:
         else:
             target, entry, superseded_by = where
             shown_as = link(page, f"{target}#seed-{entry.seed}", ids)
+            if number is not None:
+                value_text = link(page, f"{target}#seed-{entry.seed}", value_text)
             state = f"superseded by run {esc(superseded_by)}" if superseded_by else "shown"
             if superseded_by == run.label:
                 state = "superseded by a later attempt"
@@ -199,11 +204,8 @@ def _cells_table(run: Run, placed: dict, page: str) -> str:
                 td(shown_as, ids),
                 td(str(record["seed"]), record["seed"]),
                 esc(str(record["status"])),
-                td(
-                    "—" if not isinstance(value, int | float) else f"{value:.2f}",
-                    value if isinstance(value, int | float) else None,
-                ),
-                esc(str(record.get("finished_at", "—"))),
+                td(value_text, number),
+                esc(when(record.get("finished_at"))),
                 state,
             ]
         )
