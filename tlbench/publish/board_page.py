@@ -76,7 +76,7 @@ def board_table(board: Leaderboard, page: str) -> str:
     if board.baseline:
         heads.append((f"gain over {board.baseline.label}", "desc"))
     header = "".join(
-        f"<th{f' data-order={chr(34)}{order}{chr(34)}' if order else ''}>{esc(h)}</th>"
+        f'<th data-order="{order}">{esc(h)}</th>' if order else f"<th>{esc(h)}</th>"
         for h, order in heads
     )
     rows = "\n".join(_row(board, row, page) for row in board.rows)

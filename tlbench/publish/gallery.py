@@ -103,7 +103,7 @@ def evidence(
     if mismatch:
         found.no_gallery = f"No images: {mismatch}."
         return found
-    found.mistakes = _mistakes(predictions, source, thumbs, size)
+    found.mistakes = _mistakes(predictions, source, thumbs, size, found)
     return found
 
 
@@ -152,21 +152,30 @@ def _source_mismatch(predictions: Predictions, source: TestSource) -> str:
 
 
 def _mistakes(
-    predictions: Predictions, source: TestSource, thumbs: Thumbnails, size: int
+    predictions: Predictions, source: TestSource, thumbs: Thumbnails, size: int, found: Evidence
 ) -> list[Mistake]:
     wrong = np.flatnonzero(~predictions.correct)
     worst = wrong[np.argsort(predictions.true_prob[wrong].astype(np.float32), kind="stable")]
-    names = source.class_names
-    return [
-        Mistake(
-            index=int(predictions.index[i]),
-            image=thumbs.thumbnail(source, int(predictions.index[i])),
-            true_name=_name(names, int(predictions.label[i])),
-            pred_name=_name(names, int(predictions.pred[i])),
-            true_prob=float(predictions.true_prob[i]),
+    names, mistakes, unreadable = source.class_names, [], []
+    for i in worst[:size]:
+        index = int(predictions.index[i])
+        try:
+            image = thumbs.thumbnail(source, index)
+        except Exception as exc:  # a file gone or corrupt since the run: show the others
+            unreadable.append(f"{index} ({type(exc).__name__})")
+            continue
+        mistakes.append(
+            Mistake(
+                index=index,
+                image=image,
+                true_name=_name(names, int(predictions.label[i])),
+                pred_name=_name(names, int(predictions.pred[i])),
+                true_prob=float(predictions.true_prob[i]),
+            )
         )
-        for i in worst[:size]
-    ]
+    if unreadable:
+        found.caveats.append(f"test items {', '.join(unreadable[:5])} could not be read here")
+    return mistakes
 
 
 def _name(names: tuple[str, ...], label: int) -> str:
