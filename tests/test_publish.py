@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -715,4 +716,71 @@ def test_a_real_tiny_run_publishes_with_its_predictions(tmp_path, tlbench_run):
     assert code == 0, output
     page = Page(next((tmp_path / "site" / "suites" / "tiny" / "cells").glob("*.html")))
     assert "test items misclassified" in page.body and "Confusion matrix" in page.body
+    assert broken_links(tmp_path / "site") == []
+
+
+def test_a_failed_cell_is_shown_as_failed_ranks_last_and_merges_with_its_retry(tmp_path):
+    ok = pick("lite0-imagenet", "fashion-mnist", "linear-probe")
+    failed = copy.deepcopy(ok)
+    for key in ("split", "model_card", "dataset_card"):
+        failed.pop(key)  # it failed before loading its data
+    failed.update(
+        status="failed",
+        metrics={},
+        hparams={},
+        finished_at="2026-11-29T04:00:00+00:00",
+        error={"type": "OSError", "message": "disk full", "traceback": "Traceback: disk full"},
+    )
+    other = pick("lite0-scratch", "fashion-mnist", "linear-probe")
+    write_run(tmp_path / "failed", [failed, other], "first-try", predictions=False)
+    site = tmp_path / "site"
+    assert publish(tmp_path / "failed", "-o", site)[0] == 0
+    rows = table_rows(Page(site / "suites" / "quickstart" / "index.html"), "#")
+    assert [(row[1].split()[0], row[2]) for row in rows] == [
+        ("lite0-scratch", "72.3 1"),
+        ("lite0-imagenet", "failed 2"),
+    ]
+    page = cell_page(site, "lite0-imagenet", "fashion-mnist", "linear-probe")
+    assert "OSError: disk full" in page.body and "Traceback: disk full" in page.body
+    assert "Per-example predictions were not stored (the cell did not finish)." in page.body
+
+    write_run(tmp_path / "retry", [ok], "retry", predictions=False)  # later, with its split
+    assert publish(tmp_path / "failed", tmp_path / "retry", "-o", site)[0] == 0
+    page = cell_page(site, "lite0-imagenet", "fashion-mnist", "linear-probe")
+    assert [row[1:4] for row in table_rows(page, "seed")] == [["ok", "79.90", "retry"]]
+    assert "supersedes the one from run first-try" in page.body
+
+
+def test_the_gallery_holds_at_most_48_mistakes_lowest_true_probability_first(tmp_path):
+    record = pick("lite0-scratch", "digits", "bitfit")
+    record["metrics"]["top1"] = 70.0  # 108 of 359 wrong
+    write_run(tmp_path / "a", [record], "run-a")
+    assert publish(tmp_path / "a", "-o", tmp_path / "site")[0] == 0
+    page = cell_page(tmp_path / "site", "lite0-scratch", "digits", "bitfit")
+    text = page.path.read_text()
+    probabilities = [float(p) for p in re.findall(r"p\(true\) ([\d.]+)", text)]
+    assert "108 of 359 test items misclassified" in page.body
+    assert "Most confident mistakes (48 of 108" in page.body
+    assert len(probabilities) == 48 and probabilities == sorted(probabilities)
+    assert len(re.findall(r'<img src="', text)) == 48
+
+
+def test_copies_of_a_run_and_an_unreadable_env_are_handled(tmp_path):
+    run = write_run(
+        tmp_path / "a",
+        [pick("lite0-imagenet", "digits", "linear-probe")],
+        "run-a",
+        predictions=False,
+    )
+    shutil.copytree(run, tmp_path / "backup" / "a")
+    (run / "env.json").write_text("{not json")
+    code, output = publish(run, tmp_path / "backup", "-o", tmp_path / "site")
+    assert code == 0
+    assert f"warning: {run / 'env.json'}: unreadable" in output
+    assert {p.name for p in (tmp_path / "site" / "runs").iterdir()} == {
+        "run-a.html",
+        "run-a-2.html",
+    }
+    page = cell_page(tmp_path / "site", "lite0-imagenet", "digits", "linear-probe")
+    assert len(table_rows(page, "seed")) == 1  # the same cell twice is one entry
     assert broken_links(tmp_path / "site") == []
