@@ -645,6 +645,10 @@ def test_a_dataset_that_cannot_be_loaded_here_still_gets_its_confusion_matrix(tm
     assert code == 0, output
     page = cell_page(tmp_path / "site", "lite0-imagenet", "digits", "linear-probe")
     assert "No images: dataset 'no-such-dataset' is not registered here" in page.body
+    assert (
+        "warning: no images for digits cells: dataset 'no-such-dataset' is not registered here"
+        in output
+    )
     assert 'class="confusion"' in page.path.read_text()
     assert not (tmp_path / "site" / "thumbs").exists()
 

@@ -285,7 +285,12 @@ def _evidence(evidence: Evidence | None, page: str) -> str:
     parts += [note(f"Check failed: {text}.", "warning") for text in evidence.caveats]
     parts.append(confusion_html(evidence))
     if evidence.no_gallery:
-        parts.append(note(evidence.no_gallery, "warning"))
+        parts.append(
+            note(
+                f"No images: {evidence.no_gallery}. The confusion matrix comes from the stored predictions.",
+                "warning",
+            )
+        )
     elif evidence.mistakes:
         shown_count = len(evidence.mistakes)
         parts.append(

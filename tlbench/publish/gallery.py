@@ -43,7 +43,7 @@ class Evidence:
     errors: int = 0  # misclassified test items in all
     missing: str = ""  # why there are no predictions
     caveats: list[str] = field(default_factory=list)  # checks that failed
-    no_gallery: str = ""  # why there are no images
+    no_gallery: str = ""  # why there are no images (the dataset cannot be shown here)
 
 
 class Thumbnails:
@@ -94,14 +94,8 @@ def evidence(
     found.class_names = source.class_names if source else tuple(str(c) for c in range(classes))
     found.confusion = confusion_matrix(predictions, max(classes, len(found.class_names)))
     found.errors = int((~predictions.correct).sum())
-    if source is None:
-        found.no_gallery = (
-            f"No images: {reason}. The confusion matrix comes from the stored predictions."
-        )
-        return found
-    mismatch = _source_mismatch(predictions, source)
-    if mismatch:
-        found.no_gallery = f"No images: {mismatch}."
+    found.no_gallery = reason if source is None else _source_mismatch(predictions, source)
+    if found.no_gallery:
         return found
     found.mistakes = _mistakes(predictions, source, thumbs, size, found)
     return found

@@ -153,7 +153,7 @@ def _write_site(writer, views, runs, defaults, site, notes, thumbs, targets, gal
             page = board_path(view.name, board.strategy.key, board.strategy.key == default.key)
             writer.write(page, board_page(board, page, default, site))
             writer.write(board_csv_path(view.name, board.strategy.key), board_csv(board))
-            _write_cells(writer, view, board, page, site, thumbs, targets, gallery_size)
+            _write_cells(writer, view, board, page, site, thumbs, targets, gallery_size, notes)
         for model_id in dict.fromkeys(m.id for m in view.models):
             page = model_path(view.name, model_id)
             writer.write(page, model_page(view, model_id, page, site, scores))
@@ -168,7 +168,7 @@ def _write_site(writer, views, runs, defaults, site, notes, thumbs, targets, gal
 
 
 def _write_cells(
-    writer, view, board: Leaderboard, page, site, thumbs, targets, gallery_size
+    writer, view, board: Leaderboard, page, site, thumbs, targets, gallery_size, notes
 ) -> None:
     for row in board.rows:
         for dataset_key, score in row.scores.items():
@@ -181,6 +181,9 @@ def _write_cells(
             found = {
                 e.id: evidence(e, site.metric, targets, thumbs, gallery_size) for e in group.entries
             }
+            for shown in found.values():
+                if shown.no_gallery:  # once per reason: usually a dataset not installed here
+                    notes.warn(f"no images for {group.dataset.label} cells: {shown.no_gallery}")
             target = cell_path(view.name, group.model.key, group.dataset.key, group.strategy.key)
             writer.write(
                 target,

@@ -84,12 +84,6 @@ class SuiteView:
     description: str = ""
     notes: list[str] = field(default_factory=list)
 
-    def __post_init__(self):
-        self._by_key = {(g.model.key, g.dataset.key, g.strategy.key): g for g in self.groups}
-
-    def group(self, model: Variant, dataset: Variant, strategy: Variant) -> Group | None:
-        return self._by_key.get((model.key, dataset.key, strategy.key))
-
 
 def suite_views(entries: Iterable[Entry], runs: list[Run]) -> list[SuiteView]:
     """One view per suite name, in the order the suites were first seen."""
