@@ -106,7 +106,7 @@ def _row(board: Leaderboard, row: Row, page: str) -> str:
     cells = [td(str(row.position), row.position), td(name, model.label)]
     for dataset in board.datasets:
         score = row.scores.get(dataset.key)
-        cells.append(_score_cell(board, score, page) if score else td("—", cls="missing"))
+        cells.append(_score_cell(board, score, page) if score else td("—", cls="num missing"))
     datasets_ranked = sum(1 for s in row.scores.values() if s.rank is not None)
     coverage = (
         f' <span class="ref">({datasets_ranked} of {len(board.datasets)})</span>'
@@ -114,10 +114,10 @@ def _row(board: Leaderboard, row: Row, page: str) -> str:
         else ""
     )
     average = f"{row.average_rank:.2f}" if row.average_rank is not None else "—"
-    cells.append(td(average + coverage, row.average_rank))
+    cells.append(td(average + coverage, row.average_rank, cls="num"))
     if board.baseline:
         gain = "baseline" if row.baseline else _signed(row.mean_gain)
-        cells.append(td(gain, None if row.baseline else row.mean_gain))
+        cells.append(td(gain, None if row.baseline else row.mean_gain, cls="num"))
     search = esc(f"{model.label} {model.ref}".lower())
     return f'<tr data-filter="{search}">' + "".join(cells) + "</tr>"
 
@@ -134,8 +134,7 @@ def _score_cell(board: Leaderboard, score: Score, page: str) -> str:
         )
     if score.gain is not None and not (board.baseline and group.model.key == board.baseline.key):
         content += f' <span class="gain">{_signed(score.gain)}</span>'
-    cls = "failed" if not score.n else ""
-    return td(content, score.mean if score.n else None, cls)
+    return td(content, score.mean if score.n else None, "num" if score.n else "num failed")
 
 
 def _signed(value: float | None) -> str:

@@ -76,7 +76,8 @@ def td(
     attrs = ""
     if value is not None and not (isinstance(value, float) and math.isnan(value)):
         attrs += f' data-value="{esc(str(value))}"'
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and "num" not in cls.split():
             cls = f"num {cls}".strip()
     if cls:
         attrs += f' class="{cls}"'
