@@ -18,6 +18,15 @@ digits in float32 once D reaches the ~1000 features of an ImageNet backbone.
     hscore  Bao et al. 2019, "An Information-Theoretic Approach to Transferability":
             tr(cov(f)^-1 cov(E[f | y])); with Ledoit-Wolf shrinkage by default (the
             regularised H-score of Ibrahim et al. 2022, as TLlib implements it).
+    gbc     Pandy et al. 2022, "Transferability Estimation using Bhattacharyya Class
+            Separability": -sum over ordered pairs of classes of the Bhattacharyya coefficient
+            exp(-D_B) between per-class diagonal Gaussians on PCA-reduced features.
+    sfda    Shao et al. 2022, "Not All Models Are Equal: Predicting Model Transferability in a
+            Self-challenging Fisher Space": mean true-class posterior of a regularised Fisher
+            discriminant refitted on ConfMix features, as the authors' code (TencentARC/SFDA).
+    pactran Ding et al. 2022, "PACTran: PAC-Bayesian Metrics for Estimating the Transferability
+            of Pretrained Models to Classification Tasks": PACTran-Gaussian, the PAC-Bayesian
+            bound of an L2-regularised softmax head, as google-research/pactran_metrics; negated.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tlbench.errors import UserError
@@ -281,19 +291,286 @@ def hscore(features: torch.Tensor, labels: torch.Tensor, shrinkage: float | None
 
 
 def inverse_quadratic_forms(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """v^T M^+ v for each row v of ``rows``, M symmetric positive semi-definite.
+    """v^T M^+ v for each row v of ``rows``, M symmetric positive semi-definite."""
+    return (rows * psd_solve(matrix, rows)).sum(1)
+
+
+def psd_solve(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ M^+`` (each row v mapped to M^+ v), M symmetric positive semi-definite.
 
     A Cholesky solve when M is positive definite (shrinkage > 0 makes it so; several times
     cheaper than an eigendecomposition at D ~ 1000), the eigenvalue pseudo-inverse otherwise.
     """
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) == 0:
-        solved = torch.cholesky_solve(rows.T, factor)
-        return (rows * solved.T).sum(1)
+        return torch.cholesky_solve(rows.T, factor).T
     evals, evecs = torch.linalg.eigh(matrix)
     keep = evals > evals.max() * PINV_RTOL
-    projected = rows @ evecs[:, keep]
-    return (projected**2 / evals[keep]).sum(1)
+    return (rows @ evecs[:, keep]) / evals[keep] @ evecs[:, keep].T
+
+
+# ------------------------------------------------------------------------------------ per-class checks
+
+
+def check_examples_per_class(labels: torch.Tensor, minimum: int, estimator: str) -> None:
+    """Raise ``UserError`` naming the first class with fewer than ``minimum`` examples."""
+    classes, counts = labels.unique(return_counts=True)
+    short = counts < minimum
+    if bool(short.any()):
+        first = int(short.nonzero()[0])
+        raise UserError(
+            f"{estimator} needs at least {minimum} examples of every class; class {int(classes[first])} has {int(counts[first])}"
+        )
+
+
+def _class_index(labels: torch.Tensor) -> torch.Tensor:
+    """Each example's class as 0..C-1, in increasing label order (the columns of ``_one_hot``)."""
+    return labels.unique(return_inverse=True)[1]
+
+
+def class_means(features: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """(C, D) mean of each class's examples, classes in ``onehot``'s column order."""
+    return onehot.T @ features / onehot.sum(0)[:, None]
+
+
+# ------------------------------------------------------------------------------------ GBC
+
+GBC_GAUSSIANS = ("diagonal", "spherical")
+# The reference floors every per-class variance here, so that a feature constant within a class
+# (ReLU zeros, a PCA direction beyond the data's rank) does not make D_B infinite.
+GBC_VARIANCE_FLOOR = 1e-4
+
+
+def principal_components(features: torch.Tensor, dims: int) -> torch.Tensor:
+    """Coordinates of the centered features on their top ``dims`` principal axes (N, K), K =
+    min(dims, N, D) as scikit-learn's PCA allows. Exact, from the eigendecomposition of the
+    smaller of the Gram and scatter matrices (an N x D SVD costs several times more), so the
+    result is deterministic up to the sign of each axis."""
+    centered = features - features.mean(0, keepdim=True)
+    n, d = centered.shape
+    k = min(dims, n, d)
+    if n <= d:
+        evals, evecs = torch.linalg.eigh(centered @ centered.T)
+        top = evals.flip(0)[:k].clamp_min(0).sqrt()
+        return evecs.flip(1)[:, :k] * top
+    _, evecs = torch.linalg.eigh(centered.T @ centered)
+    return centered @ evecs.flip(1)[:, :k]
+
+
+def bhattacharyya_distances(means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+    """(C, C) Bhattacharyya distances between diagonal Gaussians N(means[c], diag(variances[c])):
+    1/8 (mu1 - mu2)^T S^-1 (mu1 - mu2) + 1/2 log(det S / sqrt(det S1 det S2)), S = (S1 + S2) / 2."""
+    log_var = torch.log(variances)
+    rows = []
+    for c in range(means.shape[0]):  # one class against all at a time: O(C x K) memory
+        average = (variances[c] + variances) / 2
+        mahalanobis = ((means[c] - means) ** 2 / average).sum(1) / 8
+        log_dets = torch.log(average).sum(1) - (log_var[c].sum() + log_var.sum(1)) / 2
+        rows.append(mahalanobis + log_dets / 2)
+    return torch.stack(rows)
+
+
+def gbc(
+    features: torch.Tensor, labels: torch.Tensor, pca_dim: int = 64, gaussian: str = "diagonal"
+) -> float:
+    """GBC: -sum_{i != j} exp(-D_B(c_i, c_j)) over per-class Gaussians on the features projected
+    onto their top ``pca_dim`` principal axes (``0``: the features as they are).
+
+    ``gaussian="diagonal"`` (the paper's recommendation) estimates one variance per dimension
+    and class; ``"spherical"`` one per class, their mean, with the determinant taken over all K
+    dimensions as the Bhattacharyya distance defines it.
+    """
+    features, labels = check_features(features, labels)
+    if gaussian not in GBC_GAUSSIANS:
+        raise UserError(
+            f"GBC: gaussian must be one of {', '.join(GBC_GAUSSIANS)}, got {gaussian!r}"
+        )
+    if pca_dim < 0:
+        raise UserError(f"GBC: pca_dim must be >= 0 (0 = no PCA), got {pca_dim}")
+    check_examples_per_class(labels, 2, "GBC")
+    reduced = principal_components(features, pca_dim) if pca_dim else features
+    onehot = _one_hot(labels)
+    means = class_means(reduced, onehot)
+    deviations = reduced - means[_class_index(labels)]
+    variances = class_means(deviations**2, onehot).clamp_min(GBC_VARIANCE_FLOOR)
+    if gaussian == "spherical":
+        variances = variances.mean(1, keepdim=True).expand_as(variances)
+    coefficients = torch.exp(-bhattacharyya_distances(means, variances))
+    return -float(coefficients.sum() - coefficients.diagonal().sum())
+
+
+# ------------------------------------------------------------------------------------ SFDA
+
+# The reference's adaptive regularisation: lambda = exp(-SFDA_DECAY x largest eigenvalue of S_w),
+# the eigenvalue estimated by SFDA_POWER_ITERATIONS rounds of two power steps, floored.
+SFDA_DECAY = 5.0
+SFDA_POWER_ITERATIONS = 3
+SFDA_MIN_SHRINKAGE = 1e-10
+
+
+def largest_eigenvalue_estimate(matrix: torch.Tensor) -> float:
+    """The SFDA reference's power iteration for the largest eigenvalue of a PSD matrix, started
+    from its row sums; the exact eigenvalue when that start is orthogonal to its range."""
+    x = matrix.sum(1)
+    if float(x.norm()) == 0:
+        return float(torch.linalg.eigvalsh(matrix)[-1])
+    for _ in range(SFDA_POWER_ITERATIONS):
+        y = matrix @ x
+        y = y / y.norm()
+        x = matrix @ y
+        x = x / x.norm()
+    return float(x @ matrix @ y)
+
+
+def sfda_shrinkage(within: torch.Tensor) -> float:
+    return max(math.exp(-SFDA_DECAY * largest_eigenvalue_estimate(within)), SFDA_MIN_SHRINKAGE)
+
+
+def class_scatter(
+    features: torch.Tensor, onehot: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (C, D) and the within-class scatter sum_c prior_c cov_c (D, D), covariances
+    with 1/n_c (so the sum is the mean outer product of deviations from the own class mean)."""
+    means = class_means(features, onehot)
+    deviations = features - means[index]
+    return means, deviations.T @ deviations / features.shape[0]
+
+
+def fisher_posteriors(
+    features: torch.Tensor,
+    onehot: torch.Tensor,
+    index: torch.Tensor,
+    shrinkage: float | None,
+) -> tuple[torch.Tensor, float]:
+    """Class posteriors (N, C) of the reference's regularised Fisher discriminant fitted and
+    evaluated on ``features``, and the shrinkage it used (``None``: the adaptive formula).
+
+    The reference projects onto all D generalised eigenvectors V of (S_b, S_w') and scores
+    x V V^T mu_c; since V^T S_w' V = I, V V^T = S_w'^-1, so one solve with the shrunk
+    within-class scatter S_w' = (1 - lambda) S_w + lambda tr(S_w)/D I gives the same posteriors.
+    """
+    means, within = class_scatter(features, onehot, index)
+    d = features.shape[1]
+    trace = float(torch.trace(within))
+    if trace == 0:
+        raise UserError(
+            "SFDA: every example equals its class mean (no within-class scatter to regularise)"
+        )
+    lam = sfda_shrinkage(within) if shrinkage is None else shrinkage
+    shrunk = (1 - lam) * within + lam * trace / d * torch.eye(d, dtype=within.dtype)
+    coef = psd_solve(shrunk, means)  # (C, D): S_w'^-1 mu_c
+    priors = onehot.mean(0)
+    logits = features @ coef.T - 0.5 * (means * coef).sum(1) + torch.log(priors)
+    return torch.softmax(logits, dim=1), lam
+
+
+def sfda(features: torch.Tensor, labels: torch.Tensor, shrinkage: float | None = None) -> float:
+    """SFDA: mean true-class posterior of the Fisher discriminant refitted on ConfMix features.
+
+    ConfMix (the self-challenge) moves each example toward the mean of the *other* classes' means
+    by one minus its softened (softmax of the posteriors) true-class posterior from a first fit;
+    the second fit keeps the first's shrinkage. As in the reference, the score averages the
+    probabilities, not their logs ("the log function is ignored in case of instability").
+    """
+    features, labels = check_features(features, labels)
+    if shrinkage is not None and not 0 <= shrinkage <= 1:
+        raise UserError(f"SFDA: shrinkage must be in [0, 1], got {shrinkage}")
+    onehot, index = _one_hot(labels), _class_index(labels)
+    rows = torch.arange(features.shape[0])
+    posteriors, lam = fisher_posteriors(features, onehot, index, shrinkage)
+    confidence = torch.softmax(posteriors, dim=1)[rows, index][:, None]
+    means = class_means(features, onehot)
+    other_means = (means.sum(0, keepdim=True) - means) / (means.shape[0] - 1)
+    mixed = confidence * features + (1 - confidence) * other_means[index]
+    posteriors, _ = fisher_posteriors(mixed, onehot, index, lam)
+    return float(posteriors[rows, index].mean())
+
+
+# ------------------------------------------------------------------------------------ PACTran
+
+PACTRAN_TINY = 1e-10  # the reference adds it to the mean curvature before the log
+
+
+def pactran(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    lambda_factor: float = 1.0,
+    prior_variance_factor: float = 100.0,
+    max_iter: int = 100,
+    tolerance: float = 1e-6,
+) -> float:
+    """Negated PACTran-Gaussian: -(L(theta*) + K D / (2 lambda N) sigma0^2 log(sigma^-2)).
+
+    theta* = (W, b) minimises L = mean cross-entropy + |W|^2 / (2 lambda N) of a softmax head
+    on the centered features (L-BFGS-B, at most ``max_iter`` iterations, ftol = gtol =
+    ``tolerance``, as the reference's scipy call); sigma0^2 = prior_variance_factor / D is the
+    prior variance of the weights; sigma^-2 = lambda N / (K D) x the sum of the diagonal Hessian
+    over all K (D + 1) parameters: sum_i x_i^2 p_i (1 - p_i) + 1/(lambda N) for the weights
+    (the data term summed, not averaged, over examples, as in the reference) and
+    sum_i p_i (1 - p_i) for the biases.
+    """
+    features, labels = check_features(features, labels)
+    for name, value in (
+        ("lambda_factor", lambda_factor),
+        ("prior_variance_factor", prior_variance_factor),
+        ("tolerance", tolerance),
+    ):
+        if not value > 0:
+            raise UserError(f"PACTran: {name} must be > 0, got {value}")
+    if max_iter < 1:
+        raise UserError(f"PACTran: max_iter must be >= 1, got {max_iter}")
+    x = features - features.mean(0, keepdim=True)
+    index = _class_index(labels)
+    n, d = x.shape
+    k = int(index.max()) + 1
+    ldas2 = lambda_factor * n
+    weight, bias = fit_softmax_head(x, index, k, ldas2, max_iter, tolerance)
+    logits = x @ weight + bias
+    loss = torch.nn.functional.cross_entropy(logits, index) + 0.5 * (weight**2).sum() / ldas2
+    probs = torch.softmax(logits, dim=1)
+    curvature = probs - probs**2
+    hessian_sum = ((x**2).T @ curvature).sum() + d * k / ldas2 + curvature.sum()
+    if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(hessian_sum))):
+        raise UserError("PACTran: the softmax head's optimisation diverged (non-finite loss)")
+    sigma2_inv = float(hessian_sum) * ldas2 / (d * k) + PACTRAN_TINY
+    prior_variance = prior_variance_factor / d
+    bound = float(loss) + 0.5 * d * k / ldas2 * prior_variance * math.log(sigma2_inv)
+    return -bound
+
+
+def fit_softmax_head(
+    x: torch.Tensor, index: torch.Tensor, k: int, ldas2: float, max_iter: int, tolerance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise mean cross-entropy + |W|^2 / (2 ldas2) over (W, b), the bias unpenalised, from
+    zero with scipy's L-BFGS-B: the optimiser, memory and stopping rules the reference runs.
+
+    Loss and gradient are computed in torch. torch.optim.LBFGS would do as well, but a process's
+    first torch optimizer imports torch._dynamo, 2-7 s on this project's CPUs, which would land
+    in PACTran's timing whenever the estimators run before any training.
+    """
+    import scipy.optimize  # only PACTran needs it; ~1 s to import
+
+    n, d = x.shape
+    onehot = torch.nn.functional.one_hot(index, k).to(x.dtype)
+
+    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        params = torch.from_numpy(theta).view(d + 1, k)
+        weight, bias = params[:d], params[d]
+        log_probs = torch.log_softmax(x @ weight + bias, dim=1)
+        loss = -(log_probs * onehot).sum() / n + 0.5 * (weight**2).sum() / ldas2
+        residual = (log_probs.exp() - onehot) / n
+        gradient = torch.cat([x.T @ residual + weight / ldas2, residual.sum(0, keepdim=True)])
+        return float(loss), gradient.numpy().ravel()
+
+    result = scipy.optimize.minimize(
+        loss_and_gradient,
+        np.zeros((d + 1) * k),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "ftol": tolerance, "gtol": tolerance},
+    )
+    params = torch.from_numpy(result.x.copy()).view(d + 1, k)
+    return params[:d], params[d]
 
 
 # ------------------------------------------------------------------------------------ plugin objects
@@ -346,3 +623,48 @@ def make_nce(options) -> NCE:
 
 def make_hscore(options) -> HScore:
     return HScore(shrinkage=options.get("shrinkage"))
+
+
+@dataclass(frozen=True)
+class GBC:
+    pca_dim: int = 64
+    gaussian: str = "diagonal"
+    needs_source_head = False
+
+    def score(self, features, labels, source_logits=None) -> float:
+        return gbc(features, labels, self.pca_dim, self.gaussian)
+
+
+@dataclass(frozen=True)
+class SFDA:
+    shrinkage: float | None = None
+    needs_source_head = False
+
+    def score(self, features, labels, source_logits=None) -> float:
+        return sfda(features, labels, self.shrinkage)
+
+
+@dataclass(frozen=True)
+class PACTran:
+    lambda_factor: float = 1.0
+    prior_variance_factor: float = 100.0
+    max_iter: int = 100
+    needs_source_head = False
+
+    def score(self, features, labels, source_logits=None) -> float:
+        return pactran(
+            features, labels, self.lambda_factor, self.prior_variance_factor, self.max_iter
+        )
+
+
+def make_gbc(options) -> GBC:
+    return GBC(**{k: options[k] for k in ("pca_dim", "gaussian") if options.get(k) is not None})
+
+
+def make_sfda(options) -> SFDA:
+    return SFDA(shrinkage=options.get("shrinkage"))
+
+
+def make_pactran(options) -> PACTran:
+    names = ("lambda_factor", "prior_variance_factor", "max_iter")
+    return PACTran(**{k: options[k] for k in names if options.get(k) is not None})
