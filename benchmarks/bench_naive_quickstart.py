@@ -113,9 +113,9 @@ def load_splits(dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def make_source(model_id: str):
     """The weights tlbench's quickstart starts from (packaged ImageNet, or seeded random init)."""
+    from tlbench.builtin.model_sources import PACKAGED, packaged_model, scratch_model
     from tlbench.cache import Cache
     from tlbench.components import BuildContext
-    from tlbench.weights import PACKAGED, packaged_model, scratch_model
 
     context = BuildContext(cache=Cache(Path(tempfile.mkdtemp())), device="cpu", seed=SEED)
     name = MODELS[model_id]

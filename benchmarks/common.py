@@ -30,7 +30,7 @@ def cache(tag: str) -> Cache:
 
 def source(name: str, px: int, store: Cache):
     """``efficientnet_lite0.in1k`` (packaged ImageNet weights) or ``scratch:<arch>``."""
-    from tlbench.weights import PACKAGED, packaged_model, scratch_model
+    from tlbench.builtin.model_sources import PACKAGED, packaged_model, scratch_model
 
     context = BuildContext(cache=store, device=str(device()))
     options = {"input_size": px, "input_adaptation": "replicate"}

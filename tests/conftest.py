@@ -47,9 +47,9 @@ LITE0_PX = 32
 @pytest.fixture(scope="session")
 def lite0(tmp_path_factory):
     """The packaged ImageNet efficientnet-lite0 at 32 px (engine and strategy tests share it)."""
+    from tlbench.builtin.model_sources import PACKAGED, packaged_model
     from tlbench.cache import Cache
     from tlbench.components import BuildContext
-    from tlbench.weights import PACKAGED, packaged_model
 
     cache = Cache(tmp_path_factory.mktemp("weights"))
     return packaged_model(

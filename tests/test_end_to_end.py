@@ -32,9 +32,9 @@ def local_checkpoint(tmp_path_factory):
     """The packaged ImageNet weights saved as a user's own .safetensors file."""
     from safetensors.torch import save_file
 
+    from tlbench.builtin.model_sources import efficientnet_lite0_in1k
     from tlbench.cache import Cache
     from tlbench.components import BuildContext
-    from tlbench.weights import efficientnet_lite0_in1k
 
     source = efficientnet_lite0_in1k(
         None,

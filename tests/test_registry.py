@@ -70,7 +70,9 @@ def test_same_name_in_different_kinds_is_allowed():
 
 
 def test_option_clashing_with_a_common_option_is_refused_naming_the_plugin():
-    spec = DatasetSpec(name="d", factory="json:loads", options=(Option("train_size", int, 10),))
+    spec = DatasetSpec(
+        name="d", factory="json:loads", options=(Option("train_size", int, default=10),)
+    )
     with pytest.raises(
         RegistrationError,
         match=r"plugin 'p': dataset 'd' declares option 'train_size', which the core already provides",
@@ -81,7 +83,9 @@ def test_option_clashing_with_a_common_option_is_refused_naming_the_plugin():
 def test_registered_options_put_the_common_ones_first():
     registry = Registry()
     registry.add(
-        "model", ModelSpec(name="m", factory="json:loads", options=(Option("depth", int, 2),)), "p"
+        "model",
+        ModelSpec(name="m", factory="json:loads", options=(Option("depth", int, default=2),)),
+        "p",
     )
     names = [o.name for o in registry.lookup("model", "m")[0].options]
     assert names == ["input_size", "input_adaptation", "depth"]

@@ -150,7 +150,7 @@ def register_models(register):
             "tiny-proj",
             factory=tiny_projection,
             description="fixed random projection (tests)",
-            options=(Option("width", int, 64, minimum=1),),
+            options=(Option("width", int, default=64, minimum=1),),
         )
     )
 
@@ -165,11 +165,17 @@ def register_datasets(register):
 @hookimpl
 def register_strategies(register):
     options = (
-        Option("l2", float, [0.1, 10.0], minimum=0.0, sweep=True),
-        Option("work", int, 1, minimum=1, help="repeat the fit (slower cells for interrupt tests)"),
-        Option("fail_if_exists", str, ""),
-        Option("crash_if_exists", str, ""),
-        Option("touch", str, "", help="create this file when a cell runs"),
+        Option("l2", float, default=[0.1, 10.0], minimum=0.0, sweep=True),
+        Option(
+            "work",
+            int,
+            default=1,
+            minimum=1,
+            help="repeat the fit (slower cells for interrupt tests)",
+        ),
+        Option("fail_if_exists", str, default=""),
+        Option("crash_if_exists", str, default=""),
+        Option("touch", str, default="", help="create this file when a cell runs"),
     )
     register(
         StrategySpec(
@@ -234,7 +240,8 @@ def metrics_by_cell(records) -> dict:
 
 
 def request(tmp_path: Path, suite: Path, **options):
-    from tlbench.runner import PluginConfig, RunRequest
+    from tlbench.planning import RunRequest
+    from tlbench.plugins import PluginConfig
 
     options.setdefault("out_dir", tmp_path / "run")
     return RunRequest(
@@ -286,7 +293,7 @@ def test_a_failing_cell_is_recorded_with_its_traceback_and_the_rest_still_run(tm
     assert "told to fail" in outcome.records[0]["error"]["traceback"]
     log = (outcome.run_dir / "run.log").read_text()
     assert (
-        "traceback of tiny-proj tiny-digits ridge seed=0" in log
+        "traceback of cell tiny-proj x tiny-digits x ridge (seed 0)" in log
         and "RuntimeError: told to fail" in log
     )
 
@@ -303,7 +310,8 @@ def test_a_failing_cell_is_recorded_with_its_traceback_and_the_rest_still_run(tm
 
 
 def test_resume_skips_finished_cells_and_runs_only_the_rest(tmp_path):
-    from tlbench.runner import Selection, run_suite
+    from tlbench.planning import Selection
+    from tlbench.runner import run_suite
 
     suite = tiny_suite(tmp_path / "s.toml")
     first = run_suite(request(tmp_path, suite, selection=Selection(seeds=(1,))), tiny_host())
@@ -336,7 +344,8 @@ def test_selection_naming_an_unknown_id_is_a_user_error_with_a_suggestion(tmp_pa
 
 
 def test_dry_run_prints_the_plan_and_creates_and_loads_nothing(tmp_path):
-    from tlbench.runner import Selection, run_suite
+    from tlbench.planning import Selection
+    from tlbench.runner import run_suite
 
     suite = tiny_suite(tmp_path / "s.toml")
     run_suite(

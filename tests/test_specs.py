@@ -51,23 +51,29 @@ def test_family_availability_probe_receives_the_argument():
 
 
 def test_resolve_fills_defaults_and_coerces_ints_to_floats():
-    options = (Option("lr", float, 0.1), Option("epochs", int, 3))
+    options = (Option("lr", float, default=0.1), Option("epochs", int, default=3))
     assert resolve_options(options, {"lr": 1}) == {"lr": 1.0, "epochs": 3}
 
 
 def test_resolve_names_an_unknown_option_and_lists_the_known():
     with pytest.raises(KeyError, match=r"unknown option 'lrr' \(known options: epochs, lr\)"):
-        resolve_options((Option("lr", float, 0.1), Option("epochs", int, 3)), {"lrr": 1})
+        resolve_options(
+            (Option("lr", float, default=0.1), Option("epochs", int, default=3)), {"lrr": 1}
+        )
 
 
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        (Option("epochs", int, 1), True, "expected an integer, got True"),
-        (Option("epochs", int, 1, minimum=1), 0, "expected an integer >= 1, got 0"),
-        (Option("mode", str, "a", choices=("a", "b")), "c", "expected one of 'a', 'b', got 'c'"),
+        (Option("epochs", int, default=1), True, "expected an integer, got True"),
+        (Option("epochs", int, default=1, minimum=1), 0, "expected an integer >= 1, got 0"),
         (
-            Option("p", float, 0.5, minimum=0.0, maximum=1.0),
+            Option("mode", str, default="a", choices=("a", "b")),
+            "c",
+            "expected one of 'a', 'b', got 'c'",
+        ),
+        (
+            Option("p", float, default=0.5, minimum=0.0, maximum=1.0),
             2.0,
             "expected a number in [0.0, 1.0], got 2.0",
         ),
@@ -80,7 +86,7 @@ def test_resolve_rejects_a_bad_value_naming_the_option(option, value, expected):
 
 
 def test_sweep_option_accepts_one_value_or_a_list_and_always_gives_a_list():
-    lr = Option("lr", float, 0.1, sweep=True)
+    lr = Option("lr", float, default=0.1, sweep=True)
     assert resolve_options((lr,), {}) == {"lr": [0.1]}
     assert resolve_options((lr,), {"lr": 0.5}) == {"lr": [0.5]}
     assert resolve_options((lr,), {"lr": [1, 0.01]}) == {"lr": [1.0, 0.01]}
@@ -88,12 +94,12 @@ def test_sweep_option_accepts_one_value_or_a_list_and_always_gives_a_list():
 
 def test_sweep_option_refuses_an_empty_list():
     with pytest.raises(ValueError, match="got an empty list"):
-        resolve_options((Option("lr", float, 0.1, sweep=True),), {"lr": []})
+        resolve_options((Option("lr", float, default=0.1, sweep=True),), {"lr": []})
 
 
 def test_required_option_missing_is_an_error():
     with pytest.raises(ValueError, match=r"option 'path' is required \(a string\)"):
-        resolve_options((Option("path", str, None, required=True),), {})
+        resolve_options((Option("path", str, default=None, required=True),), {})
 
 
 def test_every_kind_has_its_common_options():

@@ -28,10 +28,14 @@ class Components:
     def register_strategies(self, register):
         register(
             StrategySpec(
-                "probe", factory="x:y", options=(Option("lr", float, 0.1, minimum=0.0, sweep=True),)
+                "probe",
+                factory="x:y",
+                options=(Option("lr", float, default=0.1, minimum=0.0, sweep=True),),
             )
         )
-        register(StrategySpec("tune", factory="x:y", options=(Option("k", int, 2, minimum=1),)))
+        register(
+            StrategySpec("tune", factory="x:y", options=(Option("k", int, default=2, minimum=1),))
+        )
 
 
 @pytest.fixture

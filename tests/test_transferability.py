@@ -13,13 +13,14 @@ from rich.console import Console
 
 from tlbench import hookimpl
 from tlbench.cache import Cache
+from tlbench.cell import CellRunner
+from tlbench.planning import Selection
 from tlbench.plugins import load_plugins
 from tlbench.report.transferability import (
     render_transferability,
     transferability_markdown,
     transferability_tables,
 )
-from tlbench.runner import CellRunner, Selection
 from tlbench.specs import EstimatorSpec, ModelSpec
 from tlbench.suite import load_suite, parse_suite
 from tlbench.transferability import (
@@ -55,7 +56,7 @@ def broken_model(argument, options, context):
 
 def broken_head_model(argument, options, context):
     """A random Lite0 whose source classifier cannot be built."""
-    from tlbench.weights import scratch_model
+    from tlbench.builtin.model_sources import scratch_model
 
     source = scratch_model("tf_efficientnet_lite0", options, context)
 

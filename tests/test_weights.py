@@ -1,4 +1,4 @@
-"""tlbench.weights: key mapping, checkpoint safety, building with adapted input and fresh heads."""
+"""tlbench.weights and the built-in model sources: key mapping, checkpoint safety, building with adapted input and fresh heads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tlbench import weights
+from tlbench.builtin import model_sources
 from tlbench.builtin.models import PACKAGED, PackagedWeights
 from tlbench.cache import Cache
 from tlbench.components import BuildContext
@@ -19,14 +20,14 @@ LITE0 = PACKAGED["efficientnet_lite0.in1k"]
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
     cache = Cache(tmp_path_factory.mktemp("cache"))
-    return weights.efficientnet_lite0_in1k(
+    return model_sources.efficientnet_lite0_in1k(
         None, {"input_size": None}, BuildContext(cache=cache, device="cpu")
     )
 
 
 @pytest.fixture(scope="module")
 def raw_lite0():
-    path, _ = weights.packaged_file(LITE0)
+    path, _ = model_sources.packaged_file(LITE0)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -60,14 +61,16 @@ def test_missing_weights_package_names_the_pip_install(tmp_path):
         "tf_efficientnet_lite0",
     )
     with pytest.raises(UserError, match="pip install efficientnet-lite9-pytorch-model"):
-        weights.packaged_model(absent, None, {}, BuildContext(cache=Cache(tmp_path), device="cpu"))
+        model_sources.packaged_model(
+            absent, None, {}, BuildContext(cache=Cache(tmp_path), device="cpu")
+        )
 
 
 def test_conversion_is_cached_and_reused_by_later_runs(tmp_path):
     first = Cache(tmp_path)
-    a = weights.efficientnet_lite0_in1k(None, {}, BuildContext(cache=first, device="cpu"))
+    a = model_sources.efficientnet_lite0_in1k(None, {}, BuildContext(cache=first, device="cpu"))
     later = Cache(tmp_path)  # a fresh process: nothing in memory
-    b = weights.efficientnet_lite0_in1k(None, {}, BuildContext(cache=later, device="cpu"))
+    b = model_sources.efficientnet_lite0_in1k(None, {}, BuildContext(cache=later, device="cpu"))
     assert (first.misses, later.hits, later.misses) == (1, 1, 0)
     assert a.fingerprint == b.fingerprint == a.card["weights_sha256"]
     x = torch.randn(1, 3, 64, 64)

@@ -13,15 +13,11 @@ import click
 from tlbench import __version__
 from tlbench.errors import TlbenchError
 
-KIND_NAMES = {
-    "models": "model",
-    "datasets": "dataset",
-    "strategies": "strategy",
-    "estimators": "estimator",
-}
+PLURALS = ("models", "datasets", "strategies", "estimators")  # the order `tlbench list` shows
 LAZY_COMMANDS = {
     "report": "tlbench.report.commands:report_command",
     "compare": "tlbench.report.commands:compare_command",
+    "publish": "tlbench.publish.command:publish_command",
 }
 
 
@@ -71,7 +67,7 @@ class TlbenchGroup(click.Group):
 @click.pass_context
 def cli(ctx, plugin_modules, plugins_dir):
     """tlbench: which pretrained source model, adapted with which strategy, transfers best to your data, and at what cost."""
-    from tlbench.runner import PluginConfig
+    from tlbench.plugins import PluginConfig
 
     ctx.obj = PluginConfig(
         modules=tuple(plugin_modules), plugins_dir=str(plugins_dir) if plugins_dir else None
@@ -188,8 +184,9 @@ def run(
     from rich.console import Console
 
     from tlbench.executors import ExecutorConfig
+    from tlbench.planning import RunRequest, Selection
     from tlbench.progress import RunProgress
-    from tlbench.runner import RunRequest, Selection, plan_run, run_suite
+    from tlbench.runner import plan_run, run_suite
 
     host = _host(ctx, quiet)
     request = RunRequest(
@@ -247,7 +244,7 @@ def _print_table(run_dir: Path, console) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(sorted(KIND_NAMES)))
+@click.argument("kind", required=False, type=click.Choice(sorted(PLURALS)))
 @click.option(
     "--all-timm",
     "timm_pattern",
@@ -274,7 +271,10 @@ def list_components(ctx, kind, timm_pattern, pretrained):
             console.print(name, highlight=False)
         return
     host = _host(ctx)
-    kinds = [kind] if kind else sorted(KIND_NAMES, key=list(KIND_NAMES).index)
+    from tlbench.specs import KINDS
+
+    singular = {plural: kind for kind, plural in KINDS.items()}
+    kinds = [kind] if kind else list(PLURALS)
     for plural in kinds:
         table = Table(title=plural, title_justify="left", expand=False)
         show_card = plural in ("models", "datasets")
@@ -285,7 +285,7 @@ def list_components(ctx, kind, timm_pattern, pretrained):
         )
         for column in columns:
             table.add_column(column, overflow="fold")
-        for item in host.registry.items(KIND_NAMES[plural]):
+        for item in host.registry.items(singular[plural]):
             spec = item.spec
             name = (
                 f"{spec.name}:<{spec.argument_help or 'arg'}>" if spec.takes_argument else spec.name

@@ -107,7 +107,9 @@ class SourceModel:
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid. ``*_options`` are resolved (validated, defaults filled)."""
+    """One point of the grid. ``*_options`` are resolved (validated, defaults filled).
+    ``versions`` holds the recipe version of each component (and of the core's split protocol);
+    they enter the config hash, so a changed algorithm reruns on ``--resume``."""
 
     suite: str
     model: str
@@ -120,10 +122,16 @@ class Cell:
     model_options: Mapping[str, Any]
     dataset_options: Mapping[str, Any]
     strategy_options: Mapping[str, Any]
+    versions: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
         return (self.model, self.dataset, self.strategy, self.seed)
+
+    @property
+    def label(self) -> str:
+        """How every message, log line and progress row names the cell."""
+        return f"cell {self.model} x {self.dataset} x {self.strategy} (seed {self.seed})"
 
 
 @dataclass

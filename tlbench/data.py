@@ -22,6 +22,7 @@ import torch
 
 from tlbench.cache import Cache, stable_hash
 from tlbench.components import ImageSet, SourceModel, TargetData
+from tlbench.errors import UserError
 from tlbench.splits import Splits, check_split, indices_hash, make_splits
 
 PREP_VERSION = 1  # bump when the stored preprocessing changes
@@ -206,7 +207,12 @@ class PreparedData:
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
         )
-        yield from loader
+        try:
+            yield from loader
+        except UserError as exc:
+            # A worker's error arrives wrapped in its traceback; the user needs its last line.
+            last = str(exc).rstrip().splitlines()[-1] if str(exc).strip() else "UserError"
+            raise UserError(last.removeprefix("tlbench.errors.UserError: ")) from None
 
 
 class _TransformedImages(torch.utils.data.Dataset):

@@ -13,10 +13,6 @@ class UserError(TlbenchError):
     exit_code = 2
 
 
-class ComponentError(TlbenchError):
-    """A component failed while a cell ran (its cell is recorded as failed, the run goes on)."""
-
-
 class Diverged(TlbenchError):
     """Training produced a non-finite loss; the cell is recorded as ``diverged``."""
 

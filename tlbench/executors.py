@@ -28,11 +28,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlbench.cell import CellResult, CellRunner, failed_result, interrupted_result
 from tlbench.errors import UserError
+from tlbench.plugins import PluginConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.components import Cell
-    from tlbench.runner import PluginConfig
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -93,18 +94,19 @@ def worker_info(config: WorkerConfig) -> dict:
     }
 
 
-def make_runner(config: WorkerConfig, host=None, log: Callable[[str], None] = lambda _m: None):
+def make_runner(config: WorkerConfig, log: Callable[[str], None] = lambda _m: None) -> CellRunner:
+    """A worker's own runner, rebuilt from its config (plugins, cache, device)."""
     from tlbench.cache import Cache
-    from tlbench.runner import CellRunner
 
-    host = host if host is not None else config.plugins.load()
-    return CellRunner(host, Cache(config.cache_dir), config.device, Path(config.run_dir), log=log)
+    return CellRunner(
+        config.plugins.load(), Cache(config.cache_dir), config.device, Path(config.run_dir), log
+    )
 
 
-def run_with(runner, config: WorkerConfig, cell: Cell) -> dict:
-    record = runner.run(cell)
-    record["worker"] = worker_info(config)
-    return record
+def run_with(runner: CellRunner, config: WorkerConfig, cell: Cell) -> CellResult:
+    result = runner.run(cell)
+    result.record["worker"] = worker_info(config)
+    return result
 
 
 # -- slots ---------------------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def _init_process_worker(config: WorkerConfig) -> None:
     _WORKER = (make_runner(config), config)
 
 
-def _run_in_process_worker(cell: Cell) -> dict:
+def _run_in_process_worker(cell: Cell) -> CellResult:
     runner, config = _WORKER
     return run_with(runner, config, cell)
 
@@ -212,7 +214,7 @@ class _RayWorker:
         self.config = config
         self.runner = make_runner(config)
 
-    def run(self, cell: Cell) -> dict:
+    def run(self, cell: Cell) -> CellResult:
         return run_with(self.runner, self.config, cell)
 
 
@@ -254,11 +256,13 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    def __init__(self, base: WorkerConfig, host, log: Callable[[str], None]):
-        self.base, self.host, self.log = replace(base, executor="local"), host, log
+    """One slot in this process, on the run's own ``CellRunner``."""
+
+    def __init__(self, base: WorkerConfig, runner: CellRunner):
+        self.base, self.runner = replace(base, executor="local"), runner
 
     def start(self, groups: int) -> list[Slot]:
-        self.slots = [LocalSlot(make_runner(self.base, self.host, self.log), self.base)]
+        self.slots = [LocalSlot(self.runner, self.base)]
         return self.slots
 
 
@@ -361,18 +365,15 @@ def _import_path() -> list[str]:
 
 
 def make_executor(
-    config: ExecutorConfig,
-    base: WorkerConfig,
-    host,
-    log: Callable[[str], None],
-    requested_device: str,
+    config: ExecutorConfig, base: WorkerConfig, runner: CellRunner, requested_device: str
 ) -> Executor:
+    """``runner`` is the run's own (the local executor runs cells on it; workers build theirs)."""
     config.check()
     if config.kind == "process":
         return ProcessExecutor(base, config.workers, _gpu_count() if base.device == "cuda" else 0)
     if config.kind == "ray":
         return RayExecutor(base, config, requested_device)
-    return LocalExecutor(base, host, log)
+    return LocalExecutor(base, runner)
 
 
 def _gpu_count() -> int:
@@ -397,7 +398,7 @@ class Sink:
 
     def started(self, cell: Cell) -> None: ...
 
-    def finished(self, cell: Cell, record: dict) -> None: ...
+    def finished(self, cell: Cell, result: CellResult) -> None: ...
 
     def stop_requested(self) -> bool:
         return False
@@ -418,7 +419,7 @@ def dispatch(executor: Executor, cells: Sequence[Cell], sink: Sink) -> bool:
     except KeyboardInterrupt:
         executor.shutdown(kill=True)
         for cell in state.in_flight_cells():
-            sink.finished(cell, interrupted_record(cell))
+            sink.finished(cell, interrupted_result(cell))
         return False
     executor.shutdown()
     return True
@@ -462,47 +463,18 @@ class _Dispatch:
                 self.sink.finished(cell, self._record(future, slot, cell))
                 self.feed(slot, group)
 
-    def _record(self, future: Future, slot: Slot, cell: Cell) -> dict:
+    def _record(self, future: Future, slot: Slot, cell: Cell) -> CellResult:
         exc = future.exception()
         if exc is None:
             return future.result()
         if slot.is_broken(exc):
             slot.restart()
         if self.sink.stop_requested():
-            return interrupted_record(cell)
-        return failed_record(
+            return interrupted_result(cell)
+        return failed_result(
             cell, f"the worker running this cell died: {type(exc).__name__}: {exc}", exc
         )
 
     def in_flight_cells(self) -> list[Cell]:
         cells = [cell for _, cell, _ in self.in_flight.values()]
         return cells + ([self.starting] if self.starting is not None else [])
-
-
-def interrupted_record(cell: Cell) -> dict:
-    from tlbench.results import now_iso
-    from tlbench.runner import base_record
-
-    record = base_record(cell)
-    record.update(
-        status="interrupted",
-        error={"type": "KeyboardInterrupt", "message": "stopped by a second Ctrl-C while running"},
-        finished_at=now_iso(),
-    )
-    return record
-
-
-def failed_record(cell: Cell, message: str, exc: BaseException) -> dict:
-    import traceback
-
-    from tlbench.results import now_iso
-    from tlbench.runner import base_record
-
-    record = base_record(cell)
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    record.update(
-        status="failed",
-        error={"type": type(exc).__name__, "message": message, "traceback": trace},
-        finished_at=now_iso(),
-    )
-    return record

@@ -8,19 +8,20 @@ functions, so the plan and the run never disagree. Nothing here loads a model or
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlbench.components import Cell
 from tlbench.errors import UserError
+from tlbench.executors import ExecutorConfig
+from tlbench.plugins import PluginConfig
 from tlbench.results import CELLS_FILE, ResultsStore, new_run_id
 from tlbench.suite import Suite, config_hash, expand_cells
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.plugins import PluginHost
-    from tlbench.runner import RunRequest
 
 DONE = ("ok", "skipped")
 RETRYABLE = ("failed", "diverged")
@@ -65,6 +66,23 @@ class Selection:
                 )
         if problems:
             raise UserError("\n".join(problems))
+
+
+@dataclass
+class RunRequest:
+    """Everything ``tlbench run`` was asked: the Python API's one argument (``run_suite``)."""
+
+    suite: str | Path | Suite
+    out_dir: Path | None = None
+    resume: Path | str | None = None
+    retry_failed: bool = False
+    device: str = "auto"
+    cache_dir: Path | None = None
+    selection: Selection = field(default_factory=Selection)
+    plugins: PluginConfig = field(default_factory=PluginConfig)
+    results_root: Path = Path("results")
+    argv: Sequence[str] | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def plan_cells(suite: Suite, selection: Selection) -> list[Cell]:

@@ -263,6 +263,18 @@ def load_plugins(
     return PluginHost(pm, registry, errors)
 
 
+@dataclass(frozen=True)
+class PluginConfig:
+    """How to rebuild the same plugin host in another process (a worker of a parallel executor):
+    the ``--plugin`` modules and the ``--plugins-dir`` given on the command line."""
+
+    modules: tuple[str, ...] = ()
+    plugins_dir: str | None = None
+
+    def load(self) -> PluginHost:
+        return load_plugins(self.modules, self.plugins_dir)
+
+
 def requirements_lines(host: PluginHost) -> list[str]:
     """Pinned requirements that reproduce this plugin setup (``tlbench plugins --requirements``).
 

@@ -37,7 +37,7 @@ class RunProgress:
         self.current = self.progress.add_task("", total=None)
 
     def cell_started(self, cell) -> None:
-        self.running[cell.key] = _label(cell)
+        self.running[cell.key] = cell.label
         self._note = ""
         self._show()
 
@@ -60,7 +60,7 @@ class RunProgress:
         )
 
     def cell_finished(self, cell, record: dict) -> None:
-        label = self.running.pop(cell.key, _label(cell))
+        label = self.running.pop(cell.key, cell.label)
         top1 = (record.get("metrics") or {}).get("top1")
         outcome = f"{top1:.2f}%" if isinstance(top1, (int, float)) else record["status"]
         style = "green" if record["status"] == "ok" else "red"
@@ -77,7 +77,3 @@ class RunProgress:
             self.progress.remove_task(self.current)
             self.current = None
         self.progress.stop()
-
-
-def _label(cell) -> str:
-    return f"{cell.model} · {cell.dataset} · {cell.strategy} · seed {cell.seed}"

@@ -1,280 +1,49 @@
-"""Where a cell runs: load its source model and target data, prepare the data for the model,
-let the strategy fit and evaluate, and turn the outcome (or the failure) into a record.
+"""A run, end to end: ``run_suite`` is the Python API behind ``tlbench run``.
 
-``run_suite`` is the Python API behind ``tlbench run``: it plans (``tlbench.planning``), hands
-the pending cells to an executor (``tlbench.executors``) and writes each record as it arrives.
+It validates the suite, plans the cells (``tlbench.planning``), checks every pending cell before
+any training, hands the cells to an executor (``tlbench.executors``) and stores each record, with
+its per-example predictions, as soon as it arrives. How one cell runs is ``tlbench.cell``'s job.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import logging
 import os
 import shutil
 import signal
 import sys
 import threading
-import time
-import traceback
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tlbench import __version__
-from tlbench.cache import Cache, stable_hash
-from tlbench.components import BuildContext, Cell, CellContext
-from tlbench.errors import Diverged, UserError
-from tlbench.executors import ExecutorConfig, Sink, WorkerConfig, dispatch, make_executor
-from tlbench.planning import Selection, choose_run_dir, pending_cells, plan_cells
-from tlbench.plugins import PluginHost, load_plugins
+from tlbench.cache import Cache
+from tlbench.cell import CellResult, CellRunner
+from tlbench.components import Cell
+from tlbench.errors import UserError
+from tlbench.executors import Sink, WorkerConfig, dispatch, make_executor
+from tlbench.planning import (
+    Plan,
+    RunRequest,
+    Selection,
+    choose_run_dir,
+    make_plan,
+    pending_cells,
+    plan_cells,
+)
+from tlbench.plugins import PluginHost
 from tlbench.results import (
     ResultsStore,
     environment,
     lock_run_dir,
-    now_iso,
     prepare_run_dir,
     write_environment,
 )
 from tlbench.suite import Suite, config_hash, find_suite, load_suite
 
-__all__ = [
-    "CellRunner",
-    "PluginConfig",
-    "RunOutcome",
-    "RunRequest",
-    "Selection",
-    "choose_run_dir",
-    "pending_cells",
-    "plan_cells",
-    "run_suite",
-]
-
-
-def resolve_device(requested: str = "auto") -> str:
-    import torch
-
-    if requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device {requested!r} requested but CUDA is not available here")
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
-@dataclass(frozen=True)
-class PluginConfig:
-    """How to rebuild the same plugin host in another process (a worker of a parallel executor)."""
-
-    modules: tuple[str, ...] = ()
-    plugins_dir: str | None = None
-
-    def load(self) -> PluginHost:
-        return load_plugins(self.modules, self.plugins_dir)
-
-
-def _key(*parts) -> str:
-    return stable_hash(parts)
-
-
-class _Lru(OrderedDict):
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def get_or_make(self, key, make: Callable):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = make()
-        self[key] = value
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
-
-
-class CellRunner:
-    """Runs cells one after another in this process, keeping the source models, decoded datasets
-    and prepared tensors that consecutive cells share in memory."""
-
-    def __init__(
-        self,
-        host: PluginHost,
-        cache: Cache,
-        device: str,
-        run_dir: Path | None = None,
-        log: Callable[[str], None] = lambda _m: None,
-    ):
-        self.host = host
-        self.registry = host.registry
-        self.cache = cache
-        self.device = device
-        self.run_dir = run_dir
-        self.log = log
-        self._models = _Lru(2)
-        self._targets = _Lru(3)
-        self._prepared = _Lru(1)
-
-    def build_context(self, seed: int) -> BuildContext:
-        return BuildContext(
-            cache=self.cache, device=self.device, registry=self.registry, seed=seed, log=self.log
-        )
-
-    def source_model(self, cell: Cell):
-        entry, argument = self.registry.lookup("model", cell.model_ref)
-        key = _key(cell.model_ref, dict(cell.model_options), cell.seed)
-        factory = entry.spec.load_factory()
-        return self._models.get_or_make(
-            key, lambda: factory(argument, dict(cell.model_options), self.build_context(cell.seed))
-        )
-
-    def target_data(self, cell: Cell):
-        entry, argument = self.registry.lookup("dataset", cell.dataset_ref)
-        key = _key(cell.dataset_ref, dict(cell.dataset_options))
-        factory = entry.spec.load_factory()
-        return self._targets.get_or_make(
-            key,
-            lambda: factory(argument, dict(cell.dataset_options), self.build_context(cell.seed)),
-        )
-
-    def prepared_data(self, cell: Cell, target, source):
-        from tlbench.data import prepare
-
-        key = _key(
-            cell.dataset_ref,
-            dict(cell.dataset_options),
-            source.fingerprint,
-            dict(cell.model_options),
-            cell.seed,
-        )
-        return self._prepared.get_or_make(
-            key,
-            lambda: prepare(
-                target,
-                source,
-                dict(cell.dataset_options),
-                dict(cell.model_options),
-                cell.seed,
-                self.cache,
-            ),
-        )
-
-    def strategy(self, cell: Cell):
-        entry, _ = self.registry.lookup("strategy", cell.strategy_ref)
-        return entry.spec.load_factory()(dict(cell.strategy_options))
-
-    def context(self, cell: Cell) -> CellContext:
-        import torch
-
-        source = self.source_model(cell)
-        target = self.target_data(cell)
-        data = self.prepared_data(cell, target, source)
-        return CellContext(
-            cell=cell,
-            source=source,
-            data=data,
-            device=torch.device(self.device),
-            cache=self.cache,
-            seed=cell.seed,
-            log=self.log,
-            run_dir=self.run_dir,
-        )
-
-    def run(self, cell: Cell) -> dict:
-        record = base_record(cell)
-        started = time.perf_counter()
-        ctx = None
-        try:
-            ctx = self.context(cell)
-            _seed_everything(cell.seed)
-            result = self.strategy(cell).run(ctx)
-            record.update(
-                status=result.status,
-                metrics=result.metrics,
-                hparams=result.hparams,
-                cost=dict(result.cost),
-            )
-            if result.detail:
-                record["detail"] = result.detail
-        except Diverged as exc:
-            record.update(
-                status="diverged", error={"type": "Diverged", "message": str(exc), "step": exc.step}
-            )
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # one broken cell never stops the run
-            record.update(
-                status="failed",
-                error={
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": traceback.format_exc(),
-                },
-            )
-        _finish_record(record, ctx, started, self.device)
-        return record
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def base_record(cell: Cell) -> dict:
-    from tlbench.results import SCHEMA_VERSION
-
-    return {
-        "schema": SCHEMA_VERSION,
-        "suite": cell.suite,
-        "config_hash": config_hash(cell),
-        "model": cell.model,
-        "dataset": cell.dataset,
-        "strategy": cell.strategy,
-        "seed": cell.seed,
-        "model_ref": cell.model_ref,
-        "dataset_ref": cell.dataset_ref,
-        "strategy_ref": cell.strategy_ref,
-        "options": {
-            "model": dict(cell.model_options),
-            "dataset": dict(cell.dataset_options),
-            "strategy": dict(cell.strategy_options),
-        },
-        "status": "running",
-        "metrics": {},
-        "hparams": {},
-        "cost": {},
-        "error": None,
-        "started_at": now_iso(),
-        "tlbench_version": __version__,
-    }
-
-
-def _finish_record(record: dict, ctx: CellContext | None, started: float, device: str) -> None:
-    record["finished_at"] = now_iso()
-    cost = record.setdefault("cost", {})
-    cost["wall_s"] = round(time.perf_counter() - started, 3)
-    cost.setdefault("device", device)
-    cost.setdefault("peak_mem_mb", _peak_rss_mb())
-    if ctx is not None:
-        record["model_card"] = dict(ctx.source.card)
-        record["dataset_card"] = dict(getattr(ctx.data, "card", {}) or {})
-        record["split"] = dict(getattr(ctx.data, "split_record", {}) or {})
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Suites
+__all__ = ["RunOutcome", "RunRequest", "Selection", "plan_run", "run_suite"]
 
 
 @dataclass
@@ -294,21 +63,6 @@ class RunOutcome:
         if self.interrupted:
             return 130
         return 1 if any(r.get("status") == "failed" for r in self.records) else 0
-
-
-@dataclass
-class RunRequest:
-    suite: str | Path | Suite
-    out_dir: Path | None = None
-    resume: Path | str | None = None
-    retry_failed: bool = False
-    device: str = "auto"
-    cache_dir: Path | None = None
-    selection: Selection = field(default_factory=Selection)
-    plugins: PluginConfig = field(default_factory=PluginConfig)
-    results_root: Path = Path("results")
-    argv: Sequence[str] | None = None
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
@@ -337,11 +91,10 @@ def preflight(suite: Suite, host: PluginHost) -> None:
     components that cannot run here (missing weights package, missing dataset files)."""
     problems = []
     if suite.requires:
-        from tlbench import plugins as plugin_host
+        from tlbench.plugins import check_requirements
 
         problems += [
-            f"{suite.path}: requires: {msg}"
-            for msg in plugin_host.check_requirements(list(suite.requires))
+            f"{suite.path}: requires: {msg}" for msg in check_requirements(list(suite.requires))
         ]
     for kind in ("model", "dataset"):
         for entry in suite.entries(kind):
@@ -358,11 +111,10 @@ def preflight(suite: Suite, host: PluginHost) -> None:
 def check_cells(cells: Iterable[Cell], runner: CellRunner) -> None:
     """Let each strategy reject what it cannot do with its cell's model and data (k larger than
     the model's layer groups, a LoRA target that matches nothing, ...) before any training.
-    Building the contexts loads the models and prepares the data the cells need anyway."""
+    The contexts built here are the ones the cells then run on (the runner keeps them)."""
     problems = []
     for cell in cells:
-        strategy = runner.strategy(cell)
-        check = getattr(strategy, "check", None)
+        check = getattr(runner.strategy(cell), "check", None)
         if check is None:
             continue
         try:
@@ -378,10 +130,8 @@ def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
     return [latest[h] for h in (config_hash(c) for c in cells) if h in latest]
 
 
-def plan_run(request: RunRequest, host: PluginHost | None = None):
+def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
     """The dry run: what ``run_suite`` would do, without creating or loading anything."""
-    from tlbench.planning import make_plan
-
     host = host or request.plugins.load()
     request.executor.check()
     suite = open_suite(request.suite, host)
@@ -391,12 +141,14 @@ def plan_run(request: RunRequest, host: PluginHost | None = None):
 
 def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None) -> RunOutcome:
     """Validate, plan, run every pending cell and store each record as soon as it finishes."""
+    from tlbench.engine.runtime import resolve_device
+
     host = host or request.plugins.load()
     request.executor.check()
     suite = open_suite(request.suite, host)
     preflight(suite, host)
     cells = plan_cells(suite, request.selection)
-    device = resolve_device(request.device)
+    device = str(resolve_device(request.device))
     run_dir = prepare_run_dir(choose_run_dir(request, suite))
     with lock_run_dir(run_dir):
         check_suite_against_run(run_dir, suite)
@@ -404,22 +156,18 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
         store.check_schema()
         _record_environment(run_dir, request, host, suite, device)
         todo, skipped = pending_cells(cells, store, request.retry_failed)
+        status = progress.status if progress else lambda _m: None
+        cache = Cache(request.cache_dir)
+        runner = CellRunner(host, cache, device, run_dir, log=status)
         if progress:
             progress.console.print(f"checking {len(todo)} cells before any training")
-        check_cells(todo, CellRunner(host, Cache(request.cache_dir), device, run_dir))
+        check_cells(todo, runner)
         outcome = RunOutcome(run_dir=run_dir, records=[], skipped=skipped)
-        with _RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
-            cache = Cache(request.cache_dir)
+        with RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
             if suite.estimators:
-                _estimate(suite, request, host, cache, device, run_dir, progress, log)
+                _estimate(suite, request, runner, run_dir, progress, log)
             base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
-            executor = make_executor(
-                request.executor,
-                base,
-                host,
-                progress.status if progress else lambda _m: None,
-                request.device,
-            )
+            executor = make_executor(request.executor, base, runner, request.device)
             log.write(
                 f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded"
             )
@@ -440,7 +188,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     return outcome
 
 
-def _estimate(suite, request, host, cache, device, run_dir, progress, log) -> None:
+def _estimate(suite, request, runner, run_dir, progress, log) -> None:
     """Transferability estimates run before the cells, on a cold feature cache, so their
     recorded feature-extraction time is what an estimator really costs."""
     from tlbench.transferability import run_estimators
@@ -449,9 +197,6 @@ def _estimate(suite, request, host, cache, device, run_dir, progress, log) -> No
         progress.console.print(
             f"scoring transferability: {', '.join(e.id for e in suite.estimators)}"
         )
-    runner = CellRunner(
-        host, cache, device, run_dir, log=progress.status if progress else lambda _m: None
-    )
     records = run_estimators(
         suite, runner, run_dir, selection=request.selection, retry_failed=request.retry_failed
     )
@@ -487,7 +232,7 @@ class _Recorder(Sink):
         self,
         store: ResultsStore,
         host: PluginHost,
-        log: _RunLog,
+        log: RunLog,
         progress,
         outcome: RunOutcome,
         interrupts: Interrupts,
@@ -496,32 +241,40 @@ class _Recorder(Sink):
         self.outcome, self.interrupts = outcome, interrupts
 
     def started(self, cell: Cell) -> None:
-        self.log.write(f"start {_label(cell)}")
+        self.log.write(f"start {cell.label}")
         if self.progress:
             self.progress.cell_started(cell)
 
-    def finished(self, cell: Cell, record: dict) -> None:
+    def finished(self, cell: Cell, result: CellResult) -> None:
+        record = result.record
         record.setdefault("run_id", self.store.run_dir.name)
+        if result.predictions is not None:
+            self._store_predictions(record, result.predictions)
         self.store.append(record)
         _notify(self.host, record)
         self.outcome.ran += 1
         self.log.write(
-            f"end {_label(cell)}: {record['status']} {record.get('metrics', {}).get('top1', '')}"
+            f"end {cell.label}: {record['status']} {record.get('metrics', {}).get('top1', '')}"
         )
         if record["status"] == "failed":
-            trace = (record.get("error") or {}).get("traceback") or (record.get("error") or {}).get(
-                "message", ""
-            )
-            self.log.write(f"traceback of {_label(cell)}:\n{trace.rstrip()}")
+            error = record.get("error") or {}
+            trace = error.get("traceback") or error.get("message", "")
+            self.log.write(f"traceback of {cell.label}:\n{trace.rstrip()}")
         if self.progress:
             self.progress.cell_finished(cell, record)
 
+    def _store_predictions(self, record: dict, predictions) -> None:
+        from tlbench.predictions import write_predictions
+
+        try:
+            record["predictions"] = write_predictions(
+                self.store.run_dir, record["config_hash"], predictions
+            )
+        except OSError as exc:  # the record itself is worth more than its predictions
+            record["predictions_error"] = f"not stored: {exc.strerror or exc}"
+
     def stop_requested(self) -> bool:
         return self.interrupts.requested
-
-
-def _label(cell: Cell) -> str:
-    return f"{cell.model} {cell.dataset} {cell.strategy} seed={cell.seed}"
 
 
 def _notify(host: PluginHost, record: dict) -> None:
@@ -559,24 +312,38 @@ class Interrupts:
         return False
 
 
-class _RunLog:
+class _IsoFormatter(logging.Formatter):
+    def formatTime(self, record, datefmt=None):  # noqa: N802 (logging's name)
+        moment = _dt.datetime.fromtimestamp(record.created, _dt.UTC)
+        return moment.isoformat(timespec="seconds")
+
+
+class RunLog:
+    """``run.log``: one timestamped line per event of the run, appended across resumes."""
+
     def __init__(self, run_dir: Path):
         self.path = run_dir / "run.log"
+        self.logger = logging.getLogger(f"tlbench.run.{os.getpid()}.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
 
-    def __enter__(self):
-        self.fh = open(self.path, "a", buffering=1)
+    def __enter__(self) -> RunLog:
+        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(_IsoFormatter("%(asctime)s %(message)s"))
+        self.logger.addHandler(self.handler)
         self.write(f"run started pid={os.getpid()}")
         return self
 
     def write(self, message: str) -> None:
-        self.fh.write(f"{now_iso()} {message}\n")
+        self.logger.info(message)
 
     def interrupt_requested(self) -> None:
         message = "interrupt: finishing the cells in flight, starting no more (Ctrl-C again stops at once)"
         self.write(message)
         print(message, file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.write("run stopped" if exc[0] is None else f"run stopped: {exc[0].__name__}")
-        self.fh.close()
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
         return False

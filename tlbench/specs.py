@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 _MISSING = object()
@@ -24,6 +24,7 @@ class Option:
 
     name: str
     type: type
+    _: KW_ONLY
     default: Any = None
     help: str = ""
     choices: tuple | None = None
@@ -106,10 +107,14 @@ class ComponentSpec:
     registration never imports torch. ``takes_argument`` makes the component a family addressed as
     ``name:argument`` (``timm:resnet50.a1_in1k``, ``scratch:resnet18``).
     ``available`` optionally answers "can this run offline right now?" cheaply: a callable
-    returning ``True`` or a one-line reason why not.
+    returning ``True`` or a one-line reason why not. ``version`` names the component's recipe:
+    bump it whenever what the component computes changes, so ``--resume`` reruns the cells it
+    produced instead of mixing old and new numbers (it enters every cell's config hash).
+    Every field but ``name`` is keyword-only.
     """
 
     name: str
+    _: KW_ONLY
     factory: Callable | str
     description: str = ""
     options: tuple[Option, ...] = ()
@@ -118,6 +123,7 @@ class ComponentSpec:
     tags: tuple[str, ...] = ()
     card: Mapping[str, Any] = field(default_factory=dict)
     available: Callable[..., bool | str] | None = None
+    version: str = "1"
 
     kind = "component"
 
@@ -130,6 +136,8 @@ class ComponentSpec:
             raise ValueError(
                 f"factory must be a callable or a 'module:attr' string, got {self.factory!r}"
             )
+        if not isinstance(self.version, str) or not self.version:
+            raise ValueError(f"version must be a non-empty string, got {self.version!r}")
         for opt in self.options:
             if not isinstance(opt, Option):
                 raise ValueError(f"options must be tlbench.specs.Option instances, got {opt!r}")
@@ -188,6 +196,14 @@ class EstimatorSpec(ComponentSpec):
     kind = "estimator"
 
 
+# The one table of component kinds and their plural (suite fields, CLI words, report titles).
+KINDS = {
+    "model": "models",
+    "dataset": "datasets",
+    "strategy": "strategies",
+    "estimator": "estimators",
+}
+
 SPEC_KINDS = {
     "model": ModelSpec,
     "dataset": DatasetSpec,
@@ -202,16 +218,16 @@ COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option(
             "input_size",
             int,
-            None,
-            "Override the resolution the weights expect (small-image targets); recorded.",
+            default=None,
+            help="Override the resolution the weights expect (small-image targets); recorded.",
             minimum=8,
             maximum=1024,
         ),
         Option(
             "input_adaptation",
             str,
-            "replicate",
-            "How grayscale/multi-channel targets meet the stem: replicate channels, or adapt the stem's in_chans the timm way.",
+            default="replicate",
+            help="How grayscale/multi-channel targets meet the stem: replicate channels, or adapt the stem's in_chans the timm way.",
             choices=("replicate", "stem"),
         ),
     ),
@@ -219,30 +235,36 @@ COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option(
             "train_size",
             int,
-            None,
-            "Cap the training split at this many examples (stratified).",
+            default=None,
+            help="Cap the training split at this many examples (stratified).",
             minimum=1,
         ),
         Option(
             "val_size",
             int,
-            None,
-            "Validation examples carved from training data (default: 20% of train, at most 10000).",
+            default=None,
+            help="Validation examples carved from training data (default: 20% of train, at most 10000).",
             minimum=1,
         ),
         Option(
             "test_size",
             int,
-            None,
-            "Cap the test split (stratified); default uses all of it.",
+            default=None,
+            help="Cap the test split (stratified); default uses all of it.",
             minimum=1,
         ),
-        Option("shots", int, None, "n-shot: this many training examples per class.", minimum=1),
+        Option(
+            "shots",
+            int,
+            default=None,
+            help="n-shot: this many training examples per class.",
+            minimum=1,
+        ),
         Option(
             "protocol",
             str,
-            "standard",
-            "Split protocol: 'standard', or 'vtab1k' (800 train + 200 val for selection, final fit on all 1000).",
+            default="standard",
+            help="Split protocol: 'standard', or 'vtab1k' (800 train + 200 val for selection, final fit on all 1000).",
             choices=("standard", "vtab1k"),
         ),
     ),

@@ -31,6 +31,9 @@ from tlbench.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "trainval", "test")
 SPLIT_OPTIONS = ("train_size", "val_size", "test_size", "shots", "protocol")
+# Bump when a rule below changes which images land in which split: it enters every cell's
+# config hash (``Cell.versions["protocol"]``), so resumed runs never mix old and new splits.
+PROTOCOL_VERSION = "1"
 TEST_SEED = 0
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2

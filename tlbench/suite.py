@@ -18,9 +18,9 @@ from tlbench.cache import stable_hash
 from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.registry import Registry
-from tlbench.specs import resolve_options
+from tlbench.specs import KINDS, resolve_options
 
-KINDS = (("models", "model"), ("datasets", "dataset"), ("strategies", "strategy"))
+GRID_KINDS = ("model", "dataset", "strategy")  # the axes of the grid; estimators are not one
 TOP_LEVEL = {
     "name",
     "description",
@@ -44,6 +44,7 @@ class Entry:
     ref: str
     options: Mapping[str, Any]
     field: str
+    version: str = "1"  # the registered component's recipe version
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry, text: st
     description = _string(raw, "description", "", problems)
     seeds = _seeds(raw.get("seeds", [0]), problems)
     entries = {
-        kind: _entries(raw, plural, kind, registry, problems, required=True)
-        for plural, kind in KINDS
+        kind: _entries(raw, KINDS[kind], kind, registry, problems, required=True)
+        for kind in GRID_KINDS
     }
     estimators = _entries(raw, "estimators", "estimator", registry, problems, required=False)
     excludes = _excludes(raw.get("exclude", []), entries, seeds, problems)
@@ -229,14 +230,21 @@ def _entry(item, kind, where, registry, problems) -> Entry | None:
     except ValueError as exc:
         problems.add(where, f"{kind} {ref!r}: {exc}")
         return None
-    return Entry(kind=kind, id=entry_id, ref=ref, options=options, field=where)
+    return Entry(
+        kind=kind,
+        id=entry_id,
+        ref=ref,
+        options=options,
+        field=where,
+        version=registered.spec.version,
+    )
 
 
 def _excludes(value, entries, seeds, problems) -> tuple[Mapping[str, Any], ...]:
     if not isinstance(value, list):
         problems.add("exclude", "expected a list of [[exclude]] tables")
         return ()
-    known = {kind: {e.id for e in entries[kind]} for _, kind in KINDS}
+    known = {kind: {e.id for e in entries[kind]} for kind in GRID_KINDS}
     rules = []
     for i, rule in enumerate(value):
         where = f"exclude[{i}]"
@@ -295,6 +303,8 @@ def expand_cells(suite: Suite) -> list[Cell]:
     The order keeps cells that share a (model, dataset, seed) adjacent, so the decoded data,
     preprocessed tensors and frozen features they share stay hot in memory.
     """
+    from tlbench.splits import PROTOCOL_VERSION
+
     cells = []
     for model, dataset, seed, strategy in itertools.product(
         suite.models, suite.datasets, suite.seeds, suite.strategies
@@ -311,6 +321,12 @@ def expand_cells(suite: Suite) -> list[Cell]:
             model_options=model.options,
             dataset_options=dataset.options,
             strategy_options=strategy.options,
+            versions={
+                "model": model.version,
+                "dataset": dataset.version,
+                "strategy": strategy.version,
+                "protocol": PROTOCOL_VERSION,
+            },
         )
         if not _excluded(cell, suite.excludes):
             cells.append(cell)
@@ -318,7 +334,8 @@ def expand_cells(suite: Suite) -> list[Cell]:
 
 
 def config_hash(cell: Cell) -> str:
-    """Identifies what a cell computes (not its display ids), for resume and de-duplication."""
+    """Identifies what a cell computes, for resume and de-duplication: references, options,
+    seed, display ids and the recipe versions of its components."""
     return stable_hash(
         {
             "model": [cell.model_ref, dict(cell.model_options)],
@@ -326,5 +343,6 @@ def config_hash(cell: Cell) -> str:
             "strategy": [cell.strategy_ref, dict(cell.strategy_options)],
             "seed": cell.seed,
             "ids": [cell.model, cell.dataset, cell.strategy],
+            "versions": dict(cell.versions),
         }
     )

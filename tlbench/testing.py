@@ -71,7 +71,8 @@ def run_tiny_suite(
     ``cache_dir`` is given. ``check`` raises ``AssertionError`` with the traceback of the first
     cell that did not finish ``ok``.
     """
-    from tlbench.runner import RunRequest, run_suite
+    from tlbench.planning import RunRequest
+    from tlbench.runner import run_suite
 
     tmp_path = Path(tmp_path)
     host = make_host(*plugins)

@@ -67,8 +67,14 @@ def estimate_hash(cell: Cell, estimator: Entry) -> str:
             "estimator": [estimator.ref, dict(estimator.options)],
             "seed": cell.seed,
             "ids": [cell.model, cell.dataset, estimator.id],
+            "versions": {**_pair_versions(cell), "estimator": estimator.version},
         }
     )
+
+
+def _pair_versions(cell: Cell) -> dict:
+    # An estimate depends on the model, the dataset and the split protocol, not on a strategy.
+    return {k: v for k, v in cell.versions.items() if k in ("model", "dataset", "protocol")}
 
 
 def base_estimate(cell: Cell, estimator: Entry) -> dict:
@@ -84,6 +90,7 @@ def base_estimate(cell: Cell, estimator: Entry) -> dict:
         "model_ref": cell.model_ref,
         "dataset_ref": cell.dataset_ref,
         "estimator_ref": estimator.ref,
+        "versions": {**_pair_versions(cell), "estimator": estimator.version},
         "options": {
             "model": dict(cell.model_options),
             "dataset": dict(cell.dataset_options),
@@ -114,7 +121,7 @@ def estimate_pairs(suite: Suite, selection=None) -> list[Cell]:
     """One representative cell per (model, dataset, seed) the suite runs, in grid order.
 
     The representative's strategy is irrelevant: only the model, dataset and seed are read.
-    ``selection`` (a ``tlbench.runner.Selection``) narrows models, datasets and seeds.
+    ``selection`` (a ``tlbench.planning.Selection``) narrows models, datasets and seeds.
     """
     pairs: dict[tuple, Cell] = {}
     for cell in expand_cells(suite):
@@ -141,7 +148,7 @@ def run_estimators(
 ) -> list[dict]:
     """Score every (model, dataset, seed) of ``suite`` with each of ``suite.estimators``.
 
-    ``runner`` is a ``tlbench.runner.CellRunner`` (its model, data and cache are reused). Records
+    ``runner`` is a ``tlbench.cell.CellRunner`` (its model, data and cache are reused). Records
     already in ``run_dir/estimates.jsonl`` with status ok or skipped are kept, as are failed ones
     unless ``retry_failed``. Returns the latest record of every estimate of the suite.
     """

@@ -1,8 +1,10 @@
-"""Source-model weights: finding, checking, converting and caching them, and building timm modules.
+"""timm mechanics every model source shares: building modules from weights, mapping and checking
+state dicts, reading checkpoints safely, layer groups, data configs and model cards.
 
-Every built-in model factory ends in a ``Weights`` recipe whose ``build`` goes through
-``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=...)``, so channel adaptation
-(``adapt_input_conv``) and classifier removal are timm's own; only the new head is ours.
+A model factory (the built-in ones live in ``tlbench.builtin.model_sources``) ends in a
+``Weights`` recipe whose ``build`` goes through ``timm.create_model(..., pretrained=True,
+pretrained_cfg_overlay=...)``, so channel adaptation (``adapt_input_conv``) and classifier removal
+are timm's own; only the new head is ours.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import importlib.metadata
-import importlib.resources
 import os
 import pickle
 from collections.abc import Iterator, Mapping
@@ -25,9 +25,7 @@ from timm.data import ImageNetInfo, resolve_data_config
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models._manipulate import group_parameters
 
-from tlbench.builtin.models import PACKAGED, PackagedWeights
-from tlbench.cache import file_sha256
-from tlbench.components import BuildContext, SourceModel
+from tlbench.components import SourceModel
 from tlbench.errors import UserError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -119,10 +117,6 @@ def layer_groups(model: torch.nn.Module) -> list[list[str]]:
     for name, _ in model.named_parameters():
         by_child.setdefault(name.split(".", 1)[0], []).append(name)
     return list(by_child.values())
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------- state-dict checks
@@ -255,15 +249,17 @@ def data_config(arch: str, input_size: int | None) -> dict:
     return config
 
 
-def _card(arch: str, weights: Weights, options: Mapping[str, Any], config: dict, **extra) -> dict:
+def model_card(
+    arch: str, weights: Weights, options: Mapping[str, Any], config: dict, **extra
+) -> dict:
     with torch.device("meta"):
         backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     card = {
         "architecture": arch,
         **extra,
-        "total_params": count_params(backbone)
+        "total_params": _params(backbone)
         + _head_params(backbone.num_features, weights.source_num_classes),
-        "backbone_params": count_params(backbone),
+        "backbone_params": _params(backbone),
         "num_features": backbone.num_features,
         "source_num_classes": weights.source_num_classes,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
@@ -273,11 +269,17 @@ def _card(arch: str, weights: Weights, options: Mapping[str, Any], config: dict,
     return card
 
 
+def _params(model: torch.nn.Module) -> int:
+    from tlbench.engine.runtime import count_params
+
+    return count_params(model)[1]
+
+
 def _head_params(num_features: int, num_classes: int) -> int:
     return (num_features + 1) * num_classes if num_classes else 0
 
 
-def _source_model(
+def source_model(
     name: str,
     weights: Weights,
     weights_label: str,
@@ -307,148 +309,22 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(info.index_to_description(i) for i in range(info.num_classes()))
 
 
-# ---------------------------------------------------------------------------- packaged ImageNet weights
+# ---------------------------------------------------------------------------- files
 
 
-def packaged_file(packaged: PackagedWeights) -> tuple[Path, str]:
-    """The ``.pth`` a weights package ships, and the package's version."""
-    try:
-        models_dir = Path(str(importlib.resources.files(packaged.module) / "models"))
-        version = importlib.metadata.version(packaged.distribution)
-    except (ModuleNotFoundError, importlib.metadata.PackageNotFoundError):
-        raise UserError(
-            f"model {packaged.name!r} needs its weights package: pip install {packaged.distribution}"
-        ) from None
-    files = sorted(models_dir.glob("*.pth"))
-    if len(files) != 1:
-        raise UserError(
-            f"package {packaged.distribution} {version}: expected one .pth under {models_dir}, found {len(files)}"
-        )
-    return files[0], version
-
-
-def packaged_model(
-    packaged: PackagedWeights,
-    argument: str | None,
-    options: Mapping[str, Any],
-    context: BuildContext,
-) -> SourceModel:
-    path, version = packaged_file(packaged)
-    sha = file_sha256(path)
-
-    def convert() -> dict[str, torch.Tensor]:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        return map_by_order(
-            raw, template(packaged.arch), origin=f"{packaged.distribution} ({path.name})"
-        )
-
-    # Converted once per source file; later cells and runs read the safetensors copy.
-    state_dict = context.cache.get_or_compute(
-        "converted-weights",
-        {"file_sha256": sha, "arch": packaged.arch, "mapping": "by-order-v1"},
-        convert,
-        save=_save_safetensors,
-        load=_load_safetensors,
-    )
-    weights = Weights(packaged.arch, state_dict=state_dict, source_num_classes=1000)
-    config = data_config(packaged.arch, options.get("input_size"))
-    card = _card(
-        packaged.arch,
-        weights,
-        options,
-        config,
-        weights_source=f"{packaged.distribution}=={version}",
-        weights_file=path.name,
-        weights_sha256=sha,
-    )
-    return _source_model(
-        packaged.name,
-        weights,
-        f"{packaged.distribution}=={version}",
-        sha,
-        config,
-        card,
-        imagenet_class_names(),
-    )
-
-
-def _save_safetensors(value: Mapping[str, torch.Tensor], path: Path) -> None:
+def save_safetensors(value: Mapping[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in value.items()}, str(path))
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
 
 
-efficientnet_lite0_in1k = functools.partial(packaged_model, PACKAGED["efficientnet_lite0.in1k"])
-efficientnet_lite1_in1k = functools.partial(packaged_model, PACKAGED["efficientnet_lite1.in1k"])
-efficientnet_lite2_in1k = functools.partial(packaged_model, PACKAGED["efficientnet_lite2.in1k"])
-
-
-# ---------------------------------------------------------------------------- scratch, file, timm hub
-
-
-def scratch_model(argument: str, options: Mapping[str, Any], context: BuildContext) -> SourceModel:
-    """Random init: the backbone from ``context.seed`` (part of the fingerprint, so feature caches
-    never mix inits), the head from ``build``'s seed like every other model."""
-    arch, _ = check_arch(argument)
-    weights = Weights(arch, backbone_seed=context.seed)
-    config = data_config(arch, options.get("input_size"))
-    fingerprint = f"random:{arch}:seed{context.seed}"
-    card = _card(
-        arch, weights, options, config, weights_source="random init", backbone_seed=context.seed
-    )
-    return _source_model(f"scratch:{argument}", weights, "random", fingerprint, config, card)
-
-
-def file_model(
-    argument: str,
-    options: Mapping[str, Any],
-    context: BuildContext,
-    *,
-    name: str | None = None,
-    label: str | None = None,
-) -> SourceModel:
-    """A local checkpoint for ``argument`` = ``arch[.tag]`` (the tag picks timm's preprocessing)."""
-    check_arch(argument)
-    path = Path(options["path"]).expanduser()
-    origin = f"checkpoint file {str(path)!r}"
-    state_dict = read_checkpoint(path)
-    source_classes = _classifier_size(argument, state_dict)
-    check_fits(state_dict, template(argument, source_classes), origin)
-    sha = file_sha256(path)
-    # A checkpoint's own classifier is only ImageNet's when it has ImageNet's size; else indices.
-    names = (
-        imagenet_class_names()
-        if source_classes == 1000
-        else tuple(str(i) for i in range(source_classes))
-    )
-    weights = Weights(argument, file=str(path.resolve()), source_num_classes=source_classes)
-    config = data_config(argument, options.get("input_size"))
-    card = _card(
-        argument,
-        weights,
-        options,
-        config,
-        weights_source=label or f"file {path}",
-        weights_sha256=sha,
-    )
-    return _source_model(
-        name or f"file:{argument}",
-        weights,
-        label or str(path),
-        sha,
-        config,
-        card,
-        names if source_classes else None,
-    )
-
-
-def _classifier_size(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int:
+def classifier_size(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int:
     """Outputs of the checkpoint's classifier (named by timm's pretrained_cfg), 0 if it has none."""
     cfg = timm.models.get_pretrained_cfg(arch) or timm.models.get_pretrained_cfg(
         timm.models.split_model_name_tag(arch)[0]
@@ -461,175 +337,6 @@ def _classifier_size(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int:
     return 0
 
 
-HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def timm_model(argument: str, options: Mapping[str, Any], context: BuildContext) -> SourceModel:
-    """``arch.tag`` from the Hugging Face hub, then exactly the ``file`` model on the cached file."""
-    name, tag = check_arch(argument, pretrained=True)
-    cfg = timm.models.get_pretrained_cfg(f"{name}.{tag}")
-    if not cfg.hf_hub_id:
-        raise UserError(
-            f"timm model {argument!r} has no Hugging Face hub weights; download them and use the 'file' model"
-        )
-    path = _hub_download(argument, cfg.hf_hub_id, cfg.hf_hub_filename)
-    return file_model(
-        argument,
-        {**options, "path": str(path)},
-        context,
-        name=f"timm:{argument}",
-        label=f"hf-hub:{cfg.hf_hub_id}",
-    )
-
-
-def _hub_download(argument: str, repo_id: str, filename: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    # huggingface_hub reads HF_HUB_OFFLINE at import; honour it when set later as well.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    for candidate in (filename,) if filename else HUB_FILES:
-        try:
-            return Path(hf_hub_download(repo_id, candidate, local_files_only=offline))
-        except LocalEntryNotFoundError:
-            raise UserError(
-                f"timm model {argument!r}: the Hugging Face hub is unreachable (offline) and {repo_id} is not cached; "
-                f"download it elsewhere and use model 'file:{argument}' with option path=<checkpoint>"
-            ) from None
-        except EntryNotFoundError:
-            continue
-        except Exception as exc:  # network stacks raise many types; the user needs one line
-            raise UserError(
-                f"timm model {argument!r}: downloading {repo_id} from the Hugging Face hub failed: {type(exc).__name__}: {exc}"
-            ) from None
-    raise UserError(
-        f"timm model {argument!r}: {repo_id} on the Hugging Face hub has none of {', '.join(HUB_FILES)}"
-    )
-
-
-# ---------------------------------------------------------------------------- self-pretrained
-
-# Bump when the pretraining procedure changes: it keys the cache. v2: BatchNorm running
-# statistics re-estimated after every epoch (precise BN), so the checkpoint's eval-mode features
-# are the ones it was trained with.
-PRETRAIN_RECIPE = "self-pretrained-v2"
-SOURCE_TEST_SIZE = 1000  # source-task test images scored once, so the card shows pretraining worked
-
-
-def self_pretrained_model(
-    argument: str, options: Mapping[str, Any], context: BuildContext
-) -> SourceModel:
-    """``arch`` trained from scratch on a registered source dataset, then used like any pretrained model.
-
-    The checkpoint is cached by everything that changes it (architecture, source dataset
-    fingerprint and split options, preprocessing, training options, seed), so later cells and
-    runs reuse it; the fingerprint is the sha256 of the checkpoint's tensors.
-    """
-    arch, _ = check_arch(argument)
-    if context.registry is None:
-        raise UserError(
-            f"model 'self-pretrained:{argument}' needs the registry (BuildContext.registry) to build its source dataset"
-        )
-    source_ref = options["source_dataset"]
-    entry, dataset_argument = context.registry.lookup("dataset", source_ref)
-    dataset_options = _source_dataset_options(entry, source_ref, options)
-    target = entry.spec.load_factory()(dataset_argument, dataset_options, context)
-    config = data_config(arch, options.get("input_size"))
-    training = {k: options[k] for k in ("epochs", "lr", "batch_size")}
-    key = {
-        "recipe": PRETRAIN_RECIPE,
-        "arch": arch,
-        "source_dataset": source_ref,
-        "dataset_fingerprint": target.fingerprint,
-        "dataset_options": dataset_options,
-        "data_config": config,
-        "training": training,
-        "seed": context.seed,
-    }
-    checkpoint = context.cache.get_or_compute(
-        "self-pretrained",
-        key,
-        lambda: _pretrain(arch, target, dataset_options, config, options, training, context),
-        save=_save_checkpoint,
-        load=_load_checkpoint,
-    )
-    state_dict, meta = checkpoint["state_dict"], checkpoint["meta"]
-    fingerprint = state_dict_sha256(state_dict)
-    weights = Weights(arch, state_dict=state_dict, source_num_classes=target.num_classes)
-    card = _card(
-        arch,
-        weights,
-        options,
-        config,
-        weights_source=f"self-pretrained on {source_ref}",
-        weights_sha256=fingerprint,
-        source_dataset=source_ref,
-        source_dataset_fingerprint=target.fingerprint,
-        pretraining={**training, "seed": context.seed, "train_size": options["source_train_size"]},
-        source_test_top1=float(meta["source_test_top1"]),
-    )
-    return _source_model(
-        f"self-pretrained:{argument}",
-        weights,
-        f"self-pretrained:{source_ref}",
-        fingerprint,
-        config,
-        card,
-        target.class_names,
-    )
-
-
-def _source_dataset_options(entry, source_ref: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    from tlbench.specs import resolve_options
-
-    wanted = {"train_size": options["source_train_size"], "test_size": SOURCE_TEST_SIZE}
-    try:
-        return resolve_options(entry.options, wanted)
-    except (KeyError, ValueError) as exc:
-        raise UserError(f"self-pretrained source dataset {source_ref!r}: {exc.args[0]}") from None
-
-
-def _pretrain(arch, target, dataset_options, config, options, training, context) -> dict:
-    from tlbench import data, engine
-
-    scratch = Weights(arch, backbone_seed=context.seed)
-    # prepare() only reads the data config off the model; the scratch stand-in carries the one
-    # the trained weights will be bound to. Channels are replicated so the checkpoint is 3-channel
-    # and every later target can adapt it the usual way.
-    stand_in = SourceModel(
-        f"scratch:{arch}",
-        arch,
-        "random",
-        f"random:{arch}:seed{context.seed}",
-        config,
-        scratch.build,
-    )
-    model_options = {"input_size": options.get("input_size"), "input_adaptation": "replicate"}
-    prepared = data.prepare(
-        target, stand_in, dataset_options, model_options, context.seed, context.cache
-    )
-    context.log(
-        f"self-pretraining {arch} on {options['source_dataset']} ({prepared.size('trainval')} images, {training['epochs']} epochs)"
-    )
-    model = scratch.build(prepared.num_classes, in_chans=prepared.in_chans, seed=context.seed)
-    engine.fit_model(
-        model, prepared, split="trainval", device=context.device, seed=context.seed, **training
-    )
-    top1 = _accuracy(model, prepared, "test", engine.resolve_device(context.device))
-    state_dict = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return {"state_dict": state_dict, "meta": {"source_test_top1": f"{top1:.3f}"}}
-
-
-@torch.no_grad()
-def _accuracy(model: torch.nn.Module, prepared, split: str, device: torch.device) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in prepared.batches(split, 256, device=device):
-        correct += (model(x.to(device)).argmax(1).cpu() == y.cpu()).sum().item()
-        total += len(y)
-    return 100.0 * correct / max(total, 1)
-
-
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """sha256 of the tensors' safetensors serialisation (names, dtypes, shapes, bytes)."""
     import hashlib
@@ -637,18 +344,3 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     from safetensors.torch import save
 
     return hashlib.sha256(save({k: v.contiguous() for k, v in state_dict.items()})).hexdigest()
-
-
-def _save_checkpoint(value: Mapping[str, Any], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(dict(value["state_dict"]), str(path), metadata=dict(value["meta"]))
-
-
-def _load_checkpoint(path: Path) -> dict:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return {"state_dict": load_file(str(path)), "meta": meta}

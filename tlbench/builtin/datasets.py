@@ -16,15 +16,15 @@ from tlbench.specs import DatasetSpec, Option
 ON_CORRUPT = Option(
     "on_corrupt",
     str,
-    "fail",
-    "What to do with an unreadable image: fail naming it, or skip it (skipped files are counted in the card).",
+    default="fail",
+    help="What to do with an unreadable image: fail naming it, or skip it (skipped files are counted in the card).",
     choices=("fail", "skip"),
 )
 DECODE = Option(
     "decode",
     str,
-    "auto",
-    "Hold decoded images in memory ('memory'), decode from disk when needed ('lazy'), or 'auto': memory when all images share one size and fit 1 GiB.",
+    default="auto",
+    help="Hold decoded images in memory ('memory'), decode from disk when needed ('lazy'), or 'auto': memory when all images share one size and fit 1 GiB.",
     choices=("auto", "memory", "lazy"),
 )
 ROOT_HELP = (
@@ -68,8 +68,8 @@ def register_datasets(register):
                 Option(
                     "root",
                     str,
-                    None,
-                    "Folder with the IDX files, or with FashionMNIST/raw/ inside (torchvision's layout).",
+                    default=None,
+                    help="Folder with the IDX files, or with FashionMNIST/raw/ inside (torchvision's layout).",
                 ),
             ),
             tags=("grayscale", "offline"),
@@ -89,8 +89,19 @@ def register_datasets(register):
             factory="tlbench.datasetlib.local:imagefolder",
             description="Your images in class subfolders: root/<class>/<image>.",
             options=(
-                Option("root", str, None, "Folder with one subfolder per class.", required=True),
-                Option("test_root", str, None, "Same layout, used as the official test split."),
+                Option(
+                    "root",
+                    str,
+                    default=None,
+                    help="Folder with one subfolder per class.",
+                    required=True,
+                ),
+                Option(
+                    "test_root",
+                    str,
+                    default=None,
+                    help="Same layout, used as the official test split.",
+                ),
                 ON_CORRUPT,
                 DECODE,
             ),
@@ -102,22 +113,22 @@ def register_datasets(register):
         Option(
             "path",
             str,
-            None,
-            "CSV file with columns path,label and optionally split (train|val|test); relative paths are resolved against the CSV's folder.",
+            default=None,
+            help="CSV file with columns path,label and optionally split (train|val|test); relative paths are resolved against the CSV's folder.",
             required=True,
         ),
         Option(
             "num_classes",
             int,
-            None,
-            "Integer labels must lie in 0..num_classes-1 (default: largest label + 1).",
+            default=None,
+            help="Integer labels must lie in 0..num_classes-1 (default: largest label + 1).",
             minimum=1,
         ),
         Option(
             "classes",
             str,
-            None,
-            "Comma-separated class names fixing their order; other labels are errors.",
+            default=None,
+            help="Comma-separated class names fixing their order; other labels are errors.",
         ),
         ON_CORRUPT,
         DECODE,
@@ -140,12 +151,12 @@ def register_datasets(register):
                 factory=f"tlbench.datasetlib.torchvision_sets:{spec.name}",
                 description=f"{spec.card['source']} via torchvision; {spec.card['official_split']}.",
                 options=(
-                    Option("root", str, None, ROOT_HELP),
+                    Option("root", str, default=None, help=ROOT_HELP),
                     Option(
                         "download",
                         bool,
-                        False,
-                        "Download the files into root when they are missing.",
+                        default=False,
+                        help="Download the files into root when they are missing.",
                     ),
                 ),
                 tags=("torchvision", "rgb"),

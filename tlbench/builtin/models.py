@@ -1,6 +1,6 @@
 """Built-in source models, registered through the public ``register_models`` hook.
 
-Registering imports neither torch nor timm: factories are lazy ``"tlbench.weights:..."`` strings
+Registering imports neither torch nor timm: factories are lazy ``"tlbench.builtin.model_sources:..."`` strings
 and the ``available`` probes only ask importlib whether a package is installed.
 """
 
@@ -73,27 +73,27 @@ def _hub_cache_dir(argument: str) -> Path:
 _PATH = Option(
     "path",
     str,
-    None,
-    "Local checkpoint: .safetensors, or .pth/.pt/.bin loaded with torch.load(weights_only=True).",
+    default=None,
+    help="Local checkpoint: .safetensors, or .pth/.pt/.bin loaded with torch.load(weights_only=True).",
     required=True,
 )
 _SELF_PRETRAINED = (
     Option(
         "source_dataset",
         str,
-        "fashion-mnist",
-        "Registered dataset (name or name:argument) to pretrain on.",
+        default="fashion-mnist",
+        help="Registered dataset (name or name:argument) to pretrain on.",
     ),
     Option(
         "source_train_size",
         int,
-        5000,
-        "Training examples drawn from the source dataset (stratified).",
+        default=5000,
+        help="Training examples drawn from the source dataset (stratified).",
         minimum=1,
     ),
-    Option("epochs", int, 3, "Pretraining epochs.", minimum=1),
-    Option("lr", float, 1e-3, "Pretraining learning rate (AdamW).", minimum=0.0),
-    Option("batch_size", int, 128, "Pretraining batch size.", minimum=1),
+    Option("epochs", int, default=3, help="Pretraining epochs.", minimum=1),
+    Option("lr", float, default=1e-3, help="Pretraining learning rate (AdamW).", minimum=0.0),
+    Option("batch_size", int, default=128, help="Pretraining batch size.", minimum=1),
 )
 
 
@@ -103,7 +103,7 @@ def register_models(register):
         register(
             ModelSpec(
                 name=packaged.name,
-                factory=f"tlbench.weights:{packaged.name.replace('.', '_')}",
+                factory=f"tlbench.builtin.model_sources:{packaged.name.replace('.', '_')}",
                 description=f"ImageNet-1k {packaged.arch} weights from the PyPI package {packaged.distribution}",
                 tags=("imagenet", "pretrained", "offline"),
                 card={"architecture": packaged.arch, "weights": packaged.distribution},
@@ -113,7 +113,7 @@ def register_models(register):
     register(
         ModelSpec(
             name="scratch",
-            factory="tlbench.weights:scratch_model",
+            factory="tlbench.builtin.model_sources:scratch_model",
             description="Any timm architecture with random initialisation (the no-transfer baseline)",
             takes_argument=True,
             argument_help="timm architecture, e.g. resnet18",
@@ -124,7 +124,7 @@ def register_models(register):
     register(
         ModelSpec(
             name="timm",
-            factory="tlbench.weights:timm_model",
+            factory="tlbench.builtin.model_sources:timm_model",
             description="Any timm model with a pretrained tag, downloaded from the Hugging Face hub",
             takes_argument=True,
             argument_help="architecture.tag, e.g. resnet18.a1_in1k",
@@ -135,7 +135,7 @@ def register_models(register):
     register(
         ModelSpec(
             name="file",
-            factory="tlbench.weights:file_model",
+            factory="tlbench.builtin.model_sources:file_model",
             description="A local checkpoint loaded into a timm architecture through timm's own pretrained-file mechanism",
             options=(_PATH,),
             takes_argument=True,
@@ -147,7 +147,7 @@ def register_models(register):
     register(
         ModelSpec(
             name="self-pretrained",
-            factory="tlbench.weights:self_pretrained_model",
+            factory="tlbench.builtin.self_pretrained:self_pretrained_model",
             description="A timm architecture pretrained inside the suite on a registered source dataset (cached by content)",
             options=_SELF_PRETRAINED,
             takes_argument=True,

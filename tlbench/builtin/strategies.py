@@ -8,177 +8,23 @@ from are documented in docs/strategies.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tlbench import hookimpl
-from tlbench.errors import UserError
-from tlbench.specs import Option, StrategySpec
+from tlbench.api import (
+    FineTuneStrategy,
+    Option,
+    StrategySpec,
+    UserError,
+    backbone_groups,
+    head_names,
+    hookimpl,
+    probe_model,
+    training_options,
+)
 
 _FACTORY = "tlbench.builtin.strategies:"
-
-
-def training_options(
-    *, lr: list[float], epochs: int, weight_decay: float = 0.05, batch_size: int = 64
-) -> tuple[Option, ...]:
-    """The options every gradient-trained strategy accepts (a plugin may reuse them)."""
-    return (
-        Option(
-            "lr", float, lr, "Peak learning rate; a list is swept on val.", minimum=0.0, sweep=True
-        ),
-        Option(
-            "weight_decay",
-            float,
-            [weight_decay],
-            "Decoupled weight decay (biases and norms excluded); a list is swept.",
-            minimum=0.0,
-            sweep=True,
-        ),
-        Option(
-            "epochs",
-            int,
-            epochs,
-            "Maximum epochs per candidate; the refit uses the best epoch found on val.",
-            minimum=1,
-        ),
-        Option(
-            "batch_size",
-            int,
-            batch_size,
-            "Starting batch size; halved automatically on out-of-memory.",
-            minimum=1,
-        ),
-        Option("optimizer", str, "adamw", "Optimiser (timm's factory).", choices=("adamw", "sgd")),
-        Option(
-            "warmup_epochs",
-            float,
-            0.5,
-            "Linear warmup before the cosine decay, in epochs.",
-            minimum=0.0,
-        ),
-        Option(
-            "layer_decay",
-            float,
-            None,
-            "Layer-wise lr decay (BEiT/MAE use ~0.75); default off.",
-            minimum=0.0,
-            maximum=1.0,
-        ),
-        Option(
-            "patience",
-            int,
-            2,
-            "Early stopping: epochs without val improvement before a candidate stops.",
-            minimum=1,
-        ),
-        Option(
-            "precision",
-            str,
-            "auto",
-            "auto = bf16 autocast on CUDA with bf16 support, fp32 elsewhere.",
-            choices=("auto", "fp32", "bf16"),
-        ),
-        Option("augment", bool, False, "Train-time augmentation (disables prefix caching)."),
-        Option(
-            "label_smoothing",
-            float,
-            0.0,
-            "Cross-entropy label smoothing.",
-            minimum=0.0,
-            maximum=1.0,
-        ),
-        Option(
-            "refit",
-            bool,
-            True,
-            "Refit the selected configuration on train+val before testing (VTAB protocol).",
-        ),
-        Option(
-            "bn",
-            str,
-            "frozen",
-            "BatchNorm statistics while training: frozen running statistics, or batch statistics (train; re-estimated after each epoch).",
-            choices=("frozen", "train"),
-        ),
-    )
-
-
-def check_training_options(ctx, options: Mapping[str, Any]) -> None:
-    from tlbench.engine import cell_label
-
-    for name in ("lr", "weight_decay"):
-        for value in options.get(name) or ():
-            if not value >= 0 or (name == "lr" and value == 0):
-                raise UserError(
-                    f"{cell_label(ctx)}: strategy option {name!r} must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}"
-                )
-    for name in ("epochs", "batch_size", "patience"):
-        if name in options and options[name] is not None and options[name] < 1:
-            raise UserError(
-                f"{cell_label(ctx)}: strategy option {name!r} must be >= 1, got {options[name]!r}"
-            )
-
-
-# ------------------------------------------------------------------------------ what trains
-
-
-def head_names(model) -> list[str]:
-    """Parameter names of the classifier timm's ``get_classifier()`` returns."""
-    classifier = model.get_classifier()
-    ids = {id(p) for p in classifier.parameters()}
-    return [n for n, p in model.named_parameters() if id(p) in ids]
-
-
-def backbone_groups(model) -> list[list[str]]:
-    """Ordered layer groups (timm ``group_matcher``, input side first), classifier excluded."""
-    from tlbench.weights import layer_groups
-
-    head = set(head_names(model))
-    groups = [[n for n in group if n not in head] for group in layer_groups(model)]
-    return [g for g in groups if g]
-
-
-@dataclass
-class FineTuneStrategy:
-    """A gradient-trained strategy: the options, plus the ``Recipe`` parts that make it distinct."""
-
-    options: dict
-    cache_prefix: bool = False
-    _probes: dict = field(default_factory=dict)
-
-    def trainable(self, model) -> Iterable[str]:
-        return [n for n, _ in model.named_parameters()]
-
-    def setup(self, model, ctx, phase: str):
-        return model
-
-    def check(self, ctx) -> None:
-        """Raise ``UserError`` naming the cell if the options cannot work for this cell's model.
-        Cheap; the runner may call it before any work, and ``run`` calls it first."""
-        check_training_options(ctx, self.options)
-        if self.options.get("layer_decay") is not None and not hasattr(
-            _probe_model(ctx), "group_matcher"
-        ):
-            from tlbench.engine import cell_label
-
-            raise UserError(
-                f"{cell_label(ctx)}: strategy option 'layer_decay' needs a timm model with group_matcher; {ctx.source.arch} has none"
-            )
-
-    def run(self, ctx):
-        from tlbench.engine import Recipe, finetune
-
-        self.check(ctx)
-        recipe = Recipe(trainable=self.trainable, setup=self.setup, cache_prefix=self.cache_prefix)
-        return finetune(ctx, recipe, self.options)
-
-
-def _probe_model(ctx):
-    """A model to inspect (groups, module names) without training it."""
-    return ctx.source.build(
-        num_classes=ctx.data.num_classes, in_chans=ctx.data.in_chans, seed=ctx.seed
-    )
 
 
 class FullFineTune(FineTuneStrategy):
@@ -202,12 +48,10 @@ class PartialUnfreeze(FineTuneStrategy):
 
     def check(self, ctx) -> None:
         super().check(ctx)
-        groups = backbone_groups(_probe_model(ctx))
+        groups = backbone_groups(probe_model(ctx))
         if self.options["k"] > len(groups):
-            from tlbench.engine import cell_label
-
             raise UserError(
-                f"{cell_label(ctx)}: strategy option 'k' = {self.options['k']} but {ctx.source.arch} has only {len(groups)} layer groups (use k <= {len(groups)})"
+                f"{ctx.cell.label}: strategy option 'k' = {self.options['k']} but {ctx.source.arch} has only {len(groups)} layer groups (use k <= {len(groups)})"
             )
 
 
@@ -218,6 +62,7 @@ class BitFit(FineTuneStrategy):
         return [n for n, _ in model.named_parameters() if n.endswith(".bias")] + head_names(model)
 
 
+@dataclass
 class LinearProbeThenFineTune(FineTuneStrategy):
     """LP-FT (Kumar et al. 2022): the head starts from a linear probe on frozen features, then
     everything trains. The probe's strength is chosen on val once; the refit's probe is refit on
@@ -232,6 +77,7 @@ class LinearProbeThenFineTune(FineTuneStrategy):
     cells test top-1 rose by 1.1-4.4 points and val never fell (docs/strategies.md)."""
 
     PROBE_SCALING = "global"
+    _probes: dict = field(default_factory=dict)
 
     def setup(self, model, ctx, phase: str):
         import torch
@@ -287,12 +133,11 @@ class LinearProbe:
     options: dict
 
     def check(self, ctx) -> None:
-        from tlbench.engine import cell_label
 
         for value in self.options.get("l2") or ():
             if not value > 0:
                 raise UserError(
-                    f"{cell_label(ctx)}: strategy option 'l2' must be > 0, got {value!r}"
+                    f"{ctx.cell.label}: strategy option 'l2' must be > 0, got {value!r}"
                 )
 
     def run(self, ctx):
@@ -374,38 +219,51 @@ LINEAR_PROBE_OPTIONS = (
     Option(
         "l2",
         float,
-        None,
-        "L2 strengths to search (default: 1e-6..1e2 log grid, then interval halving).",
+        default=None,
+        help="L2 strengths to search (default: 1e-6..1e2 log grid, then interval halving).",
         minimum=0.0,
         sweep=True,
     ),
     Option(
-        "refine_steps", int, 3, "Interval-halving rounds around the best grid point.", minimum=0
+        "refine_steps",
+        int,
+        default=3,
+        help="Interval-halving rounds around the best grid point.",
+        minimum=0,
     ),
     Option(
-        "precision", str, "auto", "Feature extraction precision.", choices=("auto", "fp32", "bf16")
+        "precision",
+        str,
+        default="auto",
+        help="Feature extraction precision.",
+        choices=("auto", "fp32", "bf16"),
     ),
-    Option("refit", bool, True, "Refit on train+val with the chosen strength before testing."),
+    Option(
+        "refit",
+        bool,
+        default=True,
+        help="Refit on train+val with the chosen strength before testing.",
+    ),
 )
 
 SPECS = (
     StrategySpec(
         "linear-probe",
-        _FACTORY + "make_linear_probe",
-        "Frozen backbone; L2 logistic regression on cached features, strength chosen on val.",
-        LINEAR_PROBE_OPTIONS,
+        factory=_FACTORY + "make_linear_probe",
+        description="Frozen backbone; L2 logistic regression on cached features, strength chosen on val.",
+        options=LINEAR_PROBE_OPTIONS,
         tags=("frozen", "cached"),
     ),
     StrategySpec(
         "partial-unfreeze",
-        _FACTORY + "make_partial_unfreeze",
-        "The last k layer groups (timm group_matcher) and the head train; frozen-prefix activations cached.",
-        (
+        factory=_FACTORY + "make_partial_unfreeze",
+        description="The last k layer groups (timm group_matcher) and the head train; frozen-prefix activations cached.",
+        options=(
             Option(
                 "k",
                 int,
-                2,
-                "Trainable layer groups counted from the output side (0: head only).",
+                default=2,
+                help="Trainable layer groups counted from the output side (0: head only).",
                 minimum=0,
             ),
         )
@@ -414,23 +272,23 @@ SPECS = (
     ),
     StrategySpec(
         "full-finetune",
-        _FACTORY + "make_full_finetune",
-        "Every parameter trains: AdamW, warmup + cosine, early stopping on val, refit on train+val.",
-        training_options(lr=[3e-4, 1e-3], epochs=3),
+        factory=_FACTORY + "make_full_finetune",
+        description="Every parameter trains: AdamW, warmup + cosine, early stopping on val, refit on train+val.",
+        options=training_options(lr=[3e-4, 1e-3], epochs=3),
         tags=("full",),
     ),
     StrategySpec(
         "lp-ft",
-        _FACTORY + "make_lp_ft",
-        "Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022).",
-        training_options(lr=[1e-4, 3e-4], epochs=3),
+        factory=_FACTORY + "make_lp_ft",
+        description="Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022).",
+        options=training_options(lr=[1e-4, 3e-4], epochs=3),
         tags=("full",),
     ),
     StrategySpec(
         "bitfit",
-        _FACTORY + "make_bitfit",
-        "Only biases and the new head train (Ben Zaken et al. 2022).",
-        training_options(lr=[3e-3, 1e-2], epochs=3, weight_decay=0.0),
+        factory=_FACTORY + "make_bitfit",
+        description="Only biases and the new head train (Ben Zaken et al. 2022).",
+        options=training_options(lr=[3e-3, 1e-2], epochs=3, weight_decay=0.0),
         tags=("parameter-efficient",),
     ),
 )

@@ -19,6 +19,7 @@ everywhere else (frozen weights, CUDA, autocast, no grad).
 
 from __future__ import annotations
 
+import os
 import types
 
 import torch
@@ -32,6 +33,13 @@ from torch import nn
 # kernels only on 2x2 maps (3.6x; on 4x4 maps ATen was 3-5x faster).
 MAX_OUTPUT_PIXELS = 64
 MAX_OUTPUT_PIXELS_SMALL_KERNEL = 4
+# TLBENCH_DEPTHWISE_GRAD=0 keeps ATen's own gradient everywhere: a user comparing numbers with
+# another tool can rule this patch out (every record says whether it was on).
+SWITCH = "TLBENCH_DEPTHWISE_GRAD"
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def folded_is_faster(kernel_size: int, output_pixels: int) -> bool:
@@ -131,7 +139,10 @@ def _fast_forward(self, x):
 
 def accelerate_depthwise(model: nn.Module) -> int:
     """Route the depthwise convolutions of ``model`` through the faster weight gradient where it
-    applies; returns how many layers were routed. Idempotent."""
+    applies; returns how many layers were routed (0 when switched off, see ``SWITCH``).
+    Idempotent."""
+    if not enabled():
+        return 0
     routed = 0
     for module in model.modules():
         if is_depthwise(module) and _supported(module):

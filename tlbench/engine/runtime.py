@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import resource
 import sys
 import time
@@ -10,16 +11,39 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
 import torch
+
+from tlbench.errors import UserError
 
 T = TypeVar("T")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The one device resolver: ``auto`` picks CUDA when present, else CPU; anything else must
+    name a device this machine has (``UserError`` naming what was expected otherwise)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {device!r}: expected one of {DEVICE_FORMS}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device!r}: CUDA is not available here")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device!r}: MPS is not available here")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device!r}: expected one of {DEVICE_FORMS}")
+    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -45,6 +69,9 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator a cell may draw from: Python's, NumPy's and torch's (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -79,10 +106,18 @@ def with_oom_retry(fn: Callable[[int], T], batch_size: int, *, minimum: int = 1)
             batch_size = max(minimum, batch_size // 2)
 
 
-def _rss_peak_mb() -> float:
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the device's allocator on CUDA, of the process elsewhere, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
 
 
 @dataclass
@@ -113,9 +148,7 @@ class CostMeter:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
 
     def peak_mem_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return _rss_peak_mb()
+        return peak_memory_mb(self.device)
 
     def as_dict(
         self,
@@ -142,3 +175,16 @@ class CostMeter:
             cost["batch_size"] = self.batch_size
         cost.update(self.extra)
         return cost
+
+
+def runtime_info(device: torch.device) -> dict:
+    """How this process computes a cell's numbers, recorded with every record: a difference here
+    (another instruction set, thread count, the depthwise patch) explains a difference in floats."""
+    from tlbench.engine.depthwise import enabled as depthwise_enabled
+
+    return {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "depthwise_grad_patch": device.type == "cpu" and depthwise_enabled(),
+    }

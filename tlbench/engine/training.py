@@ -8,6 +8,7 @@ timm, bf16 autocast, early stopping, divergence detection, out-of-memory retry, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -107,8 +108,8 @@ class TrainOutcome:
 
 
 def cell_label(ctx: CellContext) -> str:
-    c = ctx.cell
-    return f"cell {c.model} x {c.dataset} x {c.strategy} (seed {c.seed})"
+    """``ctx.cell.label``: kept so strategies can name their cell from the context alone."""
+    return ctx.cell.label
 
 
 # ------------------------------------------------------------------------------ feeding batches
@@ -329,7 +330,7 @@ def train_loop(
     frozen_bn = freeze_bn_stats(cfg)
     for epoch in range(epochs):
         set_train_mode(model, frozen_bn)
-        with meter.phase("train_s") if meter else _null():
+        with meter.phase("train_s") if meter else contextlib.nullcontext():
             for x, y in feeder.batches(
                 split, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch
             ):
@@ -352,7 +353,7 @@ def train_loop(
                 recalibrate_bn(model, feeder, split, cfg.batch_size, seed, device, precision)
         if val_split is None:
             continue
-        with meter.phase("eval_s") if meter else _null():
+        with meter.phase("eval_s") if meter else contextlib.nullcontext():
             top1 = evaluate(feeder, val_split, cfg.batch_size * 2, device, precision)
         outcome.history.append(round(top1, 3))
         if outcome.best_val is None or top1 > outcome.best_val:
@@ -362,14 +363,6 @@ def train_loop(
         elif epoch + 1 - outcome.best_epoch >= cfg.patience:
             break
     return outcome
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------ cells

@@ -12,6 +12,8 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from tlbench.results import SCHEMA_VERSION
+
 CellKey = tuple[str, str, str, int]
 
 MODELS = {
@@ -99,7 +101,7 @@ def _record(suite: str, run_id: str, key: CellKey, status: str, top1: Callable) 
     )
     wall = round(5.0 + trainable / 200_000 + seed * 0.1, 2)
     record = {
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "suite": suite,
         "run_id": run_id,
         "config_hash": hashlib.sha256(
@@ -165,7 +167,7 @@ def _environment(suite: str, models, datasets, strategies, seeds) -> dict:
         f"models = [{names(models)}]\ndatasets = [{names(datasets)}]\nstrategies = [{names(strategies)}]\n"
     )
     return {
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "created_at": "2026-11-29T01:15:00+00:00",
         "argv": ["tlbench", "run", f"suites/{suite}.toml"],
         "packages": {"tlbench": "0.1.0", "torch": "2.14.1", "timm": "1.0.20"},

@@ -16,10 +16,10 @@ import pandas as pd
 
 from tlbench.errors import UserError
 from tlbench.report.records import GROUP_KEY, STATUSES
+from tlbench.specs import KINDS
 
 CI_LEVEL = 0.95
 MISSING = "—"  # a cell the suite excluded, or a dataset without a baseline
-PLURAL = {"model": "models", "strategy": "strategies"}
 
 
 @dataclass(frozen=True)
@@ -189,10 +189,10 @@ def average_ranks(summary: pd.DataFrame, of: str) -> pd.DataFrame:
 
 def rank_table(summary: pd.DataFrame, of: str) -> Table:
     table = average_ranks(summary, of)
-    other = PLURAL[next(key for key in GROUP_KEY if key not in (of, "dataset"))]
+    other = KINDS[next(key for key in GROUP_KEY if key not in (of, "dataset"))]
     note = f"Average rank of each {of} (1 = best) among its peers, averaged over the {other} on each dataset; failed cells rank last."
     return _table(
-        f"Average rank of {PLURAL[of]}",
+        f"Average rank of {KINDS[of]}",
         table.map(lambda v: f"{v:.2f}"),
         _best(table, higher=False),
         of,

@@ -11,10 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tlbench import hookimpl
-from tlbench.builtin.strategies import FineTuneStrategy, check_training_options, training_options
-from tlbench.errors import UserError
-from tlbench.specs import Option, StrategySpec
+from tlbench.api import (
+    FineTuneStrategy,
+    Option,
+    StrategySpec,
+    UserError,
+    check_training_options,
+    hookimpl,
+    training_options,
+)
 
 __version__ = "0.1.0"
 
@@ -51,23 +56,21 @@ def target_modules(model, pattern: str) -> list[str]:
 @dataclass
 class LoRA(FineTuneStrategy):
     def check(self, ctx) -> None:
-        from tlbench.engine import cell_label
-
         check_training_options(ctx, self.options)
         if self.options.get("layer_decay") is not None:
-            raise UserError(f"{cell_label(ctx)}: strategy 'lora' does not support 'layer_decay'")
+            raise UserError(f"{ctx.cell.label}: strategy 'lora' does not support 'layer_decay'")
         try:
             re.compile(self.options["target_modules"])
         except re.error as exc:
             raise UserError(
-                f"{cell_label(ctx)}: strategy option 'target_modules' is not a valid regular expression: {exc}"
+                f"{ctx.cell.label}: strategy option 'target_modules' is not a valid regular expression: {exc}"
             ) from None
         model = ctx.source.build(
             num_classes=ctx.data.num_classes, in_chans=ctx.data.in_chans, seed=ctx.seed
         )
         if not target_modules(model, self.options["target_modules"]):
             raise UserError(
-                f"{cell_label(ctx)}: strategy option 'target_modules' = {self.options['target_modules']!r} matches no linear or "
+                f"{ctx.cell.label}: strategy option 'target_modules' = {self.options['target_modules']!r} matches no linear or "
                 f"non-grouped convolution module of {ctx.source.arch} (e.g. {', '.join(n for n, _ in list(model.named_modules())[1:4])})"
             )
 
@@ -93,16 +96,27 @@ def make_lora(options: Mapping[str, Any]) -> LoRA:
 
 
 LORA_OPTIONS = (
-    Option("r", int, 8, "Rank of the low-rank update.", minimum=1),
+    Option("r", int, default=8, help="Rank of the low-rank update.", minimum=1),
     Option(
-        "alpha", float, 16.0, "LoRA scaling numerator (update scaled by alpha / r).", minimum=0.0
+        "alpha",
+        float,
+        default=16.0,
+        help="LoRA scaling numerator (update scaled by alpha / r).",
+        minimum=0.0,
     ),
-    Option("dropout", float, 0.0, "Dropout on the LoRA branch input.", minimum=0.0, maximum=1.0),
+    Option(
+        "dropout",
+        float,
+        default=0.0,
+        help="Dropout on the LoRA branch input.",
+        minimum=0.0,
+        maximum=1.0,
+    ),
     Option(
         "target_modules",
         str,
-        "auto",
-        "'auto' (linear layers and 1x1 convs) or a regex over full module names.",
+        default="auto",
+        help="'auto' (linear layers and 1x1 convs) or a regex over full module names.",
     ),
 ) + training_options(lr=[1e-3, 3e-3], epochs=3, weight_decay=0.0)
 
@@ -112,9 +126,9 @@ def register_strategies(register):
     register(
         StrategySpec(
             "lora",
-            "tlbench_peft:make_lora",
-            "Low-rank adapters (peft) on linear layers and 1x1 convs; the new head trains fully.",
-            LORA_OPTIONS,
+            factory="tlbench_peft:make_lora",
+            description="Low-rank adapters (peft) on linear layers and 1x1 convs; the new head trains fully.",
+            options=LORA_OPTIONS,
             tags=("parameter-efficient",),
             card={"paper": "Hu et al. 2021, LoRA", "library": "peft"},
         )

@@ -1,0 +1,203 @@
+"""The authoring kit for fine-tuning strategies: what the built-in strategies and third-party
+ones build on (``tlbench.api`` re-exports it; docs/plugins/api.md documents it).
+
+``FineTuneStrategy`` is a gradient-trained strategy: subclass it, say which parameters train
+(``trainable``) and optionally how the model is set up (``setup``); the engine does the rest
+(sweep on val, refit on train+val, test once). ``training_options`` are the options every such
+strategy accepts. Nothing here imports torch until a cell runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tlbench.errors import UserError
+from tlbench.specs import Option
+
+__all__ = [
+    "FineTuneStrategy",
+    "backbone_groups",
+    "check_training_options",
+    "head_names",
+    "probe_model",
+    "training_options",
+]
+
+
+def training_options(
+    *, lr: list[float], epochs: int, weight_decay: float = 0.05, batch_size: int = 64
+) -> tuple[Option, ...]:
+    """The options every gradient-trained strategy accepts (a plugin may reuse them)."""
+    return (
+        Option(
+            "lr",
+            float,
+            default=lr,
+            help="Peak learning rate; a list is swept on val.",
+            minimum=0.0,
+            sweep=True,
+        ),
+        Option(
+            "weight_decay",
+            float,
+            default=[weight_decay],
+            help="Decoupled weight decay (biases and norms excluded); a list is swept.",
+            minimum=0.0,
+            sweep=True,
+        ),
+        Option(
+            "epochs",
+            int,
+            default=epochs,
+            help="Maximum epochs per candidate; the refit uses the best epoch found on val.",
+            minimum=1,
+        ),
+        Option(
+            "batch_size",
+            int,
+            default=batch_size,
+            help="Starting batch size; halved automatically on out-of-memory.",
+            minimum=1,
+        ),
+        Option(
+            "optimizer",
+            str,
+            default="adamw",
+            help="Optimiser (timm's factory).",
+            choices=("adamw", "sgd"),
+        ),
+        Option(
+            "warmup_epochs",
+            float,
+            default=0.5,
+            help="Linear warmup before the cosine decay, in epochs.",
+            minimum=0.0,
+        ),
+        Option(
+            "layer_decay",
+            float,
+            default=None,
+            help="Layer-wise lr decay (BEiT/MAE use ~0.75); default off.",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "patience",
+            int,
+            default=2,
+            help="Early stopping: epochs without val improvement before a candidate stops.",
+            minimum=1,
+        ),
+        Option(
+            "precision",
+            str,
+            default="auto",
+            help="auto = bf16 autocast on CUDA with bf16 support, fp32 elsewhere.",
+            choices=("auto", "fp32", "bf16"),
+        ),
+        Option(
+            "augment",
+            bool,
+            default=False,
+            help="Train-time augmentation (disables prefix caching).",
+        ),
+        Option(
+            "label_smoothing",
+            float,
+            default=0.0,
+            help="Cross-entropy label smoothing.",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "refit",
+            bool,
+            default=True,
+            help="Refit the selected configuration on train+val before testing (VTAB protocol).",
+        ),
+        Option(
+            "bn",
+            str,
+            default="frozen",
+            help="BatchNorm statistics while training: frozen running statistics, or batch statistics (train; re-estimated after each epoch).",
+            choices=("frozen", "train"),
+        ),
+    )
+
+
+def check_training_options(ctx, options: Mapping[str, Any]) -> None:
+    """Raise ``UserError`` naming the cell when a training option is out of its range."""
+    for name in ("lr", "weight_decay"):
+        for value in options.get(name) or ():
+            if not value >= 0 or (name == "lr" and value == 0):
+                raise UserError(
+                    f"{ctx.cell.label}: strategy option {name!r} must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}"
+                )
+    for name in ("epochs", "batch_size", "patience"):
+        if name in options and options[name] is not None and options[name] < 1:
+            raise UserError(
+                f"{ctx.cell.label}: strategy option {name!r} must be >= 1, got {options[name]!r}"
+            )
+
+
+# ------------------------------------------------------------------------------ what trains
+
+
+def head_names(model) -> list[str]:
+    """Parameter names of the classifier timm's ``get_classifier()`` returns."""
+    classifier = model.get_classifier()
+    ids = {id(p) for p in classifier.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def backbone_groups(model) -> list[list[str]]:
+    """Ordered layer groups (timm ``group_matcher``, input side first), classifier excluded."""
+    from tlbench.weights import layer_groups
+
+    head = set(head_names(model))
+    groups = [[n for n in group if n not in head] for group in layer_groups(model)]
+    return [g for g in groups if g]
+
+
+@dataclass
+class FineTuneStrategy:
+    """A gradient-trained strategy: its resolved ``options`` (from ``training_options`` plus its
+    own), which parameters train (``trainable``), an optional model set-up (``setup``, called
+    with ``phase`` "search" or "refit"), and whether the frozen prefix's activations may be cached
+    (``cache_prefix``: only when nothing before the first trainable layer changes)."""
+
+    options: dict
+    cache_prefix: bool = False
+
+    def trainable(self, model) -> Iterable[str]:
+        return [n for n, _ in model.named_parameters()]
+
+    def setup(self, model, ctx, phase: str):
+        return model
+
+    def check(self, ctx) -> None:
+        """Raise ``UserError`` naming the cell if the options cannot work for this cell's model.
+        Cheap; the runner may call it before any work, and ``run`` calls it first."""
+        check_training_options(ctx, self.options)
+        if self.options.get("layer_decay") is not None and not hasattr(
+            probe_model(ctx), "group_matcher"
+        ):
+            raise UserError(
+                f"{ctx.cell.label}: strategy option 'layer_decay' needs a timm model with group_matcher; {ctx.source.arch} has none"
+            )
+
+    def run(self, ctx):
+        from tlbench.engine import Recipe, finetune
+
+        self.check(ctx)
+        recipe = Recipe(trainable=self.trainable, setup=self.setup, cache_prefix=self.cache_prefix)
+        return finetune(ctx, recipe, self.options)
+
+
+def probe_model(ctx):
+    """A model to inspect (groups, module names) without training it."""
+    return ctx.source.build(
+        num_classes=ctx.data.num_classes, in_chans=ctx.data.in_chans, seed=ctx.seed
+    )
