@@ -49,3 +49,17 @@ def test_records_without_predictions_read_as_none(tmp_path):
 def test_a_record_cannot_point_outside_its_run_directory(tmp_path):
     with pytest.raises(UserError, match="outside its run directory"):
         read_predictions(tmp_path, {"predictions": {"file": "../elsewhere.npz"}})
+
+
+def test_the_runner_stores_each_cells_test_predictions_next_to_its_record(tlbench_run, tmp_path):
+    suite = {
+        "models": [{"name": "scratch:test_resnet", "input_size": 32}],
+        "datasets": [{"name": "digits", "test_size": 200}],
+        "strategies": ["linear-probe", {"name": "full-finetune", "epochs": 1, "lr": 1e-3}],
+    }
+    records = tlbench_run(suite)
+    for record in records:
+        preds = read_predictions(tmp_path / "run", record)
+        assert preds is not None and len(preds) == 200
+        assert preds.split_hash == record["split"]["hashes"]["test"]
+        assert preds.top1 == pytest.approx(record["metrics"]["top1"], abs=1e-3)

@@ -145,6 +145,7 @@ class LinearProbe:
         from tlbench.engine import (
             DEFAULT_L2_GRID,
             CostMeter,
+            cell_predictions,
             fit_logistic,
             resolve_device,
             resolve_precision,
@@ -177,7 +178,8 @@ class LinearProbe:
             )
         meter.train_images = len(feats["train"][1])
         with meter.phase("eval_s"):
-            top1 = accuracy(head.logits(feats["test"][0].to(device)), feats["test"][1])
+            logits = head.logits(feats["test"][0].to(device))
+            top1 = accuracy(logits, feats["test"][1])
         trainable = head.weight.numel() + head.bias.numel()
         return StrategyResult(
             metrics={"top1": round(top1, 3), "val_top1": round(search.val_top1, 3)},
@@ -189,6 +191,7 @@ class LinearProbe:
             },
             cost=meter.as_dict(trainable=trainable, total=feats.backbone_params + trainable)
             | {"prefix_cache": True},
+            predictions=cell_predictions(ctx, logits, feats["test"][1]),
         )
 
 

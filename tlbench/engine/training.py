@@ -263,17 +263,37 @@ def recalibrate_bn(
         m.momentum = momentum
 
 
-def evaluate(feeder, split: str, batch_size: int, device: torch.device, precision: str) -> float:
-    """Top-1 accuracy in percent."""
+@torch.no_grad()
+def predict(
+    feeder, split: str, batch_size: int, device: torch.device, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of ``split`` in eval mode, on the CPU, in the split's order."""
     feeder_model = feeder.model if hasattr(feeder, "model") else feeder.cut.model
     feeder_model.eval()
-    correct = total = 0
+    logits, labels = [], []
     for x, y in feeder.batches(split, batch_size, shuffle=False, seed=0):
         with autocast(device, precision):
-            logits = feeder.forward(x)
-        correct += (logits.argmax(1) == y).sum().item()
-        total += len(y)
-    return 100.0 * correct / max(total, 1)
+            logits.append(feeder.forward(x).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(feeder, split: str, batch_size: int, device: torch.device, precision: str) -> float:
+    """Top-1 accuracy in percent."""
+    logits, labels = predict(feeder, split, batch_size, device, precision)
+    return top1_of(logits, labels)
+
+
+def top1_of(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).sum().item() / max(len(labels), 1)
+
+
+def cell_predictions(ctx: CellContext, logits: torch.Tensor, labels: torch.Tensor):
+    """The cell's per-example test predictions, keyed by the test split's hash."""
+    from tlbench.predictions import Predictions
+
+    split_hash = ctx.data.split_record.get("hashes", {}).get("test", "")
+    return Predictions.from_logits(logits, labels, ctx.data.indices("test"), split_hash)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig):
@@ -481,9 +501,10 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         final = best
         final.model.load_state_dict(best.best_state)
     with meter.phase("eval_s"):
-        top1 = evaluate(
+        logits, labels = predict(
             final.feeder, "test", (meter.batch_size or best_cfg.batch_size) * 2, device, precision
         )
+    top1 = top1_of(logits, labels)
     chosen = asdict(best_cfg) | {
         "epochs": best.best_epoch,
         "epochs_max": best_cfg.epochs,
@@ -495,6 +516,7 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         metrics={"top1": round(top1, 3), "val_top1": round(best.best_val, 3)},
         hparams=hparams,
         cost=meter.as_dict(trainable=trainable, total=total),
+        predictions=cell_predictions(ctx, logits, labels),
     )
 
 
