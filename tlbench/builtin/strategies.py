@@ -256,6 +256,7 @@ SPECS = (
         description="Frozen backbone; L2 logistic regression on cached features, strength chosen on val.",
         options=LINEAR_PROBE_OPTIONS,
         tags=("frozen", "cached"),
+        version="2",  # 2: float64 L-BFGS solved to max |gradient| <= 1e-6, 1000 iterations
     ),
     StrategySpec(
         "partial-unfreeze",
@@ -286,6 +287,7 @@ SPECS = (
         description="Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022).",
         options=training_options(lr=[1e-4, 3e-4], epochs=3),
         tags=("full",),
+        version="2",  # 2: its probe is solved to the optimum (the linear probe's version 2)
     ),
     StrategySpec(
         "bitfit",
