@@ -20,6 +20,9 @@ class Option:
 
     ``sweep=True`` lets the user give one value or a list of candidates (normalised to a list);
     strategies select among the candidates on the validation split.
+    ``axis=True`` lets the user give one value or a list of distinct values; a list expands the
+    suite entry into one entry per value (``tlbench.suite.along_axes``), so every value is a cell
+    of its own instead of a candidate.
     """
 
     name: str
@@ -32,6 +35,7 @@ class Option:
     maximum: float | None = None
     sweep: bool = False
     required: bool = False
+    axis: bool = False
 
     def describe(self) -> str:
         expected = _TYPE_NAMES.get(self.type, self.type.__name__)
@@ -45,6 +49,8 @@ class Option:
             expected += f" <= {self.maximum}"
         if self.sweep:
             expected += " (or a list of them to sweep)"
+        if self.axis:
+            expected += " (or a list of them: one cell each)"
         return expected
 
     def coerce(self, value: Any) -> Any:
@@ -54,7 +60,15 @@ class Option:
             if not values:
                 raise ValueError(f"expected {self.describe()}, got an empty list")
             return [self._coerce_one(v) for v in values]
+        if self.axis and isinstance(value, list):
+            return self._coerce_axis(value)
         return self._coerce_one(value)
+
+    def _coerce_axis(self, values: list) -> list:
+        coerced = [self._coerce_one(v) for v in values]
+        if not coerced or len(set(coerced)) != len(coerced):
+            raise ValueError(f"expected {self.describe()} with distinct values, got {values!r}")
+        return coerced
 
     def _coerce_one(self, value: Any) -> Any:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,41 @@ def _entries(raw, plural, kind, registry, problems, required) -> tuple[Entry, ..
             continue
         seen[entry.id] = where
         entries.append(entry)
-    return tuple(entries)
+    return tuple(_expanded(entries, kind, registry, problems))
+
+
+def _expanded(entries, kind, registry, problems) -> list[Entry]:
+    """Entries with ``axis`` option lists expanded, each expanded id checked for uniqueness."""
+    out, seen = [], {}
+    for entry in entries:
+        for one in along_axes(entry, registry.lookup(kind, entry.ref)[0].options):
+            if one.id in seen:
+                problems.add(
+                    f"{entry.field}.id",
+                    f"{kind} id {one.id!r} is also {seen[one.id]}; give one an explicit 'id'",
+                )
+                continue
+            seen[one.id] = entry.field
+            out.append(one)
+    return out
+
+
+def along_axes(entry: Entry, options) -> list[Entry]:
+    """One entry per combination of the list values given to ``axis`` options
+    (``Option.axis``), its id naming them (``layer-transfer[keep=3,mode=frozen]``, in the
+    component's option order); an entry without such a list comes back unchanged."""
+    axes = [o.name for o in options if o.axis and isinstance(entry.options.get(o.name), list)]
+    expanded = []
+    for values in itertools.product(*(entry.options[name] for name in axes)):
+        chosen = dict(zip(axes, values, strict=True))
+        label = ",".join(f"{name}={_axis_value(value)}" for name, value in chosen.items())
+        entry_id = f"{entry.id}[{label}]" if axes else entry.id
+        expanded.append(replace(entry, id=entry_id, options={**entry.options, **chosen}))
+    return expanded
+
+
+def _axis_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _entry(item, kind, where, registry, problems) -> Entry | None:

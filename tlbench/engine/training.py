@@ -89,11 +89,14 @@ class Recipe:
     ``setup(model, ctx, phase)`` may replace or modify the freshly built model before training
     (``phase`` is ``"search"`` or ``"refit"``); it runs before ``trainable``.
     ``cache_prefix`` allows caching the frozen prefix's activations when nothing augments them.
+    ``penalty(model)``, when given, returns a scalar tensor added to every training step's loss
+    (L2-SP pulls the weights towards the source's instead of decaying them towards zero).
     """
 
     trainable: Callable[[nn.Module], Iterable[str]]
     setup: Callable[[nn.Module, CellContext, str], nn.Module] | None = None
     cache_prefix: bool = False
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None
 
 
 @dataclass
@@ -338,9 +341,11 @@ def train_loop(
     precision: str,
     meter: CostMeter | None = None,
     val_split: str | None = None,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainOutcome:
     """Train ``epochs`` epochs on ``split``; with ``val_split``, evaluate after every epoch and stop
-    after ``cfg.patience`` epochs without improvement. Raises ``Diverged`` on a non-finite loss."""
+    after ``cfg.patience`` epochs without improvement. ``penalty(model)`` is added to the loss
+    (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss."""
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, epochs, steps_per_epoch)
     outcome = TrainOutcome(
@@ -358,6 +363,8 @@ def train_loop(
                     loss = F.cross_entropy(
                         feeder.forward(x).float(), y, label_smoothing=cfg.label_smoothing
                     )
+                if penalty is not None:
+                    loss = loss + penalty(model)
                 if not torch.isfinite(loss):
                     raise Diverged(
                         f"loss became {loss.item()} at step {step} (lr={cfg.lr})", step=step
@@ -439,6 +446,7 @@ def _train_candidate(
             precision=precision,
             meter=meter,
             val_split=val_split,
+            penalty=recipe.penalty,
         ), feeder
 
     (outcome, feeder), meter.batch_size = with_oom_retry(
