@@ -231,7 +231,7 @@ def test_self_pretrained_model_learns_the_source_task_and_is_cached(tmp_path):
         return load(host.registry, "self-pretrained:test_efficientnet", ctx, **options)
 
     first = make(tmp_path)
-    assert first.card["source_test_top1"] > 40  # ten classes: chance is 10%
+    assert first.card["source_heldout_top1"] > 40  # ten classes: chance is 10%
     assert (
         first.source_classes[0] == "T-shirt/top"
         and first.build_with_source_head().get_classifier().out_features == 10

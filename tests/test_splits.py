@@ -129,7 +129,7 @@ def test_vtab1k_rejects_a_pool_smaller_than_1000(digits_data):
     )
     with pytest.raises(
         UserError,
-        match="'small': protocol 'vtab1k' needs 1000 training examples, the training pool has 720",
+        match="'small': protocol 'vtab1k' needs 1000 training examples, the training pool outside the source reserve has 576",
     ):
         make_splits(small, {"protocol": "vtab1k"}, seed=0)
 

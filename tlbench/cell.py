@@ -22,6 +22,7 @@ from tlbench import __version__
 from tlbench.cache import Cache, stable_hash
 from tlbench.components import BuildContext, Cell, CellContext
 from tlbench.errors import Diverged
+from tlbench.leakage import check_disjoint
 from tlbench.registry import Registered
 from tlbench.results import SCHEMA_VERSION, now_iso
 from tlbench.suite import config_hash
@@ -133,6 +134,8 @@ class CellRunner:
 
         source = self.source_model(cell)
         data = self.prepared_data(cell, self.target_data(cell), source)
+        # A source that trained on any of this target's images: the pair is refused (UserError).
+        check_disjoint(cell, source, data)
         return CellContext(
             cell=cell,
             source=source,

@@ -103,6 +103,9 @@ class SourceModel:
     card: dict = field(default_factory=dict)
     source_classes: tuple[str, ...] | None = None
     build_with_source_head: Callable[..., torch.nn.Module] | None = None
+    # The images the weights were trained on, when tlbench knows them (a ``TrainingImages`` of
+    # ``tlbench.leakage``): the runner refuses a cell whose target shares any of them.
+    training_images: Any = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ Protocols (decided here once, documented in docs/datasets.md):
   other 800, and ``trainval`` all 1000 for the final fit (Zhai et al. 2019).
 * ``shots = k``: ``train`` holds exactly k examples per class; ``val`` holds min(k, 4) per class
   from the rest of the pool, as CoOp (Zhou et al. 2022) does, unless ``val_size`` overrides it.
+* The **source reserve**: a fixed, stratified 20% of the training pool (seed ``RESERVE_SEED``,
+  carved after the test split), where sources pretrained inside a suite draw their images
+  (protocol ``source-reserve``). Every *capped* target split (``train_size`` below the pool,
+  ``shots``, ``vtab1k``) draws from the pool minus the reserve, so no such target ever shares an
+  image with a self-pretrained source; an uncapped ``standard`` split uses the whole pool, as the
+  field's full-data protocols do, and the runner refuses to pair it with a source trained on the
+  same dataset (``tlbench.leakage``).
+* ``source-reserve``: ``trainval`` is ``train_size`` images of the reserve (80% of it when not
+  given), ``test`` up to ``SOURCE_TEST_MAX`` other reserve images: a source's own held-out check,
+  which touches no image any target split can hold.
 
 Index arrays are sorted int64; ``train``/``val`` index ``target.train``; ``test`` indexes
 ``target.test``, or ``target.train`` when it was carved (``test_from == "train"``).
@@ -33,8 +43,12 @@ SPLIT_NAMES = ("train", "val", "trainval", "test")
 SPLIT_OPTIONS = ("train_size", "val_size", "test_size", "shots", "protocol")
 # Bump when a rule below changes which images land in which split: it enters every cell's
 # config hash (``Cell.versions["protocol"]``), so resumed runs never mix old and new splits.
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"  # 2: capped splits draw outside the source reserve; hashes cover content
 TEST_SEED = 0
+RESERVE_SEED = 0
+RESERVE_FRACTION = 0.2
+SOURCE_TEST_MAX = 1000
+PROTOCOLS = ("standard", "vtab1k", "source-reserve")
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
 VAL_MAX = 10_000
@@ -72,6 +86,12 @@ def indices_hash(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def content_hash(fingerprint: str, *arrays: np.ndarray) -> str:
+    """Identifies the images a split holds: the dataset's content fingerprint and the indices.
+    Equal hashes mean the same images, so records with equal split hashes may be compared."""
+    return hashlib.sha256(f"{fingerprint}|{indices_hash(*arrays)}".encode()).hexdigest()
+
+
 def make_splits(target, options: Mapping[str, Any], seed: int) -> Splits:
     """Split ``target`` (a ``TargetData``) by the common dataset options; see the module docstring."""
     opts = {k: options.get(k) for k in SPLIT_OPTIONS}
@@ -81,54 +101,120 @@ def make_splits(target, options: Mapping[str, Any], seed: int) -> Splits:
     num_classes = target.num_classes
 
     pool = np.arange(len(train_labels))
-    if target.test is not None:
+    if target.test is not None and protocol != "source-reserve":
         test_from, test_labels = "test", np.asarray(target.test.labels, dtype=np.int64)
         test = np.arange(len(test_labels))
     else:
         test_from, test_labels = "train", train_labels
-        n_test = max(1, round(TEST_FRACTION * len(pool)))
-        test, pool = stratified_take(
-            train_labels, pool, n_test, _rng(TEST_SEED, "test"), num_classes
+        test = np.empty(0, dtype=np.int64)
+        if target.test is None:
+            n_test = max(1, round(TEST_FRACTION * len(pool)))
+            test, pool = stratified_take(
+                train_labels, pool, n_test, _rng(TEST_SEED, "test"), num_classes
+            )
+    reserve, outside = source_reserve(train_labels, pool, num_classes)
+    capped = (
+        protocol != "standard"
+        or opts["shots"] is not None
+        or (opts["train_size"] is not None and opts["train_size"] < len(pool))
+    )
+    if protocol == "source-reserve":
+        train, val, test = _from_reserve(
+            target.name, train_labels, reserve, opts, seed, num_classes
         )
+        return _splits(target, protocol, seed, test_from, train, val, test, reserve, capped, opts)
     if opts["test_size"] is not None and opts["test_size"] < len(test):
         test, _ = stratified_take(
             test_labels, test, opts["test_size"], _rng(TEST_SEED, "test_size"), num_classes
         )
-
+    draw_from = outside if capped else pool
+    if capped and opts["train_size"] is not None and opts["train_size"] > len(outside):
+        raise UserError(
+            f"dataset {target.name!r}: train_size = {opts['train_size']} but a capped split draws from the {len(outside)} images outside the source reserve; omit train_size to use the whole pool of {len(pool)}"
+        )
     rng = _rng(seed, "trainval")
     if protocol == "vtab1k":
         train, val = _fixed_size(
-            target.name, train_labels, pool, VTAB_TRAIN, VTAB_VAL, rng, num_classes
+            target.name, train_labels, draw_from, VTAB_TRAIN, VTAB_VAL, rng, num_classes
         )
     elif opts["shots"] is not None:
-        train, val = _shots(target, train_labels, pool, opts["shots"], opts["val_size"], rng)
+        train, val = _shots(target, train_labels, draw_from, opts["shots"], opts["val_size"], rng)
     else:
-        train, val = _standard(target.name, train_labels, pool, opts, rng, num_classes)
+        train, val = _standard(target.name, train_labels, draw_from, opts, rng, num_classes)
+    return _splits(target, protocol, seed, test_from, train, val, test, reserve, capped, opts)
 
+
+def source_reserve(
+    labels: np.ndarray, pool: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(reserve, the rest of the pool): the fixed stratified share sources pretrain on."""
+    n = round(RESERVE_FRACTION * len(pool))
+    if n < 1:
+        return np.empty(0, dtype=np.int64), pool
+    return stratified_take(labels, pool, n, _rng(RESERVE_SEED, "reserve"), num_classes)
+
+
+def _from_reserve(name, labels, reserve, opts, seed, num_classes):
+    held_out = min(SOURCE_TEST_MAX, max(1, round(VAL_FRACTION * len(reserve))))
+    size = opts["train_size"] if opts["train_size"] is not None else len(reserve) - held_out
+    if size >= len(reserve):
+        raise UserError(
+            f"dataset {name!r}: its source reserve holds {len(reserve)} images; a source can train on at most {len(reserve) - 1} of them (train_size = {size}), the rest are its held-out check"
+        )
+    trainval, rest = stratified_take(
+        labels, reserve, size, _rng(seed, "reserve-trainval"), num_classes
+    )
+    n_val = max(1, min(VAL_MAX, round(VAL_FRACTION * len(trainval))))
+    val, train = stratified_take(labels, trainval, n_val, _rng(seed, "reserve-val"), num_classes)
+    test, _ = stratified_take(
+        labels, rest, min(SOURCE_TEST_MAX, len(rest)), _rng(TEST_SEED, "reserve-test"), num_classes
+    )
+    return train, val, test
+
+
+def _splits(target, protocol, seed, test_from, train, val, test, reserve, capped, opts) -> Splits:
     train, val, test = (np.sort(a).astype(np.int64) for a in (train, val, test))
+    fingerprint = target.fingerprint
     record = {
         "protocol": "shots" if opts["shots"] is not None and protocol == "standard" else protocol,
         "seed": seed,
         "test_seed": TEST_SEED,
         "test_from": test_from,
+        "dataset_fingerprint": fingerprint,
         "sizes": {
             "train": len(train),
             "val": len(val),
             "trainval": len(train) + len(val),
             "test": len(test),
         },
-        "hash": indices_hash(train, val, test),
+        "hash": content_hash(fingerprint, train, val, test),
         "hashes": {
-            "train": indices_hash(train),
-            "val": indices_hash(val),
-            "test": indices_hash(test),
+            "train": content_hash(fingerprint, train),
+            "val": content_hash(fingerprint, val),
+            "test": content_hash(fingerprint, test),
+        },
+        "reserve": {
+            "size": len(reserve),
+            "hash": content_hash(fingerprint, reserve),
+            "excluded": bool(capped),
         },
         "options": {k: v for k, v in opts.items() if v is not None},
+        "version": PROTOCOL_VERSION,
     }
     return Splits(train=train, val=val, test=test, test_from=test_from, record=record)
 
 
 def _check_combination(name: str, opts: Mapping[str, Any], protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise UserError(
+            f"dataset {name!r}: unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})"
+        )
+    if protocol == "source-reserve":
+        clash = [k for k in ("val_size", "test_size", "shots") if opts[k] is not None]
+        if clash:
+            raise UserError(
+                f"dataset {name!r}: option {clash[0]!r} cannot be combined with protocol = 'source-reserve' (train_size picks how many reserve images a source trains on)"
+            )
     if protocol == "vtab1k":
         clash = [k for k in ("train_size", "val_size", "shots") if opts[k] is not None]
         if clash:
@@ -158,7 +244,7 @@ def _standard(name, labels, pool, opts, rng, num_classes):
 def _fixed_size(name, labels, pool, n_train, n_val, rng, num_classes):
     if len(pool) < n_train + n_val:
         raise UserError(
-            f"dataset {name!r}: protocol 'vtab1k' needs {n_train + n_val} training examples, the training pool has {len(pool)}"
+            f"dataset {name!r}: protocol 'vtab1k' needs {n_train + n_val} training examples, the training pool outside the source reserve has {len(pool)}"
         )
     chosen, _ = stratified_take(labels, pool, n_train + n_val, rng, num_classes)
     val, train = stratified_take(labels, chosen, n_val, rng, num_classes)

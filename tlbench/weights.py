@@ -287,6 +287,7 @@ def source_model(
     config: dict,
     card: dict,
     source_classes=None,
+    training_images=None,
 ) -> SourceModel:
     return SourceModel(
         name=name,
@@ -300,6 +301,7 @@ def source_model(
         build_with_source_head=weights.build_with_source_head
         if weights.source_num_classes
         else None,
+        training_images=training_images,
     )
 
 

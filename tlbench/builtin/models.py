@@ -88,7 +88,7 @@ _SELF_PRETRAINED = (
         "source_train_size",
         int,
         default=5000,
-        help="Training examples drawn from the source dataset (stratified).",
+        help="Training images drawn (stratified) from the source dataset's reserve, the 20% of its training pool no capped target split ever draws from.",
         minimum=1,
     ),
     Option("epochs", int, default=3, help="Pretraining epochs.", minimum=1),
@@ -154,5 +154,6 @@ def register_models(register):
             argument_help="timm architecture, e.g. resnet18",
             tags=("pretrained", "offline"),
             available=_installed("timm", "timm"),
+            version="2",  # 2: trains on the source reserve only (tlbench.splits, tlbench.leakage)
         )
     )

@@ -24,8 +24,8 @@ from tlbench.weights import (
 # Bump when the pretraining procedure changes: it keys the cache. v2: BatchNorm running
 # statistics re-estimated after every epoch (precise BN), so the checkpoint's eval-mode features
 # are the ones it was trained with.
-PRETRAIN_RECIPE = "self-pretrained-v2"
-SOURCE_TEST_SIZE = 1000  # source-task test images scored once, so the card shows pretraining worked
+# v3: trains only on the source dataset's reserve (tlbench.splits), scored on other reserve images.
+PRETRAIN_RECIPE = "self-pretrained-v3"
 
 
 def self_pretrained_model(
@@ -33,10 +33,16 @@ def self_pretrained_model(
 ) -> SourceModel:
     """``arch`` trained from scratch on a registered source dataset, then used like any pretrained model.
 
-    The checkpoint is cached by everything that changes it (architecture, source dataset
-    fingerprint and split options, preprocessing, training options, seed), so later cells and
-    runs reuse it; the fingerprint is the sha256 of the checkpoint's tensors.
+    It trains on ``source_train_size`` images of the dataset's source reserve, which no capped
+    target split draws from, and is scored on other reserve images; the images it saw travel
+    with it (``training_images``) so the runner can refuse a target that shares any. The
+    checkpoint is cached by everything that changes it (architecture, source dataset fingerprint
+    and split options, preprocessing, training options, seed); the fingerprint is the sha256 of
+    the checkpoint's tensors.
     """
+    from tlbench.leakage import training_images
+    from tlbench.splits import make_splits
+
     arch, _ = check_arch(argument)
     if context.registry is None:
         raise UserError(
@@ -46,6 +52,7 @@ def self_pretrained_model(
     entry, dataset_argument = context.registry.lookup("dataset", source_ref)
     dataset_options = _source_dataset_options(entry, source_ref, options)
     target = entry.spec.load_factory()(dataset_argument, dataset_options, context)
+    splits = make_splits(target, dataset_options, context.seed)
     config = data_config(arch, options.get("input_size"))
     training = {k: options[k] for k in ("epochs", "lr", "batch_size")}
     key = {
@@ -77,8 +84,20 @@ def self_pretrained_model(
         weights_sha256=fingerprint,
         source_dataset=source_ref,
         source_dataset_fingerprint=target.fingerprint,
-        pretraining={**training, "seed": context.seed, "train_size": options["source_train_size"]},
-        source_test_top1=float(meta["source_test_top1"]),
+        pretraining={
+            **training,
+            "seed": context.seed,
+            "train_size": options["source_train_size"],
+            "images": "the source dataset's reserve (never in a capped target split)",
+            "split": splits.record,
+        },
+        source_heldout_top1=float(meta["source_heldout_top1"]),
+    )
+    seen = training_images(
+        source_ref,
+        f"{len(splits.trainval)} images of {source_ref}'s source reserve",
+        target.train,
+        splits.trainval,
     )
     return source_model(
         f"self-pretrained:{argument}",
@@ -88,13 +107,14 @@ def self_pretrained_model(
         config,
         card,
         target.class_names,
+        training_images=seen,
     )
 
 
 def _source_dataset_options(entry, source_ref: str, options: Mapping[str, Any]) -> dict[str, Any]:
     from tlbench.specs import resolve_options
 
-    wanted = {"train_size": options["source_train_size"], "test_size": SOURCE_TEST_SIZE}
+    wanted = {"train_size": options["source_train_size"], "protocol": "source-reserve"}
     try:
         return resolve_options(entry.options, wanted)
     except (KeyError, ValueError) as exc:
@@ -127,9 +147,10 @@ def _pretrain(arch, target, dataset_options, config, options, training, context)
     engine.fit_model(
         model, prepared, split="trainval", device=context.device, seed=context.seed, **training
     )
+    # Held-out reserve images: proof the pretraining worked, from images no target can hold.
     top1 = _accuracy(model, prepared, "test", engine.resolve_device(context.device))
     state_dict = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return {"state_dict": state_dict, "meta": {"source_test_top1": f"{top1:.3f}"}}
+    return {"state_dict": state_dict, "meta": {"source_heldout_top1": f"{top1:.3f}"}}
 
 
 @torch.no_grad()
