@@ -99,6 +99,34 @@ _SELF_PRETRAINED = (
 
 @hookimpl
 def register_models(register):
+    register(
+        ModelSpec(
+            name="pixels",
+            factory="tlbench.builtin.baselines:pixels_model",
+            description="Trivial baseline: the image itself, flattened (a linear probe on raw pixels); every transfer claim must beat it",
+            tags=("baseline", "trivial", "offline"),
+            card={"architecture": "flattened pixels", "trivial_baseline": True},
+        )
+    )
+    register(
+        ModelSpec(
+            name="random-features",
+            factory="tlbench.builtin.baselines:random_features_model",
+            description="Trivial baseline: a fixed random ReLU projection of the pixels (Rahimi & Recht 2007)",
+            options=(
+                Option(
+                    "dim",
+                    int,
+                    default=4096,
+                    help="Number of random features.",
+                    minimum=1,
+                    maximum=1_000_000,
+                ),
+            ),
+            tags=("baseline", "trivial", "offline"),
+            card={"architecture": "random ReLU features", "trivial_baseline": True},
+        )
+    )
     for packaged in PACKAGED.values():
         register(
             ModelSpec(
