@@ -32,6 +32,8 @@ DEFAULT_PLUGINS = (
     "tlbench.builtin.datasets",
     "tlbench.builtin.strategies",
     "tlbench.builtin.estimators",
+    "tlbench.builtin.layer_strategies",
+    "tlbench.builtin.feature_strategies",
 )
 REGISTRATION_HOOKS = {
     "model": "register_models",

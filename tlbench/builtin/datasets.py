@@ -11,6 +11,7 @@ import importlib.util
 
 from tlbench import hookimpl
 from tlbench.datasetlib.catalog import TV_SETS, fashion_availability, tv_probe
+from tlbench.datasetlib.local import TEST_SHIFTS
 from tlbench.specs import DatasetSpec, Option
 
 ON_CORRUPT = Option(
@@ -70,6 +71,13 @@ def register_datasets(register):
                     str,
                     default=None,
                     help="Folder with the IDX files, or with FashionMNIST/raw/ inside (torchvision's layout).",
+                ),
+                Option(
+                    "test_shift",
+                    str,
+                    default=None,
+                    help="A distribution shift applied to the official test images only (train and val unchanged): 'invert' (255 - pixel) or 'rotate90' (a quarter turn counter-clockwise).",
+                    choices=TEST_SHIFTS,
                 ),
             ),
             tags=("grayscale", "offline"),

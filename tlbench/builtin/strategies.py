@@ -17,12 +17,11 @@ from tlbench.api import (
     Option,
     StrategySpec,
     UserError,
-    backbone_groups,
     head_names,
     hookimpl,
-    probe_model,
     training_options,
 )
+from tlbench.builtin.layer_choice import UNITS, GroupStrategy, by_fraction, model_groups, select
 
 _FACTORY = "tlbench.builtin.strategies:"
 
@@ -32,27 +31,29 @@ class FullFineTune(FineTuneStrategy):
 
 
 @dataclass
-class PartialUnfreeze(FineTuneStrategy):
-    """The last ``k`` layer groups and the head train; the frozen prefix's activations are cached."""
+class PartialUnfreeze(GroupStrategy):
+    """The head and a choice of layer groups train: ``groups`` by position or name, or the last
+    ``k``, or by default the output-side blocks holding about ``fraction`` of the backbone's
+    parameters (docs/strategies.md says why). The frozen prefix's activations are cached."""
 
     cache_prefix: bool = True
 
-    def trainable(self, model) -> list[str]:
-        groups = backbone_groups(model)
-        k = self.options["k"]
-        return (
-            [n for group in groups[len(groups) - k :] for n in group] + head_names(model)
-            if k
-            else head_names(model)
-        )
-
-    def check(self, ctx) -> None:
-        super().check(ctx)
-        groups = backbone_groups(probe_model(ctx))
-        if self.options["k"] > len(groups):
+    def choose(self, ctx, model, groups):
+        k, spec, unit = self.options["k"], self.options["groups"], self.options["unit"]
+        if k is not None and spec is not None:
             raise UserError(
-                f"{ctx.cell.label}: strategy option 'k' = {self.options['k']} but {ctx.source.arch} has only {len(groups)} layer groups (use k <= {len(groups)})"
+                f"{ctx.cell.label}: strategy options 'k' and 'groups' both choose what trains; give one"
             )
+        if spec is not None:
+            return select(groups, spec, f"{ctx.cell.label}: strategy option 'groups'")
+        if k is None:
+            return by_fraction(groups, self.options["fraction"])
+        if k > len(groups):
+            other = "stage" if unit == "block" else "block"
+            raise UserError(
+                f"{ctx.cell.label}: strategy option 'k' = {k} but {ctx.source.arch} has only {len(groups)} layer groups with unit = {unit!r} (use k <= {len(groups)}; with unit = {other!r} it has {len(model_groups(model, other))} layer groups)"
+            )
+        return list(groups[len(groups) - k :]) if k else []
 
 
 class BitFit(FineTuneStrategy):
@@ -261,18 +262,40 @@ SPECS = (
     StrategySpec(
         "partial-unfreeze",
         factory=_FACTORY + "make_partial_unfreeze",
-        description="The last k layer groups (timm group_matcher) and the head train; frozen-prefix activations cached.",
+        description="The head and chosen layer groups train (default: the output-side blocks holding ~25% of the backbone's parameters); frozen-prefix activations cached.",
         options=(
+            Option(
+                "fraction",
+                float,
+                default=0.25,
+                help="Default choice: the output-side suffix of whole groups whose share of the backbone's parameters is closest to this (at least one group).",
+                minimum=0.0,
+                maximum=1.0,
+            ),
             Option(
                 "k",
                 int,
-                default=2,
-                help="Trainable layer groups counted from the output side (0: head only).",
+                default=None,
+                help="Instead: the last k layer groups of the unit train (0: head only).",
                 minimum=0,
+            ),
+            Option(
+                "groups",
+                str,
+                default=None,
+                help="Instead: the groups that train, comma-separated positions (-1), slices (-3:), first/middle/last, or module names (blocks.5).",
+            ),
+            Option(
+                "unit",
+                str,
+                default="block",
+                help="Layer-group granularity: timm's blocks (group_matcher fine) or stages (coarse).",
+                choices=UNITS,
             ),
         )
         + training_options(lr=[1e-3, 3e-3], epochs=5),
         tags=("partial", "cached"),
+        version="2",  # v2: default is ~25% of parameters by whole blocks, not timm's last 2 stages
     ),
     StrategySpec(
         "full-finetune",

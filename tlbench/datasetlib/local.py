@@ -55,6 +55,19 @@ def digits(argument: str | None, options: Mapping[str, Any]) -> TargetData:
 
 # ---- Fashion-MNIST -----------------------------------------------------------------------------
 
+# Shifts of the test images only, for measuring robustness to a train/test distribution shift
+# (Kumar et al. 2022's LP-FT question) from offline data.
+TEST_SHIFTS = ("invert", "rotate90")
+
+
+def shift_images(images: np.ndarray, shift: str) -> np.ndarray:
+    """``images`` (N, H, W) uint8 after ``shift``: 255 - pixel, or a quarter turn counter-clockwise."""
+    if shift == "invert":
+        return 255 - images
+    if shift == "rotate90":
+        return np.ascontiguousarray(np.rot90(images, k=1, axes=(1, 2)))
+    raise UserError(f"unknown test_shift {shift!r} (expected one of {', '.join(TEST_SHIFTS)})")
+
 
 @decode_once
 def fashion_mnist(argument: str | None, options: Mapping[str, Any]) -> TargetData:
@@ -70,18 +83,24 @@ def fashion_mnist(argument: str | None, options: Mapping[str, Any]) -> TargetDat
         labels=read_idx(files["train_labels"]).astype(np.int64),
         images=read_idx(files["train_images"]),
     )
+    shift = options.get("test_shift")
+    test_images = read_idx(files["test_images"])
     test = ImageSet(
         labels=read_idx(files["test_labels"]).astype(np.int64),
-        images=read_idx(files["test_images"]),
+        images=shift_images(test_images, shift) if shift else test_images,
     )
     digest = hashlib.sha256()
     for key in sorted(files):
         digest.update(key.encode() + hashlib.sha256(files[key].read_bytes()).digest())
+    if shift:  # unshifted data keeps the fingerprint it always had
+        digest.update(f"test_shift={shift}".encode())
     card = {
         "source": f"Zalando Fashion-MNIST IDX files in {files['train_images'].parent}",
         "license": "MIT",
         "official_test": "t10k (10000 images)",
     }
+    if shift:
+        card["test_shift"] = f"{shift}, applied to the test images only"
     return make_target(
         "fashion-mnist", FASHION_CLASSES, train, test, card, fingerprint=digest.hexdigest()
     )
