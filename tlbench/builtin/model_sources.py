@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.resources
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,14 @@ from typing import Any
 import timm
 import torch
 
-from tlbench.builtin.models import PACKAGED, PackagedWeights
+from tlbench.builtin.models import (
+    HUB_WEIGHTS,
+    PACKAGED,
+    PackagedWeights,
+    hub_cache_problem,
+    hub_cache_root,
+    hub_offline,
+)
 from tlbench.cache import file_sha256
 from tlbench.components import BuildContext, SourceModel
 from tlbench.errors import UserError
@@ -145,7 +151,9 @@ def file_model(
         if source_classes == 1000
         else tuple(str(i) for i in range(source_classes))
     )
-    weights = Weights(argument, file=str(path.resolve()), source_num_classes=source_classes)
+    # Absolute, but not resolved: a hub cache links model.safetensors to an extensionless blob,
+    # and timm picks its reader by the suffix.
+    weights = Weights(argument, file=str(path.absolute()), source_num_classes=source_classes)
     config = data_config(argument, options.get("input_size"))
     card = model_card(
         argument,
@@ -166,11 +174,9 @@ def file_model(
     )
 
 
-HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
 def timm_model(argument: str, options: Mapping[str, Any], context: BuildContext) -> SourceModel:
-    """``arch.tag`` from the Hugging Face hub, then exactly the ``file`` model on the cached file."""
+    """``arch.tag`` from the Hugging Face hub (or its local cache), then exactly the ``file`` model
+    on the cached file: timm's own loader reads it."""
     name, tag = check_arch(argument, pretrained=True)
     cfg = timm.models.get_pretrained_cfg(f"{name}.{tag}")
     if not cfg.hf_hub_id:
@@ -188,25 +194,46 @@ def timm_model(argument: str, options: Mapping[str, Any], context: BuildContext)
 
 
 def _hub_download(argument: str, repo_id: str, filename: str | None) -> Path:
+    """The weights file of ``repo_id`` through ``hf_hub_download``: from the hub, or from the cache
+    when offline. Candidates in timm's order (its safetensors alternative first)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    # huggingface_hub reads HF_HUB_OFFLINE at import; honour it when set later as well.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    for candidate in (filename,) if filename else HUB_FILES:
+    candidates = _weight_candidates(filename)
+    unreachable = False
+    for candidate in candidates:
         try:
-            return Path(hf_hub_download(repo_id, candidate, local_files_only=offline))
-        except LocalEntryNotFoundError:
-            raise UserError(
-                f"timm model {argument!r}: the Hugging Face hub is unreachable (offline) and {repo_id} is not cached; "
-                f"download it elsewhere and use model 'file:{argument}' with option path=<checkpoint>"
-            ) from None
-        except EntryNotFoundError:
+            # huggingface_hub reads HF_HUB_OFFLINE and the cache location once, at import;
+            # pass what the environment says now.
+            return Path(
+                hf_hub_download(
+                    repo_id,
+                    candidate,
+                    cache_dir=hub_cache_root(),
+                    local_files_only=hub_offline(),
+                )
+            )
+        except LocalEntryNotFoundError:  # offline or unreachable, and not cached
+            unreachable = True
+        except EntryNotFoundError:  # the hub has no file of that name
             continue
         except Exception as exc:  # network stacks raise many types; the user needs one line
             raise UserError(
                 f"timm model {argument!r}: downloading {repo_id} from the Hugging Face hub failed: {type(exc).__name__}: {exc}"
             ) from None
+    if unreachable:
+        raise UserError(
+            f"timm model {argument!r}: the Hugging Face hub is unreachable (offline) and "
+            f"{hub_cache_problem(repo_id, candidates)}; or use model 'file:{argument}' with option path=<checkpoint>"
+        )
     raise UserError(
-        f"timm model {argument!r}: {repo_id} on the Hugging Face hub has none of {', '.join(HUB_FILES)}"
+        f"timm model {argument!r}: {repo_id} on the Hugging Face hub has none of {', '.join(candidates)}"
     )
+
+
+def _weight_candidates(filename: str | None) -> tuple[str, ...]:
+    if not filename:
+        return HUB_WEIGHTS
+    from timm.models._hub import _get_safe_alternatives
+
+    return (*_get_safe_alternatives(filename), filename)

@@ -50,24 +50,99 @@ def _installed(module: str, hint: str):
     return available
 
 
+# What timm's hub loader looks for in a repo, in its order of preference (safetensors first).
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+HUB_REVISION = "main"
+
+
 def _hub_available(argument: str | None = None) -> bool | str:
+    """With an argument: can this name load now (online it downloads; offline it must be cached).
+    Without (``tlbench list``): what runs offline, naming the cached ``timm:`` models."""
     if importlib.util.find_spec("timm") is None:
         return "not installed: pip install timm"
-    if argument and _hub_cache_dir(argument).exists():
-        return True
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set and the weights are not cached; use the 'file' model with a local checkpoint"
-    return "downloads from the Hugging Face hub on first use (needs network unless cached)"
+    offline = hub_offline()
+    if argument:
+        if not offline or cached_hub_weights(f"timm/{argument}") is not None:
+            return True
+        return "HF_HUB_OFFLINE is set and " + hub_cache_problem(f"timm/{argument}")
+    cached = cached_timm_models()
+    listed = f"; cached for offline use: {', '.join(cached)}" if cached else ""
+    if offline:
+        return f"HF_HUB_OFFLINE is set: only models in the Hugging Face cache {hub_cache_root()} run{listed or ' (none cached)'}"
+    return f"downloads from the Hugging Face hub on first use (needs network unless cached){listed}"
 
 
-def _hub_cache_dir(argument: str) -> Path:
-    # Mirrors huggingface_hub's cache layout so the probe stays free of imports.
+# -- the Hugging Face hub cache, read without importing huggingface_hub ----------------------------
+# The layout (huggingface_hub's "cache-system" docs): <root>/models--<org>--<name>/ holds blobs/
+# (files named by hash), refs/<revision> (a commit hash) and snapshots/<commit>/<file> (links into
+# blobs/). Reading it by hand keeps `tlbench list` free of imports; tests/test_hub_cache.py checks
+# that it agrees with huggingface_hub's own ``try_to_load_from_cache``.
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_cache_root() -> Path:
+    """Where huggingface_hub caches repos, read from the environment now (huggingface_hub itself
+    reads it once, at import)."""
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME")
         or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "huggingface"),
         "hub",
     )
-    return Path(hub) / f"models--timm--{argument}"
+    return Path(hub).expanduser()
+
+
+def hub_repo_dir(repo_id: str) -> Path:
+    return hub_cache_root() / ("models--" + repo_id.replace("/", "--"))
+
+
+def _snapshot(repo_id: str) -> Path | None:
+    ref = hub_repo_dir(repo_id) / "refs" / HUB_REVISION
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    snapshot = hub_repo_dir(repo_id) / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
+
+
+def cached_hub_weights(repo_id: str, files: tuple[str, ...] = HUB_WEIGHTS) -> Path | None:
+    """The first of ``files`` that the cached ``main`` snapshot of ``repo_id`` really holds."""
+    snapshot = _snapshot(repo_id)
+    if snapshot is None:
+        return None
+    return next((snapshot / f for f in files if (snapshot / f).is_file()), None)
+
+
+def cached_timm_models() -> list[str]:
+    """``timm:<arch>.<tag>`` for every ``timm/`` repo whose weights the local Hugging Face cache
+    holds, i.e. the ``timm:`` names that run with ``HF_HUB_OFFLINE=1``."""
+    root = hub_cache_root()
+    if not root.is_dir():
+        return []
+    names = (d.name.removeprefix("models--timm--") for d in root.glob("models--timm--*"))
+    return sorted(f"timm:{n}" for n in names if cached_hub_weights(f"timm/{n}") is not None)
+
+
+def hub_cache_problem(repo_id: str, files: tuple[str, ...] = HUB_WEIGHTS) -> str:
+    """One line: what the cache lacks for ``repo_id``'s weights, and how to fix it."""
+    repo = hub_repo_dir(repo_id)
+    fetch = f"on a connected machine run `hf download {repo_id}` and copy {repo.name} (with cp -a or rsync -a, which keep its links) into {hub_cache_root()}"
+    if not repo.is_dir():
+        return f"{repo_id} is not in the Hugging Face cache {hub_cache_root()}; {fetch}"
+    ref = repo / "refs" / HUB_REVISION
+    if not ref.is_file():
+        return f"{repo_id} in the Hugging Face cache has no {ref.relative_to(repo)} (an incomplete copy of {repo}); {fetch}"
+    snapshot = _snapshot(repo_id)
+    if snapshot is None:
+        return f"{repo_id} in the Hugging Face cache: {ref.relative_to(repo)} names snapshot {ref.read_text().strip()!r}, which {repo / 'snapshots'} lacks; {fetch}"
+    for name in files:
+        link = snapshot / name
+        if link.is_symlink() and not link.exists():
+            return f"{repo_id} in the Hugging Face cache: {link} points to a missing file {os.path.normpath(link.parent / os.readlink(link))} (blobs/ was not copied); {fetch}"
+    return f"{repo_id} in the Hugging Face cache: snapshot {snapshot} has none of {', '.join(files)}; {fetch}"
 
 
 _PATH = Option(
