@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from tlbench.specs import COMMON_OPTIONS, ModelSpec, Option, StrategySpec, resolve_options
+from tlbench.specs import (
+    COMMON_OPTIONS,
+    ModelSpec,
+    Option,
+    OptionErrors,
+    StrategySpec,
+    resolve_options,
+)
 
 
 @pytest.mark.parametrize("name", ["", "has space", "family:arg", None])
@@ -55,11 +62,29 @@ def test_resolve_fills_defaults_and_coerces_ints_to_floats():
     assert resolve_options(options, {"lr": 1}) == {"lr": 1.0, "epochs": 3}
 
 
-def test_resolve_names_an_unknown_option_and_lists_the_known():
-    with pytest.raises(KeyError, match=r"unknown option 'lrr' \(known options: epochs, lr\)"):
+def test_resolve_names_an_unknown_option_lists_the_known_and_suggests_one():
+    with pytest.raises(
+        ValueError, match=r"unknown option 'lrr' \(known options: epochs, lr\); did you mean 'lr'\?"
+    ):
         resolve_options(
             (Option("lr", float, default=0.1), Option("epochs", int, default=3)), {"lrr": 1}
         )
+
+
+def test_resolve_reports_every_problem_of_one_component_at_once():
+    options = (
+        Option("lr", float, default=0.1, exclusive_minimum=0.0),
+        Option("epochs", int, default=3, minimum=1),
+        Option("path", str, required=True),
+    )
+    with pytest.raises(OptionErrors) as info:
+        resolve_options(options, {"lr": 0, "epochs": 0, "temprature": 1.0})
+    assert info.value.problems == (
+        "unknown option 'temprature' (known options: epochs, lr, path)",
+        "option 'lr': expected a number > 0.0, got 0.0",
+        "option 'epochs': expected an integer >= 1, got 0",
+        "option 'path' is required (a string)",
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,6 +101,21 @@ def test_resolve_names_an_unknown_option_and_lists_the_known():
             Option("p", float, default=0.5, minimum=0.0, maximum=1.0),
             2.0,
             "expected a number in [0.0, 1.0], got 2.0",
+        ),
+        (
+            Option("l2", float, default=1.0, exclusive_minimum=0.0),
+            0.0,
+            "expected a number > 0.0, got 0.0",
+        ),
+        (
+            Option("l2", float, default=1.0, exclusive_minimum=0.0),
+            float("inf"),
+            "expected a number > 0.0, got inf, which is not finite",
+        ),
+        (
+            Option("l2", float, default=1.0, minimum=0.0, sweep=True),
+            [1.0, float("nan")],
+            "expected a number >= 0.0 (or a list of them to sweep), got nan, which is not finite",
         ),
     ],
 )

@@ -150,6 +150,42 @@ def test_config_hash_is_stable_and_distinguishes_options(registry, write_suite):
             'models = ["net.a", "net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
             "duplicate model id 'net.a'",
         ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]\nseeds = [4294967296]',
+            "seeds: expected a non-empty list of non-negative integers below 2**32",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "probe"\nlr = inf',
+            "option 'lr': expected a number >= 0.0 (or a list of them to sweep), got inf, which is not finite",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "probe"\nlr = [0.1, nan]',
+            "got nan, which is not finite",
+        ),
+        (
+            'name = "../../x"\nmodels = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "name: expected a name, not a path (no '/', '\\', '.' or '..'), got '../../x'",
+        ),
+        (
+            'name = "/tmp/x"\nmodels = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "name: expected a name, not a path",
+        ),
+        (
+            'name = "a\\u0007b"\nmodels = ["net.a"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "name: expected a name without control characters",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["digits"]\n[[strategies]]\nname = "probe"\nid = "../p"',
+            "strategies[0].id: expected a name, not a path",
+        ),
+        (
+            'models = ["scratch:../../etc/passwd"]\ndatasets = ["digits"]\nstrategies = ["probe"]',
+            "models[0].name: model reference 'scratch:../../etc/passwd' looks like a file path",
+        ),
+        (
+            'models = ["net.a"]\ndatasets = ["/data/digits"]\nstrategies = ["probe"]',
+            "datasets[0].name: dataset reference '/data/digits' looks like a file path",
+        ),
     ],
 )
 def test_bad_suites_name_file_field_and_expectation(registry, write_suite, text, expected):
@@ -170,6 +206,29 @@ def test_every_problem_is_reported_in_one_pass(registry, write_suite):
     lines = str(info.value).splitlines()
     assert len(lines) == 3
     assert all(line.startswith(str(path)) for line in lines)
+
+
+def test_every_problem_of_one_table_is_reported_at_once(registry, write_suite):
+    path = write_suite(
+        'models = ["net.a"]\ndatasets = ["digits"]\n'
+        '[[strategies]]\nname = "tune"\nk = 0\ntemprature = 1.0\n'
+        '[[strategies]]\nname = "probe"\nlr = [-1.0, inf]\nepochs = 2\nwarmup = 1\n'
+    )
+    with pytest.raises(UserError) as info:
+        load_suite(path, registry)
+    assert str(info.value).splitlines() == [
+        f"{path}: strategies[0]: strategy 'tune': unknown option 'temprature' (known options: k)",
+        f"{path}: strategies[0]: strategy 'tune': option 'k': expected an integer >= 1, got 0",
+        f"{path}: strategies[1]: strategy 'probe': unknown option 'epochs' (known options: lr)",
+        f"{path}: strategies[1]: strategy 'probe': unknown option 'warmup' (known options: lr)",
+        f"{path}: strategies[1]: strategy 'probe': option 'lr': expected a number >= 0.0 (or a list of them to sweep), got -1.0",
+    ]
+
+
+def test_a_utf8_byte_order_mark_is_accepted(registry, tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_suite(path, registry).name == "demo"
 
 
 def test_missing_suite_file_is_a_user_error(tmp_path):

@@ -4,6 +4,10 @@ Every entry is keyed by a hash of *everything that changes its content* (weights
 dataset fingerprint, split indices, transform, ...), stored with the sha256 of its payload so a
 corrupted entry is detected and recomputed, written atomically (temp file + rename) and computed
 under a per-key file lock so concurrent workers compute it once.
+
+The cache only ever saves work: a run checks up front that it can write here
+(``Cache.check_writable``), and when the disk fills or the directory turns read-only later, the
+values are computed and used without being stored (one warning line per cause), never fatal.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from tlbench.safeio import TlbenchWarning, describe, probe_writable
 
 
 def default_cache_dir() -> Path:
@@ -71,6 +78,15 @@ class Cache:
         self._memory_items = memory_items
         self.hits = 0
         self.misses = 0
+        self._unstorable: set[str] = set()  # causes already warned about
+
+    def check_writable(self) -> None:
+        """Prove the cache directory can be written before any work depends on it
+        (``StorageError``, exit code 3, when the disk is full or read-only)."""
+        if self.enabled:
+            probe_writable(
+                self.root, "cache directory", " (choose another with --cache-dir or $TLBENCH_CACHE)"
+            )
 
     def path(self, namespace: str, key: str, suffix: str = ".pt") -> Path:
         return self.root / namespace / key[:2] / f"{key}{suffix}"
@@ -94,16 +110,42 @@ class Cache:
             self.misses += 1
             return self._remember(memo, compute())
         payload = self.path(namespace, key)
-        payload.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(payload) + ".lock"):
+        lock = self._lock(payload)
+        try:
             value = self._read(payload, load)
             if value is not _MISS:
                 self.hits += 1
                 return self._remember(memo, value)
             self.misses += 1
             value = compute()
-            self._write(payload, value, save, key_parts)
+            if lock is not None:
+                self._write(payload, value, save, key_parts)
+        finally:
+            if lock is not None:
+                lock.release()
         return self._remember(memo, value)
+
+    def _lock(self, payload: Path) -> FileLock | None:
+        """The key's lock, held; ``None`` when the cache cannot be written here any more (the
+        value is then computed without a lock and not stored)."""
+        try:
+            payload.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(payload) + ".lock")
+            lock.acquire()
+        except OSError as exc:
+            self._cannot_store(payload.parent, exc)
+            return None
+        return lock
+
+    def _cannot_store(self, where: Path, exc: BaseException) -> None:
+        cause = describe(exc)
+        if cause not in self._unstorable:
+            self._unstorable.add(cause)
+            warnings.warn(
+                f"cache {where}: cannot store entries ({cause}); computing without caching them",
+                TlbenchWarning,
+                stacklevel=4,
+            )
 
     def contains(self, namespace: str, key_parts: Mapping[str, Any]) -> bool:
         key = stable_hash({"namespace": namespace, **key_parts})
@@ -125,9 +167,11 @@ class Cache:
                 raise ValueError("sha256 mismatch")
             return load(payload)
         except Exception:
-            # Corrupted or half-written by a killed process: drop it and recompute.
-            payload.unlink(missing_ok=True)
-            meta_path.unlink(missing_ok=True)
+            # Corrupted or half-written by a killed process: drop it and recompute. A read-only
+            # cache keeps the damaged entry; it is recomputed every time instead.
+            for path in (payload, meta_path):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             return _MISS
 
     def _write(
@@ -137,10 +181,11 @@ class Cache:
         save: Callable[[Any, Path], None],
         key_parts: Mapping[str, Any],
     ) -> None:
-        fd, tmp = tempfile.mkstemp(dir=payload.parent, prefix=".tmp-", suffix=payload.suffix)
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=payload.parent, prefix=".tmp-", suffix=payload.suffix)
+            os.close(fd)
+            tmp_path = Path(tmp)
             save(value, tmp_path)
             meta = {
                 "sha256": file_sha256(tmp_path),
@@ -150,8 +195,14 @@ class Cache:
             }
             os.replace(tmp_path, payload)
             atomic_write_text(payload.with_suffix(".json"), json.dumps(meta, sort_keys=True))
+        except Exception as exc:
+            # A full disk surfaces from torch.save as RuntimeError and from safetensors as
+            # SafetensorError, not only as OSError. The value is good; only storing it failed.
+            self._cannot_store(payload.parent, exc)
         finally:
-            tmp_path.unlink(missing_ok=True)
+            if tmp_path is not None:
+                with contextlib.suppress(OSError):
+                    tmp_path.unlink(missing_ok=True)
 
     def info(self) -> list[dict]:
         """One row per namespace: entries and bytes on disk."""

@@ -179,7 +179,8 @@ def run(
 ):
     """Run every cell of SUITE (a path, or a name under suites/).
 
-    Ctrl-C finishes the cells in flight and exits with code 130; a second Ctrl-C stops at once.
+    Ctrl-C or SIGTERM finishes the cells in flight and exits with code 130 (SIGTERM: 143); a
+    second one stops at once. A full or read-only disk stops the run with exit code 3.
     Resume later with --resume RUN_DIR (or --resume latest)."""
     from rich.console import Console
 
@@ -218,11 +219,12 @@ def run(
         click.echo(
             f"interrupted: resume with: tlbench run {suite} --resume {outcome.run_dir}", err=True
         )
-        # Every record is already fsync'ed. Leave now with the documented code: after a second
-        # Ctrl-C the interpreter's own exit path would otherwise end the process by SIGINT (-2).
+        # Every record is already fsync'ed. Leave now with the documented code (130, or 143 for
+        # SIGTERM): after a second signal the interpreter's own exit path would otherwise end the
+        # process by that signal (-2).
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(outcome.exit_code)
     ctx.exit(outcome.exit_code)
 
 

@@ -143,11 +143,17 @@ class LocalSlot(Slot):
 _WORKER: tuple[Any, WorkerConfig] | None = None
 
 
-def _init_process_worker(config: WorkerConfig) -> None:
+def _init_process_worker(config: WorkerConfig, parent_pid: int) -> None:
     import signal
 
-    # Ctrl-C reaches the whole process group; the parent decides what an interrupt means.
+    from tlbench.safeio import show_warnings_as_lines
+
+    _die_with_parent(parent_pid)
+    # Ctrl-C (and a SIGTERM sent to the process group) reach every process; the parent decides
+    # what an interrupt means, and its workers die with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    show_warnings_as_lines()
     if config.visible_gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_gpu
     if config.threads is not None:
@@ -159,6 +165,32 @@ def _init_process_worker(config: WorkerConfig) -> None:
         torch.set_num_threads(config.threads)
     global _WORKER
     _WORKER = (make_runner(config), config)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker never outlives the run that started it, even one killed with SIGKILL (a worker
+    holds a model and its data: gigabytes). Linux kills it with the parent (the parent-death
+    signal); elsewhere a watchdog thread notices that the parent is gone within a second."""
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tlbench-parent-watchdog", daemon=True).start()
 
 
 def _run_in_process_worker(cell: Cell) -> CellResult:
@@ -180,7 +212,7 @@ class ProcessSlot(Slot):
             1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_process_worker,
-            initargs=(self.config,),
+            initargs=(self.config, os.getpid()),
         )
 
     def submit(self, cell: Cell) -> Future:
@@ -236,9 +268,12 @@ class RaySlot(Slot):
         self.actor = self.actor_class.remote(self.config)
 
     def close(self, kill: bool = False) -> None:
+        """Kill the actor (idempotent): an actor left alive holds its model, data and GPU."""
         import ray
 
-        ray.kill(self.actor)
+        actor, self.actor = self.actor, None
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
 
 
 # -- executors -----------------------------------------------------------------------------------
@@ -353,8 +388,10 @@ class RayExecutor(Executor):
         return slots
 
     def shutdown(self, kill: bool = False) -> None:
+        """Kill every actor, then stop the local cluster this run started (idempotent)."""
         super().shutdown(kill)
         if self.started_ray:
+            self.started_ray = False
             self.ray.shutdown()
 
 

@@ -8,6 +8,7 @@ functions, so the plan and the run never disagree. Nothing here loads a model or
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +18,35 @@ from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.executors import ExecutorConfig
 from tlbench.plugins import PluginConfig
-from tlbench.results import CELLS_FILE, ResultsStore, new_run_id
-from tlbench.suite import Suite, config_hash, expand_cells
+from tlbench.results import (
+    CELLS_FILE,
+    ENV_FILE,
+    LOCK_FILE,
+    PROBE_FILE,
+    ResultsStore,
+    new_run_id,
+    read_environment,
+)
+from tlbench.suite import Suite, config_hash, expand_cells, name_error, suite_hash
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.plugins import PluginHost
 
 DONE = ("ok", "skipped")
 RETRYABLE = ("failed", "diverged")
+# What a run records; a directory holding any of them without an env.json is nobody's.
+RECORDS = (CELLS_FILE, "estimates.jsonl", "predictions")
+# Every name tlbench opens inside a run directory; none of them may be a symbolic link.
+RUN_FILES = (
+    PROBE_FILE,
+    LOCK_FILE,
+    CELLS_FILE,
+    ENV_FILE,
+    "run.log",
+    "suite.toml",
+    "estimates.jsonl",
+    "predictions",
+)
 
 
 @dataclass(frozen=True)
@@ -99,18 +121,12 @@ def choose_run_dir(request: RunRequest, suite: Suite) -> Path:
     """``--resume DIR|latest`` names an existing run; ``--out DIR`` wins otherwise (an existing
     one is resumed, never clobbered); by default a new ``results/<suite>/<run-id>``.
     Creates nothing, so a dry run leaves no trace."""
+    problem = name_error(suite.name)
+    if problem:  # parse_suite refuses these; a Suite built in Python must not escape either
+        raise UserError(f"suite name {suite.name!r}: {problem}")
     if request.resume not in (None, ""):
         if str(request.resume) == "latest":
-            runs = sorted(
-                p
-                for p in (request.results_root / suite.name).glob("*")
-                if (p / CELLS_FILE).exists()
-            )
-            if not runs:
-                raise UserError(
-                    f"--resume latest: no earlier run of suite {suite.name!r} under {request.results_root / suite.name}"
-                )
-            return runs[-1]
+            return latest_run(request.results_root / suite.name, suite)
         path = Path(request.resume)
         if not path.is_dir():
             raise UserError(f"--resume: run directory {str(path)!r} does not exist")
@@ -118,6 +134,74 @@ def choose_run_dir(request: RunRequest, suite: Suite) -> Path:
     if request.out_dir is not None:
         return Path(request.out_dir)
     return request.results_root / suite.name / new_run_id()
+
+
+def latest_run(suite_dir: Path, suite: Suite) -> Path:
+    """The most recently started run of ``suite`` under ``suite_dir``, by the ``created_at`` its
+    env.json records (run ids sort by local time, which a clock or time-zone change reorders)."""
+    started = []
+    for path in suite_dir.glob("*") if suite_dir.is_dir() else ():
+        try:
+            env = read_environment(path) if path.is_dir() else None
+        except UserError:
+            continue  # damaged: never resumed on a guess (naming it explicitly says why)
+        if env is not None and isinstance(env.get("created_at"), str):
+            started.append((env["created_at"], path.name, path))
+    if not started:
+        raise UserError(
+            f"--resume latest: no earlier run of suite {suite.name!r} under {suite_dir}"
+        )
+    return max(started)[2]
+
+
+def check_run_owner(run_dir: Path, suite: Suite) -> None:
+    """A run directory belongs to the suite configuration that started it. Adopt it only when
+    its env.json names the same suite and configuration; refuse, never rewrite, one whose
+    env.json is damaged, or missing next to records. Symbolic links under tlbench's names are
+    refused too. Nothing is created or changed here (the dry run calls it as well)."""
+    from tlbench.safeio import refuse_links
+
+    if not run_dir.is_dir():
+        return
+    refuse_links(run_dir, RUN_FILES)
+    env = read_environment(run_dir)
+    where = f"run directory {str(run_dir)!r}"
+    if env is None:
+        records = [name for name in RECORDS if os.path.lexists(run_dir / name)]
+        if records:
+            raise UserError(
+                f"{where} holds {', '.join(records)} but no {ENV_FILE}: tlbench cannot tell which "
+                "suite produced them and will not adopt them; choose another --out"
+            )
+        return
+    owner = env.get("suite_name")
+    if owner is not None and owner != suite.name:
+        raise UserError(f"{where} holds suite {owner!r}, not {suite.name!r}; choose another --out")
+    recorded = _recorded_suite_hash(env)
+    if recorded is not None and recorded != suite_hash(suite):
+        raise UserError(
+            f"{where} holds a run of suite {suite.name!r} with another configuration (the suite "
+            f"file changed since {env.get('created_at', 'it started')}); choose another --out, "
+            "or run the suite as it was (its copy is suite.toml there)"
+        )
+
+
+def _recorded_suite_hash(env: dict) -> str | None:
+    """The suite hash env.json records; for runs written before it was recorded, the hash of
+    the suite text it kept."""
+    import tomllib
+
+    from tlbench.cache import stable_hash
+
+    if isinstance(env.get("suite_hash"), str):
+        return env["suite_hash"]
+    text = env.get("suite")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        return stable_hash(tomllib.loads(text))
+    except tomllib.TOMLDecodeError:
+        return None
 
 
 def cell_state(previous: dict | None, retry_failed: bool) -> str:
@@ -215,6 +299,7 @@ def make_plan(request: RunRequest, host: PluginHost, suite: Suite) -> Plan:
 
     cells = plan_cells(suite, request.selection)
     run_dir = choose_run_dir(request, suite)
+    check_run_owner(run_dir, suite)
     store = ResultsStore(run_dir)
     latest = store.latest_by_hash()
     planned = []

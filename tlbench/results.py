@@ -168,6 +168,12 @@ def _repair_torn_tail(fd: int) -> None:
 def read_records(path: Path) -> list[dict]:
     """The JSON objects of a JSON-lines file, in order. A truncated or garbled line is skipped
     with one warning (once per process, however often the file is read)."""
+    return [record for _, record in read_numbered_records(path)]
+
+
+def read_numbered_records(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, record)`` for each JSON object of ``path``; ``[]`` when it does not
+    exist. A directory, a symbolic link or an unreadable file is one ``UserError`` line."""
     try:
         data = read_bytes_nofollow(path)
     except FileNotFoundError:
@@ -181,9 +187,9 @@ def read_records(path: Path) -> list[dict]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             record = None
         if isinstance(record, dict):
-            records.append(record)
+            records.append((number, record))
         else:
-            warn_once(f"{path}:{number}: skipped a truncated or garbled record")
+            warn_once(f"{path}:{number}: skipped a truncated or garbled record", stacklevel=3)
     return records
 
 

@@ -3,31 +3,38 @@
 It validates the suite, plans the cells (``tlbench.planning``), checks every pending cell before
 any training, hands the cells to an executor (``tlbench.executors``) and stores each record, with
 its per-example predictions, as soon as it arrives. How one cell runs is ``tlbench.cell``'s job.
+
+Faults of the machine stop a run cleanly: a record that cannot be stored (a full disk, a
+read-only or replaced ``cells.jsonl``) is kept, no new cell starts, the cells in flight finish,
+and the run ends with one line naming the file and the cause, where the unstored records are,
+and the command that resumes it. SIGINT and SIGTERM are handled alike (``Interrupts``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlbench.cache import Cache
+from tlbench.cache import Cache, atomic_write_bytes
 from tlbench.cell import CellResult, CellRunner
 from tlbench.components import Cell
-from tlbench.errors import UserError
+from tlbench.errors import TlbenchError, UserError
 from tlbench.executors import Sink, WorkerConfig, dispatch, make_executor
 from tlbench.planning import (
     Plan,
     RunRequest,
     Selection,
+    check_run_owner,
     choose_run_dir,
     make_plan,
     pending_cells,
@@ -41,7 +48,8 @@ from tlbench.results import (
     prepare_run_dir,
     write_environment,
 )
-from tlbench.suite import Suite, config_hash, find_suite, load_suite
+from tlbench.safeio import describe, fault, open_nofollow, warnings_as_lines
+from tlbench.suite import Suite, config_hash, find_suite, load_suite, suite_hash
 
 __all__ = ["RunOutcome", "RunRequest", "Selection", "plan_run", "run_suite"]
 
@@ -53,6 +61,8 @@ class RunOutcome:
     ran: int = 0
     skipped: int = 0
     interrupted: bool = False
+    signal: str | None = None  # "SIGINT" or "SIGTERM": what interrupted the run
+    interrupted_cells: int = 0  # recorded ``interrupted`` (stopped at once), not counted in ran
 
     @property
     def failed(self) -> list[dict]:
@@ -61,7 +71,7 @@ class RunOutcome:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return 143 if self.signal == "SIGTERM" else 130
         return 1 if any(r.get("status") == "failed" for r in self.records) else 0
 
 
@@ -69,21 +79,6 @@ def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
     if isinstance(suite, Suite):
         return suite
     return load_suite(find_suite(str(suite)), host.registry)
-
-
-def check_suite_against_run(run_dir: Path, suite: Suite) -> None:
-    env_path = run_dir / "env.json"
-    if not env_path.exists():
-        return
-    try:
-        previous = json.loads(env_path.read_text())
-    except json.JSONDecodeError:
-        return
-    first = previous.get("suite_name")
-    if first and first != suite.name:
-        raise UserError(
-            f"run directory {str(run_dir)!r} holds suite {first!r}, not {suite.name!r}; choose another --out"
-        )
 
 
 def preflight(suite: Suite, host: PluginHost) -> None:
@@ -149,43 +144,69 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     preflight(suite, host)
     cells = plan_cells(suite, request.selection)
     device = str(resolve_device(request.device))
-    run_dir = prepare_run_dir(choose_run_dir(request, suite))
-    with lock_run_dir(run_dir):
-        check_suite_against_run(run_dir, suite)
+    cache = Cache(request.cache_dir)
+    cache.check_writable()
+    run_dir = choose_run_dir(request, suite)
+    check_run_owner(run_dir, suite)  # before anything is written there
+    prepare_run_dir(run_dir)
+    with warnings_as_lines(), lock_run_dir(run_dir):
+        check_run_owner(run_dir, suite)  # again, now that no other run can change it
         store = ResultsStore(run_dir)
         store.check_schema()
         _record_environment(run_dir, request, host, suite, device)
         todo, skipped = pending_cells(cells, store, request.retry_failed)
         status = progress.status if progress else lambda _m: None
-        cache = Cache(request.cache_dir)
         runner = CellRunner(host, cache, device, run_dir, log=status)
-        if progress:
-            progress.console.print(f"checking {len(todo)} cells before any training")
-        check_cells(todo, runner)
         outcome = RunOutcome(run_dir=run_dir, records=[], skipped=skipped)
         with RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
-            if suite.estimators:
-                _estimate(suite, request, runner, run_dir, progress, log)
+            try:
+                if progress:
+                    progress.console.print(f"checking {len(todo)} cells before any training")
+                check_cells(todo, runner)
+                if suite.estimators:
+                    _estimate(suite, request, runner, run_dir, progress, log)
+            except KeyboardInterrupt:
+                _stopped_before_cells(outcome, interrupts, log)
+                outcome.records = final_records(cells, store)
+                return outcome
+            interrupts.cells_started()
             base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
             executor = make_executor(request.executor, base, runner, request.device)
             log.write(
                 f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded"
             )
-            recorder = _Recorder(store, host, log, progress, outcome, interrupts)
+            resume = f"tlbench run {suite.path} --resume {run_dir}"
+            recorder = _Recorder(store, host, log, progress, outcome, interrupts, resume)
             if progress:
                 progress.start(total=len(cells), done=skipped)
             try:
                 completed = dispatch(executor, todo, recorder)
+            except BaseException:
+                executor.shutdown(kill=True)  # no worker outlives a run that failed
+                raise
             finally:
                 if progress:
                     progress.stop()
+            recorder.settle(len(todo))  # raises when records could not be stored
             outcome.interrupted = interrupts.requested or not completed
+            outcome.signal = interrupts.signal_name or ("SIGINT" if outcome.interrupted else None)
             if outcome.interrupted:
+                not_run = len(todo) - outcome.ran - outcome.interrupted_cells
                 log.write(
-                    f"run interrupted: {outcome.ran} cells finished, {len(todo) - outcome.ran} not run; resume with --resume {run_dir}"
+                    f"run interrupted by {outcome.signal}: {outcome.ran} cells finished, {outcome.interrupted_cells} recorded interrupted, {not_run} not run; resume with --resume {run_dir}"
                 )
     outcome.records = final_records(cells, store)
     return outcome
+
+
+def _stopped_before_cells(outcome: RunOutcome, interrupts: Interrupts, log: RunLog) -> None:
+    """A signal while checking cells or scoring estimators: nothing is in flight, so the run
+    stops at once; what was recorded stays."""
+    outcome.interrupted = True
+    outcome.signal = interrupts.signal_name or "SIGINT"
+    log.write(
+        f"run interrupted by {outcome.signal} before any cell ran; resume with --resume {outcome.run_dir}"
+    )
 
 
 def _estimate(suite, request, runner, run_dir, progress, log) -> None:
@@ -214,6 +235,7 @@ def _record_environment(
         list(request.argv) if request.argv else None,
     )
     env["suite_name"] = suite.name
+    env["suite_hash"] = suite_hash(suite)
     env["device"] = device
     env["executor"] = {
         "kind": request.executor.kind,
@@ -221,12 +243,20 @@ def _record_environment(
         "ray_address": request.executor.ray_address,
     }
     write_environment(run_dir, env)
-    if not (run_dir / "suite.toml").exists() and suite.path.exists():
-        shutil.copyfile(suite.path, run_dir / "suite.toml")
+    copy = run_dir / "suite.toml"
+    if not os.path.lexists(copy) and suite.path.is_file():
+        try:  # written to a temporary name and renamed: never through a planted link
+            atomic_write_bytes(copy, suite.path.read_bytes())
+        except OSError as exc:
+            raise fault(copy, exc, "write") from None
 
 
 class _Recorder(Sink):
-    """The parent's side of a run: every record is durably stored before anyone hears of it."""
+    """The parent's side of a run: every record is durably stored before anyone hears of it.
+
+    A record that cannot be stored is kept in memory, and no new cell starts; ``settle`` tries
+    the kept records once more, saves what still fails outside the run directory, and stops the
+    run with one line per fact and the resume command."""
 
     def __init__(
         self,
@@ -236,9 +266,13 @@ class _Recorder(Sink):
         progress,
         outcome: RunOutcome,
         interrupts: Interrupts,
+        resume_command: str,
     ):
         self.store, self.host, self.log, self.progress = store, host, log, progress
         self.outcome, self.interrupts = outcome, interrupts
+        self.resume_command = resume_command
+        self.fault: TlbenchError | None = None
+        self.unstored: list[dict] = []
 
     def started(self, cell: Cell) -> None:
         self.log.write(f"start {cell.label}")
@@ -250,9 +284,12 @@ class _Recorder(Sink):
         record.setdefault("run_id", self.store.run_dir.name)
         if result.predictions is not None:
             self._store_predictions(record, result.predictions)
-        self.store.append(record)
-        _notify(self.host, record)
-        self.outcome.ran += 1
+        if self._append(record):
+            _notify(self.host, record)
+        if record["status"] == "interrupted":
+            self.outcome.interrupted_cells += 1
+        else:
+            self.outcome.ran += 1
         self.log.write(
             f"end {cell.label}: {record['status']} {record.get('metrics', {}).get('top1', '')}"
         )
@@ -263,9 +300,68 @@ class _Recorder(Sink):
         if self.progress:
             self.progress.cell_finished(cell, record)
 
-    def _store_predictions(self, record: dict, predictions) -> None:
-        from tlbench.predictions import write_predictions
+    def _append(self, record: dict) -> bool:
+        if self.fault is None:
+            try:
+                self.store.append(record)
+                return True
+            except TlbenchError as exc:
+                self.fault = exc
+                message = (
+                    f"cannot store records: {exc}; finishing the cells in flight, starting no more"
+                )
+                self.log.write(message)
+                print(f"error: {message}", file=sys.stderr, flush=True)
+        self.unstored.append(record)
+        return False
 
+    def settle(self, todo: int) -> None:
+        """After the cells: store the kept records if the disk allows it now, else save them
+        where it does, and stop the run with the fault (its exit code: 3 for the machine)."""
+        if self.fault is None:
+            return
+        kept = []
+        for record in self.unstored:
+            try:
+                self.store.append(record)
+                _notify(self.host, record)
+            except TlbenchError:
+                kept.append(record)
+        not_run = todo - self.outcome.ran - self.outcome.interrupted_cells
+        lines = [str(self.fault)]
+        if kept:
+            lines.append(self._rescue(kept))
+        lines.append(f"the run stopped: {self.outcome.ran} cells finished, {not_run} not run")
+        lines.append(f"resume with: {self.resume_command}")
+        self.log.write("run stopped: " + "; ".join(lines))
+        raise type(self.fault)("\n".join(lines))
+
+    def _rescue(self, records: list[dict]) -> str:
+        """Write records that could not be stored to a new file in the temporary directory."""
+        name = f"tlbench-unstored-{self.store.run_dir.name}-{os.getpid()}.jsonl"
+        path = Path(tempfile.gettempdir()) / name
+        data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+        count = f"{len(records)} finished record{'s' if len(records) > 1 else ''}"
+        try:
+            fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, action="write")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except (OSError, TlbenchError) as exc:
+            return (
+                f"{count} could not be stored anywhere ({describe(exc)}); resuming runs them again"
+            )
+        return f"{count} could not be stored; kept in {path}: once there is room, append it with: cat {path} >> {self.store.path}"
+
+    def _store_predictions(self, record: dict, predictions) -> None:
+        from tlbench.predictions import PREDICTIONS_DIR, write_predictions
+
+        if os.path.islink(self.store.run_dir / PREDICTIONS_DIR):
+            record["predictions_error"] = (
+                f"not stored: {PREDICTIONS_DIR}/ is a symbolic link, which tlbench never follows"
+            )
+            return
         try:
             record["predictions"] = write_predictions(
                 self.store.run_dir, record["config_hash"], predictions
@@ -274,7 +370,7 @@ class _Recorder(Sink):
             record["predictions_error"] = f"not stored: {exc.strerror or exc}"
 
     def stop_requested(self) -> bool:
-        return self.interrupts.requested
+        return self.interrupts.requested or self.fault is not None
 
 
 def _notify(host: PluginHost, record: dict) -> None:
@@ -285,30 +381,48 @@ def _notify(host: PluginHost, record: dict) -> None:
 
 
 class Interrupts:
-    """Ctrl-C, politely: the first finishes the cells in flight and starts no more; the second
-    stops at once (``KeyboardInterrupt``), and the cells in flight are recorded ``interrupted``.
+    """Ctrl-C and SIGTERM, politely. Until the cells start (checking them, scoring estimators)
+    nothing is in flight, so a signal stops at once (``KeyboardInterrupt``). Once they run, the
+    first signal finishes the cells in flight and starts no more; a second stops at once
+    (``KeyboardInterrupt``), and the cells in flight are recorded ``interrupted``.
 
-    Only the main thread can own signal handlers; elsewhere Ctrl-C keeps Python's default."""
+    SIGTERM (``kill``, a batch scheduler, ``docker stop``) counts like Ctrl-C; ``signal_name``
+    says which came first, so the exit code can tell (130 or 143). Only the main thread can own
+    signal handlers; elsewhere both signals keep Python's defaults."""
 
-    def __init__(self, on_first: Callable[[], None] = lambda: None):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, on_first: Callable[[str], None] = lambda _name: None):
         self.on_first = on_first
-        self.requested = False
-        self.previous = None
+        self.signal_name: str | None = None
+        self.immediate = True
+        self.previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def cells_started(self) -> None:
+        """From now on the first signal lets the cells in flight finish."""
+        self.immediate = False
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        first = self.signal_name is None
+        if first:
+            self.signal_name = signal.Signals(signum).name
+        if not first or self.immediate:
             raise KeyboardInterrupt
-        self.requested = True
-        self.on_first()
+        self.on_first(self.signal_name)
 
     def __exit__(self, *exc) -> bool:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
         return False
 
 
@@ -318,8 +432,24 @@ class _IsoFormatter(logging.Formatter):
         return moment.isoformat(timespec="seconds")
 
 
+class _LogHandler(logging.StreamHandler):
+    """A line that cannot be written (a full disk) costs one warning, not logging's traceback
+    for every line; the run goes on."""
+
+    def __init__(self, stream, path: Path):
+        super().__init__(stream)
+        self.path, self.failed = path, False
+
+    def handleError(self, record) -> None:  # noqa: N802 (logging's name)
+        if not self.failed:
+            self.failed = True
+            cause = describe(sys.exc_info()[1] or OSError("unknown error"))
+            print(f"warning: {self.path}: cannot write the run log: {cause}", file=sys.stderr)
+
+
 class RunLog:
-    """``run.log``: one timestamped line per event of the run, appended across resumes."""
+    """``run.log``: one timestamped line per event of the run, appended across resumes. Opened
+    without following a symbolic link planted under its name."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "run.log"
@@ -328,7 +458,9 @@ class RunLog:
         self.logger.setLevel(logging.INFO)
 
     def __enter__(self) -> RunLog:
-        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, action="write")
+        self.stream = os.fdopen(fd, "a", encoding="utf-8")
+        self.handler = _LogHandler(self.stream, self.path)
         self.handler.setFormatter(_IsoFormatter("%(asctime)s %(message)s"))
         self.logger.addHandler(self.handler)
         self.write(f"run started pid={os.getpid()}")
@@ -337,8 +469,11 @@ class RunLog:
     def write(self, message: str) -> None:
         self.logger.info(message)
 
-    def interrupt_requested(self) -> None:
-        message = "interrupt: finishing the cells in flight, starting no more (Ctrl-C again stops at once)"
+    def interrupt_requested(self, signal_name: str = "SIGINT") -> None:
+        if signal_name == "SIGINT":
+            message = "interrupt: finishing the cells in flight, starting no more (Ctrl-C again stops at once)"
+        else:
+            message = f"interrupt: {signal_name} received; finishing the cells in flight, starting no more (a second signal stops at once)"
         self.write(message)
         print(message, file=sys.stderr, flush=True)
 
@@ -346,4 +481,6 @@ class RunLog:
         self.write("run stopped" if exc[0] is None else f"run stopped: {exc[0].__name__}")
         self.logger.removeHandler(self.handler)
         self.handler.close()
+        with contextlib.suppress(OSError):  # closing flushes, and a full disk refuses that too
+            self.stream.close()
         return False

@@ -6,6 +6,7 @@ These are plain frozen dataclasses with no torch import, so listing components s
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
@@ -19,7 +20,10 @@ class Option:
     """One option a component accepts in a suite file.
 
     ``sweep=True`` lets the user give one value or a list of candidates (normalised to a list);
-    strategies select among the candidates on the validation split.
+    strategies select among the candidates on the validation split. ``minimum``/``maximum`` bound
+    a value inclusively; ``exclusive_minimum`` requires it to be strictly greater (``0.0`` for a
+    learning rate or an L2 strength), so the constraint is declared once and checked when the
+    suite is read, not after the model and data are loaded. Numbers must be finite.
     ``axis=True`` lets the user give one value or a list of distinct values; a list expands the
     suite entry into one entry per value (``tlbench.suite.along_axes``), so every value is a cell
     of its own instead of a candidate.
@@ -35,18 +39,24 @@ class Option:
     maximum: float | None = None
     sweep: bool = False
     required: bool = False
+    exclusive_minimum: float | None = None
     axis: bool = False
 
     def describe(self) -> str:
         expected = _TYPE_NAMES.get(self.type, self.type.__name__)
         if self.choices:
             expected = "one of " + ", ".join(repr(c) for c in self.choices)
+        bounds = []
+        if self.exclusive_minimum is not None:
+            bounds.append(f"> {self.exclusive_minimum}")
         if self.minimum is not None and self.maximum is not None:
-            expected += f" in [{self.minimum}, {self.maximum}]"
+            bounds.append(f"in [{self.minimum}, {self.maximum}]")
         elif self.minimum is not None:
-            expected += f" >= {self.minimum}"
+            bounds.append(f">= {self.minimum}")
         elif self.maximum is not None:
-            expected += f" <= {self.maximum}"
+            bounds.append(f"<= {self.maximum}")
+        if bounds:
+            expected += " " + " and ".join(bounds)
         if self.sweep:
             expected += " (or a list of them to sweep)"
         if self.axis:
@@ -75,7 +85,11 @@ class Option:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise ValueError(f"expected {self.describe()}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected {self.describe()}, got {value!r}, which is not finite")
         if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected {self.describe()}, got {value!r}")
+        if self.exclusive_minimum is not None and not value > self.exclusive_minimum:
             raise ValueError(f"expected {self.describe()}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"expected {self.describe()}, got {value!r}")
@@ -84,32 +98,48 @@ class Option:
         return value
 
 
+class OptionErrors(ValueError):
+    """Every problem with the options given to one component, one message each (``problems``);
+    ``str()`` joins them with ``"; "``."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
 def resolve_options(options: tuple[Option, ...], given: Mapping[str, Any]) -> dict[str, Any]:
     """Validate user-given options against a schema; fill defaults.
 
-    Raises ``KeyError`` for an unknown option (message lists the known ones) and ``ValueError``
-    naming the option for a bad value.
+    Raises ``OptionErrors`` (a ``ValueError``) listing every unknown option (with the known
+    ones and a suggestion) and every bad or missing value, each naming its option.
     """
+    import difflib
+
     schema = {o.name: o for o in options}
-    unknown = [k for k in given if k not in schema]
-    if unknown:
-        known = ", ".join(sorted(schema)) or "none"
-        raise KeyError(f"unknown option {unknown[0]!r} (known options: {known})")
+    problems = []
+    for name in given:
+        if name not in schema:
+            close = difflib.get_close_matches(str(name), list(schema), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(sorted(schema)) or "none"
+            problems.append(f"unknown option {name!r} (known options: {known}){hint}")
     resolved: dict[str, Any] = {}
     for name, opt in schema.items():
         if name in given:
             try:
                 resolved[name] = opt.coerce(given[name])
             except ValueError as exc:
-                raise ValueError(f"option {name!r}: {exc}") from None
+                problems.append(f"option {name!r}: {exc}")
         elif opt.required:
-            raise ValueError(f"option {name!r} is required ({opt.describe()})")
+            problems.append(f"option {name!r} is required ({opt.describe()})")
         else:
             resolved[name] = (
                 [opt.default]
                 if opt.sweep and opt.default is not None and not isinstance(opt.default, list)
                 else opt.default
             )
+    if problems:
+        raise OptionErrors(problems)
     return resolved
 
 

@@ -2,7 +2,9 @@
 
 Suites are TOML: comments for the humans who curate them, typed values (no YAML "Norway
 problem"), and a parser in the standard library (tomllib), so reading a suite never needs a
-dependency. Every error names the file, the field and what was expected.
+dependency. Every error names the file, the field and what was expected, and every problem of
+the file is reported at once. Names and ids are names, never paths: the suite name becomes a
+directory under the results root, and no reference may smuggle in a file path.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tlbench.cache import stable_hash
 from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.registry import Registry
-from tlbench.specs import KINDS, resolve_options
+from tlbench.specs import KINDS, OptionErrors, resolve_options
 
 GRID_KINDS = ("model", "dataset", "strategy")  # the axes of the grid; estimators are not one
 TOP_LEVEL = {
@@ -33,6 +35,8 @@ TOP_LEVEL = {
     "requires",
 }
 ENTRY_KEYS = {"name", "id"}
+SEED_LIMIT = 2**32  # numpy's and torch's seeding both take seeds in [0, 2**32)
+NAME_LIMIT = 128
 
 
 @dataclass(frozen=True)
@@ -118,9 +122,16 @@ def find_suite(name_or_path: str, search_dirs: tuple[Path, ...] | None = None) -
 
 def load_suite(path: Path, registry: Registry) -> Suite:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"{path}: cannot read suite file: {exc.strerror}") from None
+        raise UserError(f"{path}: cannot read suite file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")  # an editor's byte-order mark
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not a UTF-8 text file (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "suites are TOML, which is UTF-8: save the file as UTF-8"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -134,6 +145,10 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry, text: st
         if key not in TOP_LEVEL:
             problems.add(key, f"unknown field (expected one of: {', '.join(sorted(TOP_LEVEL))})")
     name = _string(raw, "name", path.stem, problems)
+    name_problem = name_error(name)
+    if name_problem:
+        where = "name" if "name" in raw else "name (from the file name; set name = ...)"
+        problems.add(where, f"{name_problem}, got {name!r}")
     description = _string(raw, "description", "", problems)
     seeds = _seeds(raw.get("seeds", [0]), problems)
     entries = {
@@ -168,12 +183,30 @@ def _string(raw, key, default, problems) -> str:
     return value
 
 
+def name_error(value: str) -> str | None:
+    """Why ``value`` cannot be a suite name or id, or ``None``. Names become directory names and
+    labels, so they must be one plain path component: no separators, no ``.``/``..``, no
+    control characters."""
+    if not value.strip():
+        return "expected a non-empty name"
+    if len(value) > NAME_LIMIT:
+        return f"expected a name of at most {NAME_LIMIT} characters"
+    if value in (".", "..") or "/" in value or "\\" in value:
+        return "expected a name, not a path (no '/', '\\', '.' or '..')"
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        return "expected a name without control characters"
+    return None
+
+
 def _seeds(value, problems) -> tuple[int, ...]:
     values = value if isinstance(value, list) else [value]
     if not values or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SEED_LIMIT for v in values
     ):
-        problems.add("seeds", f"expected a non-empty list of non-negative integers, got {value!r}")
+        problems.add(
+            "seeds",
+            f"expected a non-empty list of non-negative integers below 2**32 ({SEED_LIMIT}), got {value!r}",
+        )
         return (0,)
     if len(set(values)) != len(values):
         problems.add("seeds", f"seeds must be distinct, got {value!r}")
@@ -237,6 +270,7 @@ def _axis_value(value: Any) -> str:
 
 
 def _entry(item, kind, where, registry, problems) -> Entry | None:
+    """The entry, or ``None`` after adding every problem it has to ``problems``."""
     if isinstance(item, str):
         item = {"name": item}
     if not isinstance(item, dict):
@@ -246,10 +280,20 @@ def _entry(item, kind, where, registry, problems) -> Entry | None:
     if not isinstance(ref, str) or not ref:
         problems.add(f"{where}.name", f"expected the name of a registered {kind}, got {ref!r}")
         return None
-    entry_id = item.get("id", ref)
-    if not isinstance(entry_id, str) or not entry_id:
-        problems.add(f"{where}.id", f"expected a non-empty string, got {entry_id!r}")
+    path_like = _path_like(ref)
+    if path_like:
+        problems.add(
+            f"{where}.name",
+            f"{kind} reference {ref!r} {path_like}; a reference is 'name' or 'name:argument', "
+            "and files are given as options (e.g. path = ...)",
+        )
         return None
+    count = len(problems.lines)
+    entry_id = item.get("id", ref)
+    if not isinstance(entry_id, str) or name_error(entry_id):
+        reason = name_error(entry_id) if isinstance(entry_id, str) else "expected a string"
+        field_name = f"{where}.id" if "id" in item else f"{where}.name (the default id)"
+        problems.add(field_name, f"{reason}, got {entry_id!r}")
     try:
         registered, _ = registry.lookup(kind, ref)
     except UserError as exc:
@@ -258,11 +302,11 @@ def _entry(item, kind, where, registry, problems) -> Entry | None:
     given = {k: v for k, v in item.items() if k not in ENTRY_KEYS}
     try:
         options = resolve_options(registered.options, given)
-    except KeyError as exc:
-        problems.add(where, f"{kind} {ref!r}: {exc.args[0]}")
+    except OptionErrors as exc:
+        for problem in exc.problems:
+            problems.add(where, f"{kind} {ref!r}: {problem}")
         return None
-    except ValueError as exc:
-        problems.add(where, f"{kind} {ref!r}: {exc}")
+    if len(problems.lines) > count:
         return None
     return Entry(
         kind=kind,
@@ -272,6 +316,16 @@ def _entry(item, kind, where, registry, problems) -> Entry | None:
         field=where,
         version=registered.spec.version,
     )
+
+
+def _path_like(ref: str) -> str | None:
+    """Why a reference looks like a file path (``scratch:../../etc/passwd``), or ``None``."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in ref):
+        return "contains control characters"
+    _, _, argument = ref.partition(":")
+    if "/" in ref or "\\" in ref or argument in (".", ".."):
+        return "looks like a file path"
+    return None
 
 
 def _excludes(value, entries, seeds, problems) -> tuple[Mapping[str, Any], ...]:
@@ -365,6 +419,12 @@ def expand_cells(suite: Suite) -> list[Cell]:
         if not _excluded(cell, suite.excludes):
             cells.append(cell)
     return cells
+
+
+def suite_hash(suite: Suite) -> str:
+    """Identifies a suite's configuration (its parsed content: comments and layout do not
+    count): a run directory belongs to one suite configuration."""
+    return stable_hash(dict(suite.raw))
 
 
 def config_hash(cell: Cell) -> str:

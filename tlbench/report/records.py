@@ -5,13 +5,18 @@ Columns: the record's scalar fields (``suite``, ``model``, ``dataset``, ``strate
 ``cost.trainable_params``, ``cost.phases.train_s``, ``error.message``, ...), the nested
 descriptions kept as dicts (``hparams``, ``model_card``, ``dataset_card``, ``split``,
 ``options``), plus ``run_dir`` and ``baseline`` (the model is trained from scratch).
+
+A damaged record is never dropped in silence. One that names its cell but whose result cannot be
+used (an ``ok`` record whose ``metrics.top1`` is not a number, an unknown status) stays in the
+frame with status ``malformed`` and the reason as its error, so the tables count it next to the
+failures and no mean includes it. One that cannot even be placed in the grid (a ``dataset`` that
+is a list, a missing ``seed``) is left out. Each is one warning line naming file and line.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,20 @@ from typing import Any
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.results import CELLS_FILE, ENV_FILE, SCHEMA_VERSION, read_records
+from tlbench.results import (
+    CELLS_FILE,
+    SCHEMA_VERSION,
+    read_environment,
+    read_numbered_records,
+)
+from tlbench.safeio import warn_once
 
 CELL_KEY = ["model", "dataset", "strategy", "seed"]
 GROUP_KEY = ["model", "dataset", "strategy"]
-STATUSES = ("ok", "failed", "diverged", "skipped", "interrupted")
+RECORDED_STATUSES = ("ok", "failed", "diverged", "skipped", "interrupted")
+# ``malformed``: the record names its cell, but its result cannot be used (see the module doc).
+STATUSES = (*RECORDED_STATUSES, "malformed")
+IDENTITY = ("suite", "model", "dataset", "strategy")
 REQUIRED = ("suite", "model", "dataset", "strategy", "seed", "status")
 FLATTENED = ("metrics", "cost", "error")
 KEPT_AS_DICTS = ("hparams", "model_card", "dataset_card", "split", "options")
@@ -58,7 +72,8 @@ def load_records(run_dirs: PathLike | Iterable[PathLike]) -> pd.DataFrame:
 def records_frame(records: Iterable[Mapping], source: str = "<records>") -> pd.DataFrame:
     """The same frame as ``load_records``, from record dicts already in memory (the runner's)."""
     rows = [
-        _flatten_record(record, source, number) for number, record in enumerate(records, start=1)
+        _flatten_record(record, f"{source}: record {number}")
+        for number, record in enumerate(records, start=1)
     ]
     rows = [row for row in rows if row is not None]
     if not rows:
@@ -87,18 +102,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 def load_env(run_dir: PathLike) -> dict:
     """The run's ``env.json`` (environment and suite text), or ``{}`` when it was not written."""
-    path = Path(run_dir) / ENV_FILE
-    if not path.exists():
-        return {}
-    try:
-        env = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"{path}: not valid JSON ({exc}); expected the run environment written by tlbench run"
-        ) from None
-    if not isinstance(env, dict):
-        raise UserError(f"{path}: expected a JSON object, found {type(env).__name__}")
-    return env
+    return read_environment(Path(run_dir)) or {}
 
 
 def is_baseline(model_ref: Any, model_card: Any) -> bool:
@@ -112,39 +116,87 @@ def _read_run(run_dir: Path) -> list[dict]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     path = run_dir / CELLS_FILE
-    rows = [
-        _flatten_record(record, path, number)
-        for number, record in enumerate(read_records(path), start=1)
-    ]
+    numbered = read_numbered_records(path)
+    rows = [_flatten_record(record, f"{path}:{number}") for number, record in numbered]
     rows = [{**row, "run_dir": str(run_dir)} for row in rows if row is not None]
     if not rows:
+        left_out = f"; {len(numbered)} left out, see the warnings above" if numbered else ""
         raise UserError(
-            f"{run_dir}: no results (expected {CELLS_FILE} with at least one cell record)"
+            f"{run_dir}: no results (expected {CELLS_FILE} with at least one cell record{left_out})"
         )
     return rows
 
 
-def _flatten_record(record: Any, path: Path | str, number: int) -> dict | None:
+def _flatten_record(record: Any, where: str) -> dict | None:
+    """The record as one row, or ``None`` (with a warning) when it cannot be placed."""
     if not isinstance(record, Mapping):
-        warnings.warn(f"{path}: record {number} is not a JSON object; skipped", stacklevel=3)
+        warn_once(f"{where}: not a JSON object; left out of the report", stacklevel=3)
         return None
     schema = record.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
         raise UserError(
-            f"{path}: record {number} has schema {schema!r}; this tlbench reads schema {SCHEMA_VERSION}"
+            f"{where}: has schema {schema!r}; this tlbench reads schema {SCHEMA_VERSION}"
         )
-    missing = [key for key in REQUIRED if key not in record]
-    if missing:
-        raise UserError(
-            f"{path}: record {number} lacks {', '.join(missing)}; expected a tlbench cell record"
-        )
+    unplaceable = _identity_problem(record)
+    if unplaceable:
+        warn_once(f"{where}: {unplaceable}; left out of the report", stacklevel=3)
+        return None
     row = {key: value for key, value in record.items() if key not in FLATTENED}
     for key in FLATTENED:
         row.update(_flatten(key, record.get(key)))
+    unusable = _result_problem(record)
+    if unusable:
+        cell = f"{record['model']} / {record['dataset']} / {record['strategy']} / seed {record['seed']}"
+        warn_once(f"{where} ({cell}): {unusable}; counted as malformed, in no mean", stacklevel=3)
+        row.update(status="malformed", recorded_status=record["status"])
+        row["error.message"] = f"malformed record: {unusable}"
     for key in KEPT_AS_DICTS:
         row.setdefault(key, {})
     row.setdefault("run_dir", "")
     return row
+
+
+def _identity_problem(record: Mapping) -> str | None:
+    """Why a record cannot be placed in the (model, dataset, strategy, seed) grid."""
+    missing = [key for key in REQUIRED if key not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}, not a tlbench cell record"
+    for key in IDENTITY:
+        if not isinstance(record[key], str):
+            return f"{key!r} is {_shown(record[key])}, expected a string"
+    seed = record["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return f"'seed' is {_shown(seed)}, expected an integer"
+    return None
+
+
+def _result_problem(record: Mapping) -> str | None:
+    """Why the result of a placeable record cannot be used."""
+    status = record["status"]
+    if status not in RECORDED_STATUSES:
+        return f"status {_shown(status)} is not one of {', '.join(RECORDED_STATUSES)}"
+    metrics = record.get("metrics")
+    if metrics is not None and not isinstance(metrics, Mapping):
+        return f"'metrics' is {_shown(metrics)}, expected an object"
+    if status == "ok":
+        top1 = (metrics or {}).get("top1")
+        if not _is_percentage(top1):
+            return f"status 'ok' but metrics.top1 is {_shown(top1)}, expected a number in [0, 100]"
+    return None
+
+
+def _is_percentage(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= 100
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _flatten(prefix: str, value: Any) -> dict:

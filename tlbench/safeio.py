@@ -1,0 +1,204 @@
+"""Reading and writing tlbench's own files, with the machine's faults made plain.
+
+Every ``OSError`` becomes one line naming the file and the cause (``fault``). A fault of the
+machine (disk full, quota, read-only filesystem, no permission, I/O error) is a
+``StorageError``, exit code 3: nothing about the inputs is wrong, the place is. Anything else
+about a path (a directory where a file belongs, a symbolic link) is a ``UserError``, exit code 2.
+
+Files inside a run directory are opened without following symbolic links (``open_nofollow``): a
+link planted there is refused, never written through. Damaged inputs that a reader can skip are
+reported as ``TlbenchWarning``; ``warnings_as_lines`` shows each one once, as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tlbench.errors import TlbenchError, UserError
+
+STORAGE_EXIT_CODE = 3
+# Faults of the place, not of what the user asked for: another disk, more space, or other
+# permissions fix them.
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
+
+
+class StorageError(TlbenchError):
+    """The machine refused a read or a write: disk full, read-only, no permission. Exit code 3."""
+
+    exit_code = STORAGE_EXIT_CODE
+
+
+class TlbenchWarning(UserWarning):
+    """Something was skipped or degraded (a torn record, a cache that cannot store); the
+    message is one line naming the file."""
+
+
+def fault(path: os.PathLike | str, exc: OSError, action: str) -> TlbenchError:
+    """The one-line error for ``exc``, raised while trying to ``action`` (``"write"``, ...)."""
+    message = f"{path}: cannot {action}: {describe(exc)}"
+    if exc.errno in ENVIRONMENT_ERRNOS:
+        return StorageError(message)
+    return UserError(message)
+
+
+def describe(exc: BaseException) -> str:
+    """The cause of an I/O error in a few words, without the path the caller already names."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+def is_environment_fault(exc: BaseException) -> bool:
+    return isinstance(exc, StorageError) or (
+        isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
+    )
+
+
+def link_refused(path: os.PathLike | str) -> UserError:
+    return UserError(
+        f"{path}: is a symbolic link; tlbench never follows links inside a run directory "
+        "(remove it, or choose another --out)"
+    )
+
+
+def open_nofollow(
+    path: os.PathLike | str, flags: int, mode: int = 0o644, action: str = "open"
+) -> int:
+    """``os.open`` a regular file without following a symbolic link at ``path`` itself.
+
+    A FIFO or device planted under a tlbench name would block or swallow what is written, so
+    only regular files are accepted; ``O_NONBLOCK`` keeps the open itself from blocking on one.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise link_refused(path) from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader
+            raise UserError(f"{path}: is not a regular file") from None
+        if exc.errno == errno.EISDIR:
+            raise UserError(f"{path}: is a directory, expected a file") from None
+        raise fault(path, exc, action) from None
+    try:
+        mode_bits = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode_bits):
+            raise UserError(f"{path}: is a directory, expected a file")
+        if not stat.S_ISREG(mode_bits):
+            raise UserError(f"{path}: is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bytes_nofollow(path: os.PathLike | str) -> bytes:
+    """The whole file at ``path`` (``FileNotFoundError`` when absent), refusing links."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    fd = open_nofollow(path, os.O_RDONLY, action="read")
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    except OSError as exc:
+        raise fault(path, exc, "read") from None
+    finally:
+        os.close(fd)
+
+
+def refuse_links(directory: Path, names: Iterable[str]) -> None:
+    """Refuse a run directory in which any of ``names`` is a symbolic link."""
+    for name in names:
+        if os.path.islink(directory / name):
+            raise link_refused(directory / name)
+
+
+def probe_writable(
+    directory: Path, what: str, hint: str = "", probe_name: str = ".write-probe"
+) -> None:
+    """Create ``directory`` if needed and prove that a file can be created, written, synced and
+    removed in it, before any work depends on it."""
+    probe = directory / probe_name
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(directory, what, exc, hint) from None
+    if os.path.islink(probe):
+        raise link_refused(probe)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _unwritable(directory, what, exc, hint) from None
+    try:
+        os.write(fd, b"ok")
+        os.fsync(fd)
+    except OSError as exc:
+        raise _unwritable(directory, what, exc, hint) from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def _unwritable(directory: Path, what: str, exc: OSError, hint: str) -> TlbenchError:
+    cls = StorageError if exc.errno in ENVIRONMENT_ERRNOS else UserError
+    return cls(f"{what} {str(directory)!r} is not writable: {describe(exc)}{hint}")
+
+
+# -------------------------------------------------------------------------------- warnings
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, stacklevel: int = 2) -> None:
+    """Warn about one problem once per process, however often its file is read."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    warnings.warn(message, TlbenchWarning, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(stream=None) -> Iterator[None]:
+    """Show each ``TlbenchWarning`` raised inside as one ``warning: ...`` line on stderr, once;
+    other warnings keep Python's own display."""
+    with warnings.catch_warnings():
+        show_warnings_as_lines(stream)
+        yield
+
+
+def show_warnings_as_lines(stream=None) -> None:
+    """For the rest of this process (a worker tlbench started): ``TlbenchWarning`` as lines."""
+    shown: set[str] = set()
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, TlbenchWarning):
+            return original(message, category, filename, lineno, file, line)
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"warning: {text}", file=stream or sys.stderr, flush=True)
+
+    warnings.simplefilter("always", TlbenchWarning)
+    warnings.showwarning = show
