@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tlbench.components import ImageSet, TargetData
+from tlbench.components import TargetData
 from tlbench.predictions import Predictions, write_predictions
 from tlbench.publish.command import publish_command
 from tlbench.splits import make_splits
@@ -64,17 +64,9 @@ def rehash(record: dict) -> dict:
 
 @functools.cache
 def digits_target() -> TargetData:
-    from sklearn.datasets import load_digits
+    from tlbench.datasetlib.local import digits
 
-    bunch = load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    return TargetData(
-        name="digits",
-        class_names=tuple(str(d) for d in range(10)),
-        train=ImageSet(labels=bunch.target.astype(np.int64), images=images),
-        test=None,
-        fingerprint="digits",
-    )
+    return digits(None, {})
 
 
 def reseeded(record: dict, seed: int, top1: float | None = None, minute: int = 0) -> dict:
@@ -111,7 +103,7 @@ def add_predictions(run_dir: Path, record: dict) -> dict:
         label=labels.astype(np.int16),
         pred=pred.astype(np.int16),
         true_prob=true_prob.astype(np.float16),
-        split_hash=record["split"]["hash"],
+        split_hash=record["split"]["hashes"]["test"],
     )
     record["predictions"] = write_predictions(run_dir, record["config_hash"], predictions)
     record["metrics"]["top1"] = round(predictions.top1, 3)

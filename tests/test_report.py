@@ -133,21 +133,25 @@ def test_a_later_run_directory_wins_for_a_cell_recorded_in_both(tmp_path):
 # --- statistics and tables -------------------------------------------------------------
 
 
-def test_cells_show_mean_and_student_t_95_percent_interval_over_seeds(tmp_path):
+def test_without_predictions_the_interval_is_t_over_seeds_plus_the_test_sets_noise(tmp_path):
     run = run_with(tmp_path / "run", {("m", "d", "s"): [80.0, 82.0, 84.0]})
 
     summary = summarize(load_records(run)).iloc[0]
     text = build_tables(load_records(run))[0].text
 
-    # t(0.975, 2 dof) = 4.3027; sample std = 2.0; half-width = 4.3027 * 2 / sqrt(3)
-    assert summary["ci95"] == pytest.approx(4.3027 * 2.0 / 3**0.5, abs=1e-3)
-    assert rows(text, "m")["d"] == "82.0 ± 5.0"
+    # t(0.975, 2 dof) = 4.3027, sample std 2.0; one test set of 1000 items at p = 0.82
+    seeds = 4.3027 * 2.0 / 3**0.5
+    items = 1.96 * 100 * (0.82 * 0.18 / 1000) ** 0.5
+    assert summary["ci95"] == pytest.approx((seeds**2 + items**2) ** 0.5, abs=1e-2)
+    assert summary["interval"] == "t over seeds + binomial"
+    assert rows(text, "m")["d"] == "82.0 ± 5.5"
 
 
-def test_a_single_seed_shows_the_plain_mean(tmp_path):
+def test_a_single_seed_still_has_the_test_sets_interval(tmp_path):
     run = run_with(tmp_path / "run", {("m", "d", "s"): [81.34]})
 
-    assert rows(build_tables(load_records(run))[0].text, "m")["d"] == "81.3"
+    # 1.96 * sqrt(0.8134 * 0.1866 / 1000) * 100 = 2.4 points
+    assert rows(build_tables(load_records(run))[0].text, "m")["d"] == "81.3 ± 2.4"
 
 
 def test_the_best_cell_of_each_column_is_bold_in_every_format(tmp_path):
@@ -161,9 +165,9 @@ def test_the_best_cell_of_each_column_is_bold_in_every_format(tmp_path):
 
     markdown, latex, html = accuracy.to_markdown(), accuracy.to_latex(), accuracy.to_html()
 
-    assert "**90.5 ± 6.4**" in markdown and "**60.5 ± 6.4**" in markdown
-    assert r"\textbf{90.5 $\pm$ 6.4}" in latex and r"\textbf{60.5 $\pm$ 6.4}" in latex
-    assert "<b>90.5 ± 6.4</b>" in html and "<b>60.5 ± 6.4</b>" in html
+    assert "**90.5 ± 6.6**" in markdown and "**60.5 ± 7.0**" in markdown
+    assert r"\textbf{90.5 $\pm$ 6.6}" in latex and r"\textbf{60.5 $\pm$ 7.0}" in latex
+    assert "<b>90.5 ± 6.6</b>" in html and "<b>60.5 ± 7.0</b>" in html
     assert "**80.5" not in markdown and "**50.5" not in markdown
 
 
@@ -219,7 +223,7 @@ def test_average_rank_is_taken_within_each_model_and_dataset_and_failures_rank_l
     assert ranks.loc["probe"].to_dict() == {"d1": 2.0, "d2": 1.5, "all datasets": 1.75}
 
 
-def test_gain_is_measured_against_the_best_from_scratch_result_on_the_dataset(tmp_path):
+def test_gain_compares_each_strategy_with_the_same_strategy_trained_from_scratch(tmp_path):
     values = {
         ("scratch-r18", "d", "linear-probe"): [30.0],
         ("scratch-r18", "d", "full-finetune"): [60.0],
@@ -231,9 +235,27 @@ def test_gain_is_measured_against_the_best_from_scratch_result_on_the_dataset(tm
         "Gain over training from scratch",
     )
 
-    assert rows(gain.text, "lite0-imagenet / linear-probe")["d"] == "+22.5"
-    assert rows(gain.text, "lite0-imagenet / full-finetune")["d"] == "+25.0"
-    assert "scratch-r18 / full-finetune" in gain.note
+    assert rows(gain.text, "lite0-imagenet / linear-probe")["d"].startswith("+52.5")
+    assert rows(gain.text, "lite0-imagenet / full-finetune")["d"].startswith("+25.0")
+    assert "scratch-r18 / linear-probe" in gain.note and "scratch-r18 / full-finetune" in gain.note
+
+
+def test_the_from_scratch_reference_is_chosen_on_validation_never_on_test(tmp_path):
+    from tlbench.report.tables import with_comparisons
+
+    values = {
+        ("scratch-a", "d", "probe"): [50.0],  # best on test, worse on validation
+        ("scratch-b", "d", "probe"): [40.0],
+        ("lite0-imagenet", "d", "probe"): [70.0],
+    }
+    records = load_records(run_with(tmp_path / "run", values))
+    records["baseline"] = records["model"].str.startswith("scratch")
+    records.loc[records["model"] == "scratch-a", "metrics.val_top1"] = 30.0
+    records.loc[records["model"] == "scratch-b", "metrics.val_top1"] = 45.0
+    summary = with_comparisons(summarize(records), records, "top1")
+    lite0 = summary.set_index("model").loc["lite0-imagenet"]
+
+    assert lite0["gain_reference"] == "scratch-b / probe" and lite0["gain"] == 30.0
 
 
 def test_a_suite_without_a_from_scratch_model_has_no_gain_table(tmp_path):
@@ -260,7 +282,7 @@ def test_cost_table_shows_trainable_params_wall_time_and_peak_memory(full_run):
 # --- terminal, plots, formats ----------------------------------------------------------
 
 
-def test_terminal_table_shows_mean_and_std_per_strategy_and_lists_failures(full_run, tmp_path):
+def test_terminal_table_shows_mean_and_interval_per_strategy_and_lists_failures(full_run, tmp_path):
     run = run_with(tmp_path / "small", {("m", "d", "s"): [80.0, 82.0, 84.0]})
     console = Console(record=True, width=200)
 
@@ -268,7 +290,7 @@ def test_terminal_table_shows_mean_and_std_per_strategy_and_lists_failures(full_
     render_terminal(load_records(full_run), console)
     out = console.export_text()
 
-    assert "82.0 ± 2.0" in out
+    assert "82.0 ± 5.5" in out
     assert "r18-imagenet / cifar10 / partial-unfreeze / seed 2: failed - RuntimeError" in out
     assert (
         "lite0-imagenet / fashion-mnist / full-finetune / seed 1: diverged - loss became nan" in out
@@ -307,7 +329,9 @@ def test_report_command_writes_the_format_its_output_file_names(full_run, tmp_pa
         )
     elif suffix == ".csv":
         frame = pd.read_csv(output)
-        assert len(frame) == 18 and {"mean", "ci95", "status", "gain_over_scratch"} <= set(frame)
+        assert len(frame) == 18 and {"mean", "ci95", "ci_low", "ci_high", "status", "gain"} <= set(
+            frame
+        )
         assert (
             frame.set_index(["model", "dataset", "strategy"]).loc[
                 ("r18-imagenet", "cifar10", "partial-unfreeze"), "status"
@@ -345,7 +369,7 @@ def test_report_command_prints_the_terminal_table_without_output(full_run):
     result = CliRunner().invoke(report_command, [str(full_run)])
 
     assert result.exit_code == 0, result.output
-    assert "quickstart: top1 (%), mean ± std over seeds" in result.output
+    assert "quickstart: top1 (%), mean ± 95% interval over test items and seeds" in result.output
     assert "4 cell(s) did not finish" in result.output
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from tlbench.errors import UserError
 from tlbench.predictions import Predictions, read_predictions
-from tlbench.publish.merge import Entry, split_hash
+from tlbench.publish.merge import Entry
 from tlbench.publish.targets import Targets, TestSource
 
 GALLERY_SIZE = 48
@@ -109,9 +109,17 @@ def confusion_matrix(predictions: Predictions, classes: int) -> np.ndarray:
     return counts.reshape(classes, classes)
 
 
+def scored_split_hash(record: dict) -> str | None:
+    """The hash of the test items the record was scored on (what predictions are keyed by)."""
+    split = record.get("split")
+    hashes = split.get("hashes") if isinstance(split, dict) else None
+    value = hashes.get("test") if isinstance(hashes, dict) else None
+    return str(value) if value else None
+
+
 def _checks(entry: Entry, predictions: Predictions, metric: str) -> list[str]:
     record, caveats = entry.record, []
-    recorded_split = split_hash(record)
+    recorded_split = scored_split_hash(record)
     if recorded_split and predictions.split_hash and predictions.split_hash != recorded_split:
         caveats.append(
             f"the predictions belong to split {predictions.split_hash[:10]}…, the record to {recorded_split[:10]}…"

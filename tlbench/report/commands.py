@@ -94,9 +94,21 @@ def report_command(
 @click.option(
     "--threshold",
     type=float,
-    default=1.0,
+    default=0.0,
     show_default=True,
-    help="Points of change that flag a regression or an improvement.",
+    help="Smallest change in points worth flagging, on top of significance.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Significance level a change must reach (Holm-corrected over the cells) to be flagged.",
+)
+@click.option(
+    "--allow-mismatch",
+    is_flag=True,
+    help="Compare cells whose configuration or test split differ between the runs (refused by default).",
 )
 @click.option(
     "--metric", default="top1", show_default=True, help="Which recorded metric to compare."
@@ -112,18 +124,30 @@ def compare_command(
     fmt: str | None,
     output: Path | None,
     threshold: float,
+    alpha: float,
+    allow_mismatch: bool,
     metric: str,
     fail_on_regression: bool,
 ) -> None:
     """Compare run B against run A (the reference), cell by cell.
 
-    Shows the change of the mean over seeds, a paired t-test over the seeds both runs finished,
-    and flags regressions (red) and improvements (green) of at least --threshold points.
+    Tests each cell on the test items both runs scored (McNemar's exact test, summed over the
+    seeds both ran; the paired t-test over seeds for runs without stored predictions), corrects
+    for the number of cells (Holm) and flags regressions (red) and improvements (green) only
+    where the corrected p is below --alpha. Cells run with another configuration or test split
+    are refused unless --allow-mismatch. --fail-on-regression exits 1 on a flagged regression.
     """
     from tlbench.report.compare import compare, render_comparison
 
     with _warnings_to_stderr():
-        comparison = compare(run_a, run_b, threshold=threshold, metric=metric)
+        comparison = compare(
+            run_a,
+            run_b,
+            threshold=threshold,
+            metric=metric,
+            alpha=alpha,
+            allow_mismatch=allow_mismatch,
+        )
     if output is not None:
         from tlbench.report.document import format_from_path
 

@@ -19,9 +19,9 @@ from tlbench.report.tables import (
     average_ranks,
     build_tables,
     failures,
-    gains,
     latex_escape,
     summarize,
+    with_comparisons,
 )
 
 FORMATS = {"md": ".md", "html": ".html", "latex": ".tex", "csv": ".csv", "json": ".json"}
@@ -159,11 +159,9 @@ def _json(records: pd.DataFrame, envs: Envs, metric: str) -> str:
 
 
 def _numbers(records: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The summary with the gain over training from scratch (when the suite has a baseline)."""
-    summary = summarize(records, metric)
-    found = gains(summary)
-    if found is not None:
-        summary["gain_over_scratch"] = found[0]["gain"]
+    """The summary with the gains over training from scratch and over the best trivial
+    baseline, each with its interval and the reference it was measured against."""
+    summary = with_comparisons(summarize(records, metric), records, metric)
     summary["problems"] = summary["problems"].map(
         lambda p: ", ".join(f"{n} {s}" for s, n in p.items())
     )

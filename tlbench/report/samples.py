@@ -55,12 +55,17 @@ def write_sample_run(
     diverged: Iterable[CellKey] = (),
     retried: Iterable[CellKey] = (),
     torn_tail: bool = False,
+    predictions: bool = False,
+    flipped: Callable[[str, str, str, int], int] | None = None,
 ) -> Path:
     """Write ``cells.jsonl`` and ``env.json`` for the grid models x datasets x strategies x seeds.
 
     ``failed``/``diverged`` cells are recorded with that status; ``retried`` cells are recorded
     failed first and ok afterwards (the retry must win); ``torn_tail`` leaves a half-written
-    last line, as a killed process would.
+    last line, as a killed process would. ``predictions`` stores per-example predictions on
+    1000 test items for every ok cell, consistent with its top-1 (every model finds the same
+    items easiest); ``flipped(model, dataset, strategy, seed)`` swaps that many of a cell's
+    right and wrong items (the same accuracy, other items: what another CPU's rounding does).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +87,9 @@ def write_sample_run(
                     lines.append(_record(suite, run_id, key, status, top1))
                     if key in retried:
                         lines.append(_record(suite, run_id, key, "ok", top1))
+                    if predictions and lines[-1]["status"] == "ok":
+                        flips = flipped(*key) if flipped else 0
+                        lines[-1]["predictions"] = _predictions(run_dir, lines[-1], flips)
     text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
     if torn_tail:
         text += json.dumps(lines[-1], sort_keys=True)[:57]
@@ -136,7 +144,8 @@ def _record(suite: str, run_id: str, key: CellKey, status: str, top1: Callable) 
         "split": {
             "protocol": "standard",
             "seed": seed,
-            "sizes": {"train": 800, "val": 200, "test": 1000},
+            "sizes": {"train": 800, "val": 200, "test": TEST_ITEMS},
+            "hashes": {"test": _test_hash(dataset)},
         },
         "options": {"model": {}, "dataset": {}, "strategy": {}},
         "error": None,
@@ -156,6 +165,41 @@ def _record(suite: str, run_id: str, key: CellKey, status: str, top1: Callable) 
     else:
         record["error"] = {"message": "loss became nan", "step": 12}
     return record
+
+
+TEST_ITEMS = 1000
+
+
+def _test_hash(dataset: str) -> str:
+    return hashlib.sha256(f"test split of {dataset}".encode()).hexdigest()
+
+
+def _predictions(run_dir: Path, record: dict, flips: int) -> dict:
+    """Right on the ``top1``% easiest test items (one difficulty order per dataset), wrong on
+    the rest; ``flips`` right and wrong items swapped, seeded by the cell."""
+    import numpy as np
+
+    from tlbench.predictions import Predictions, write_predictions
+
+    classes = DATASETS.get(record["dataset"], 10)
+    labels = np.arange(TEST_ITEMS) % classes
+    order = np.random.default_rng(list(record["dataset"].encode())).permutation(TEST_ITEMS)
+    correct = np.zeros(TEST_ITEMS, dtype=bool)
+    correct[order[: round(record["metrics"]["top1"] * TEST_ITEMS / 100)]] = True
+    if flips:
+        rng = np.random.default_rng(list(f"{record['config_hash']}".encode()))
+        right, wrong = np.flatnonzero(correct), np.flatnonzero(~correct)
+        correct[rng.choice(right, flips, replace=False)] = False
+        correct[rng.choice(wrong, flips, replace=False)] = True
+    predicted = np.where(correct, labels, (labels + 1) % classes)
+    preds = Predictions(
+        index=np.arange(TEST_ITEMS),
+        label=labels.astype(np.int16),
+        pred=predicted.astype(np.int16),
+        true_prob=np.where(correct, 0.9, 0.05).astype(np.float16),
+        split_hash=_test_hash(record["dataset"]),
+    )
+    return write_predictions(run_dir, record["config_hash"], preds)
 
 
 def _environment(suite: str, models, datasets, strategies, seeds) -> dict:

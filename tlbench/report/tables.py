@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -77,33 +77,56 @@ def latex_escape(text: str) -> str:
 
 def summarize(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     """One row per (model, dataset, strategy), in suite order: ``seeds`` (records), ``n``
-    (seeds with a value), ``mean``, ``std``, ``ci95`` (half-width, Student t), ``status``
-    (``ok`` when any seed has a value, else the most common failure), ``problems``
-    ({status: count} of the seeds that did not finish ok), ``baseline`` and cost figures."""
+    (seeds with a value), ``mean``, ``std`` (over seeds), the 95% interval ``ci_low``/``ci_high``
+    with its half-width ``ci95`` and ``interval`` (how it was computed: over test items and
+    seeds from stored predictions, see ``tlbench.report.stats``), ``val_mean`` (validation
+    top-1, what baselines are chosen by), ``status`` (``ok`` when any seed has a value, else the
+    most common failure), ``problems`` ({status: count} of the seeds that did not finish ok),
+    ``baseline`` (trained from scratch), ``trivial`` (a trivial baseline: raw pixels, random
+    features) and cost figures."""
+    from tlbench.report.stats import predictions_by_cell
+
     column = f"metrics.{metric}"
     if column not in records:
         known = sorted(c.removeprefix("metrics.") for c in records if c.startswith("metrics."))
         raise UserError(
             f"metric {metric!r} is in no record; recorded metrics: {', '.join(known) or 'none'}"
         )
+    # Stored predictions are of top-1 on the test split; other metrics get the normal interval.
+    predictions = predictions_by_cell(records) if metric == "top1" else {}
     groups = records.groupby(GROUP_KEY, sort=False)
-    return pd.DataFrame([_summarize_group(key, group, column) for key, group in groups])
+    return pd.DataFrame(
+        [_summarize_group(key, group, column, predictions.get(key)) for key, group in groups]
+    )
 
 
-def _summarize_group(key: tuple, group: pd.DataFrame, column: str) -> dict:
-    values = group.loc[group["status"] == "ok", column].dropna()
+def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) -> dict:
+    from tlbench.report.stats import accuracy_interval, normal_interval
+
+    ok = group[group["status"] == "ok"]
+    values = ok[column].dropna()
     n = len(values)
-    std = values.std(ddof=1) if n >= 2 else math.nan
     problems = group.loc[group["status"] != "ok", "status"].value_counts()
     problems = {status: int(problems[status]) for status in STATUSES if status in problems}
+    interval = None
+    if n and predictions is not None and len(predictions.correct) == n:
+        interval = accuracy_interval(predictions.matrix(sorted(predictions.correct)))
+    elif n:
+        interval = normal_interval(values.to_numpy(), _test_items(ok))
+    val = ok["metrics.val_top1"].dropna() if "metrics.val_top1" in ok else pd.Series(dtype=float)
     return {
         **dict(zip(GROUP_KEY, key, strict=True)),
         "baseline": bool(group["baseline"].any()),
+        "trivial": bool(_trivial(group)),
         "seeds": len(group),
         "n": n,
         "mean": values.mean() if n else math.nan,
-        "std": std,
-        "ci95": t_quantile(n - 1) * std / math.sqrt(n) if n >= 2 else math.nan,
+        "std": values.std(ddof=1) if n >= 2 else math.nan,
+        "ci_low": interval.low if interval else math.nan,
+        "ci_high": interval.high if interval else math.nan,
+        "ci95": interval.half_width if interval else math.nan,
+        "interval": interval.method if interval else "",
+        "val_mean": val.mean() if len(val) else math.nan,
         "status": "ok" if n else _dominant(problems),
         "problems": problems,
         "trainable_params": group["cost.trainable_params"].median(),
@@ -111,6 +134,21 @@ def _summarize_group(key: tuple, group: pd.DataFrame, column: str) -> dict:
         "wall_s": group["cost.wall_s"].mean(),
         "peak_mem_mb": group["cost.peak_mem_mb"].max(),
     }
+
+
+def _test_items(ok: pd.DataFrame) -> float | None:
+    sizes = [
+        split.get("sizes", {}).get("test")
+        for split in ok.get("split", pd.Series(dtype=object))
+        if isinstance(split, Mapping)
+    ]
+    sizes = [size for size in sizes if isinstance(size, int) and size > 0]
+    return float(min(sizes)) if sizes else None
+
+
+def _trivial(group: pd.DataFrame) -> bool:
+    cards = group.get("model_card", pd.Series(dtype=object))
+    return any(isinstance(card, Mapping) and card.get("trivial_baseline") for card in cards)
 
 
 def t_quantile(dof: int) -> float:
@@ -125,12 +163,15 @@ def _dominant(problems: dict) -> str:
 
 
 def cell_text(row: pd.Series | dict, spread: str = "ci95") -> str:
-    """``81.3 ± 0.4``, ``81.3`` (one seed), ``81.3 ± 0.4 (1 failed)`` or the failure itself."""
+    """``81.3 ± 1.7`` (mean ± half the 95% interval), ``81.3 ± 1.7 (1 failed)``, ``81.3`` when
+    no interval could be computed, or the failure itself. ``spread = "std"`` shows the seeds'
+    standard deviation instead (the terminal's compact view)."""
     if row["n"] == 0:
         return row["status"]
     text = f"{row['mean']:.1f}"
-    if row["n"] >= 2:
-        text += f" ± {row[spread]:.1f}"
+    width = row.get(spread) if hasattr(row, "get") else row[spread]
+    if width is not None and not (isinstance(width, float) and math.isnan(width)):
+        text += f" ± {width:.1f}"
     if row["problems"]:
         text += (
             " (" + ", ".join(f"{count} {status}" for status, count in row["problems"].items()) + ")"
@@ -140,34 +181,51 @@ def cell_text(row: pd.Series | dict, spread: str = "ci95") -> str:
 
 def build_tables(records: pd.DataFrame, metric: str = "top1") -> list[Table]:
     """Every table of the report, in reading order."""
-    summary = summarize(records, metric)
+    summary = with_comparisons(summarize(records, metric), records, metric)
     tables = [
         *accuracy_tables(summary, "model", "strategy", metric),
         *accuracy_tables(summary, "strategy", "model", metric),
     ]
     tables += [rank_table(summary, "strategy"), rank_table(summary, "model")]
-    gain = gain_table(summary)
-    tables += [gain] if gain is not None else []
+    for table in (trivial_table(summary), gain_table(summary)):
+        tables += [table] if table is not None else []
     tables.append(cost_table(summary))
     failures = failure_table(records)
     tables += [failures] if failures is not None else []
     return tables
 
 
+INTERVAL_NOTE = (
+    "mean ± half the 95% interval; the interval resamples the test items and the seeds "
+    "(bootstrap over stored per-example predictions), so a single seed has one too"
+)
+TRIVIAL_MARKS = {"indistinct": "†", "below": "‡"}
+
+
 def accuracy_tables(
     summary: pd.DataFrame, rows: str, per: str, metric: str = "top1"
 ) -> list[Table]:
     """One table per value of ``per``: ``rows`` x dataset, best of each dataset in bold."""
-    note = f"{metric} (%), mean ± {CI_LEVEL:.0%} CI over seeds (Student t); one seed: its value. Best per dataset in bold."
+    note = f"{metric} (%), {INTERVAL_NOTE}. Best per dataset in bold."
+    if "vs_trivial" in summary and summary["vs_trivial"].isin(TRIVIAL_MARKS).any():
+        note += (
+            f" {TRIVIAL_MARKS['indistinct']} not distinguishable from the best trivial baseline"
+            f" (raw pixels, random features; chosen on validation); {TRIVIAL_MARKS['below']} below it."
+        )
     tables = []
     for name, part in summary.groupby(per, sort=False):
-        part = part.assign(text=[cell_text(row) for _, row in part.iterrows()])
+        part = part.assign(text=[_marked_text(row) for _, row in part.iterrows()])
         text = _pivot(part, rows, "text")
         best = _best(_pivot(part, rows, "mean"), higher=True)
         tables.append(
             _table(f"{metric} by {rows} and dataset: {per} {name}", text, best, rows, note)
         )
     return tables
+
+
+def _marked_text(row: pd.Series) -> str:
+    mark = TRIVIAL_MARKS.get(row.get("vs_trivial", ""), "")
+    return cell_text(row) + (f" {mark}" if mark and row["n"] else "")
 
 
 def average_ranks(summary: pd.DataFrame, of: str) -> pd.DataFrame:
@@ -200,40 +258,154 @@ def rank_table(summary: pd.DataFrame, of: str) -> Table:
     )
 
 
-def gains(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """``(rows, reference)``: the non-baseline rows of ``summary`` with ``gain``, the points of
-    mean over the best from-scratch result on the same dataset, and that best result per
-    dataset. ``None`` when the suite has no from-scratch model with a value."""
-    base = summary[summary["baseline"] & (summary["n"] > 0)]
-    if base.empty:
+def with_comparisons(summary: pd.DataFrame, records: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``summary`` with each row's gain over training from scratch (``gain``, ``gain_low``,
+    ``gain_high``, ``gain_reference``) and over the best trivial baseline (``trivial_gain``,
+    ``trivial_low``, ``trivial_high``, ``trivial_reference``, ``vs_trivial``: "above",
+    "indistinct" or "below"). Every reference is chosen without the test set: the same
+    strategy on the from-scratch model (the best on validation when there are several), and the
+    trivial baseline with the best validation top-1 on the dataset."""
+    from tlbench.report.stats import predictions_by_cell
+
+    predictions = predictions_by_cell(records) if metric == "top1" else {}
+    summary = summary.copy()
+    for column in ("gain", "gain_low", "gain_high", "trivial_gain", "trivial_low", "trivial_high"):
+        summary[column] = math.nan
+    for column in ("gain_reference", "trivial_reference", "vs_trivial"):
+        summary[column] = ""
+    for index, row in summary.iterrows():
+        if row["n"] == 0 or row["baseline"] or row["trivial"]:
+            continue
+        scratch = _reference(summary, row["dataset"], "baseline", row["strategy"])
+        if scratch is not None:
+            low, mean, high = _difference(row, scratch, predictions)
+            summary.loc[index, ["gain", "gain_low", "gain_high"]] = (mean, low, high)
+            summary.loc[index, "gain_reference"] = f"{scratch['model']} / {scratch['strategy']}"
+        trivial = _reference(summary, row["dataset"], "trivial")
+        if trivial is not None:
+            low, mean, high = _difference(row, trivial, predictions)
+            summary.loc[index, ["trivial_gain", "trivial_low", "trivial_high"]] = (mean, low, high)
+            summary.loc[index, "trivial_reference"] = f"{trivial['model']} / {trivial['strategy']}"
+            verdict = "above" if low > 0 else "below" if high < 0 else "indistinct"
+            summary.loc[index, "vs_trivial"] = verdict
+    return summary
+
+
+def _reference(summary, dataset, kind: str, strategy: str | None = None) -> pd.Series | None:
+    """The ``kind`` ("baseline" or "trivial") row to compare with on ``dataset`` (under
+    ``strategy`` when given): the best by validation top-1, else the first in suite order."""
+    mask = summary[kind] & (summary["dataset"] == dataset) & (summary["n"] > 0)
+    if strategy is not None:
+        mask &= summary["strategy"] == strategy
+    candidates = summary[mask]
+    if candidates.empty:
         return None
-    reference = base.loc[base.groupby("dataset", sort=False)["mean"].idxmax()].set_index("dataset")
-    rows = summary[~summary["baseline"]]
-    return rows.assign(gain=rows["mean"] - rows["dataset"].map(reference["mean"])), reference
+    if candidates["val_mean"].notna().any():
+        return candidates.loc[candidates["val_mean"].idxmax()]
+    return candidates.iloc[0]
+
+
+def _difference(row, reference, predictions) -> tuple[float, float, float]:
+    """(low, mean, high) of row minus reference in points: a paired bootstrap over test items and
+    common seeds when both stored predictions on the same test items, else a normal
+    approximation from the two intervals."""
+    from tlbench.report.stats import Z, difference_interval
+
+    key = (row["model"], row["dataset"], row["strategy"])
+    ref_key = (reference["model"], reference["dataset"], reference["strategy"])
+    a, b = predictions.get(key), predictions.get(ref_key)
+    if a is not None and b is not None and a.split_hash == b.split_hash:
+        seeds = sorted(set(a.correct) & set(b.correct))
+        if seeds:
+            interval = difference_interval(a.matrix(seeds), b.matrix(seeds))
+            return interval.low, row["mean"] - reference["mean"], interval.high
+    mean = row["mean"] - reference["mean"]
+    widths = [w for w in (row["ci95"], reference["ci95"]) if not math.isnan(w)]
+    half = Z * math.sqrt(sum((w / Z) ** 2 for w in widths)) if widths else math.nan
+    return mean - half, mean, mean + half
+
+
+def gains(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``(rows, references)``: the rows of ``summary`` that have a gain over training from
+    scratch (see ``with_comparisons``), and the from-scratch row each was compared with.
+    ``None`` when the suite has no from-scratch model with a value."""
+    if "gain" not in summary or summary["gain"].isna().all():
+        return None
+    rows = summary[summary["gain"].notna()]
+    return rows, rows[["dataset", "strategy", "gain_reference"]]
 
 
 def gain_table(summary: pd.DataFrame) -> Table | None:
     found = gains(summary)
     if found is None:
         return None
-    rows, reference = found
+    rows, _ = found
     rows = rows.assign(label=rows["model"] + " / " + rows["strategy"])
-    rows = rows.assign(text=[_gain_text(row, reference["mean"]) for _, row in rows.iterrows()])
+    rows = rows.assign(text=[_signed(r, "gain") for _, r in rows.iterrows()])
     text, gain = _pivot(rows, "label", "text"), _pivot(rows, "label", "gain")
-    described = ", ".join(
-        f"{dataset} {r['mean']:.1f} ({r.model} / {r.strategy})"
-        for dataset, r in reference.iterrows()
+    references = ", ".join(sorted(set(rows["gain_reference"])))
+    note = (
+        "Points of top-1 over training from scratch with the same strategy on the same dataset "
+        f"({references}; with several from-scratch models, the best on validation), ± half the "
+        "95% interval of the paired difference over test items and seeds."
     )
-    note = f"Points of mean top-1 over the best from-scratch result per dataset: {described}."
     return _table(
         "Gain over training from scratch", text, _best(gain, higher=True), "model / strategy", note
     )
 
 
-def _gain_text(row: pd.Series, reference: pd.Series) -> str:
-    if row["dataset"] not in reference:
+def trivial_table(summary: pd.DataFrame) -> Table | None:
+    """Every cell against the best trivial baseline of its dataset; a dataset where nothing is
+    above it cannot measure transfer, and the note says so."""
+    if "trivial_gain" not in summary or summary["trivial_gain"].isna().all():
+        return None
+    rows = summary[summary["trivial_gain"].notna()]
+    rows = rows.assign(label=rows["model"] + " / " + rows["strategy"])
+    rows = rows.assign(
+        text=[_signed(r, "trivial") + _mark(r["vs_trivial"]) for _, r in rows.iterrows()]
+    )
+    text, gain = _pivot(rows, "label", "text"), _pivot(rows, "label", "trivial_gain")
+    lines = []
+    for dataset, part in rows.groupby("dataset", sort=False):
+        above = int((part["vs_trivial"] == "above").sum())
+        reference = part["trivial_reference"].iloc[0]
+        verdict = (
+            "no cell is above it beyond the noise: this target cannot show transfer"
+            if above == 0
+            else f"{above} of {len(part)} cells are above it beyond the noise"
+        )
+        lines.append(f"{dataset}: against {reference}, {verdict}")
+    note = (
+        "Points of top-1 over the best trivial baseline of each dataset (raw pixels or random "
+        "features through the same probe; the best on validation), ± half the 95% interval of "
+        f"the paired difference. {TRIVIAL_MARKS['indistinct']} inside the noise, "
+        f"{TRIVIAL_MARKS['below']} below. " + "; ".join(lines) + "."
+    )
+    return _table(
+        "Gain over the best trivial baseline",
+        text,
+        _best(gain, higher=True),
+        "model / strategy",
+        note,
+    )
+
+
+def _signed(row: pd.Series, prefix: str) -> str:
+    names = {
+        "gain": ("gain", "gain_low", "gain_high"),
+        "trivial": ("trivial_gain", "trivial_low", "trivial_high"),
+    }
+    mean, low, high = (row[c] for c in names[prefix])
+    if math.isnan(mean):
         return MISSING
-    return row["status"] if row["n"] == 0 else f"{row['gain']:+.1f}"
+    if math.isnan(low) or math.isnan(high):
+        return f"{mean:+.1f}"
+    return f"{mean:+.1f} ± {(high - low) / 2:.1f}"
+
+
+def _mark(verdict: str) -> str:
+    mark = TRIVIAL_MARKS.get(verdict, "")
+    return f" {mark}" if mark else ""
 
 
 def cost_table(summary: pd.DataFrame) -> Table:

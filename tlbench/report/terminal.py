@@ -12,15 +12,19 @@ from tlbench.report.tables import cell_text, failures, summarize
 
 
 def render_terminal(records: pd.DataFrame, console: Console) -> None:
-    """Print rows model x dataset, one column per strategy, ``mean ± std`` over seeds (the
-    best strategy of each row in bold), then every cell that did not finish ok."""
+    """Print rows model x dataset, one column per strategy, ``mean ± half the 95% interval``
+    over test items and seeds (the best strategy of each row in bold), then every cell that did
+    not finish ok."""
     if records.empty:
         console.print("No cell has finished yet.")
         return
     summary = summarize(records)
     strategies = list(summary["strategy"].unique())
     suites = ", ".join(map(str, records["suite"].unique()))
-    table = RichTable(title=f"{suites}: top1 (%), mean ± std over seeds", title_justify="left")
+    table = RichTable(
+        title=f"{suites}: top1 (%), mean ± 95% interval over test items and seeds",
+        title_justify="left",
+    )
     rows = []
     for (model, dataset), part in summary.groupby(["model", "dataset"], sort=False):
         cells = part.set_index("strategy")
@@ -47,7 +51,7 @@ def _cell(cells: pd.DataFrame, strategy: str, best: float) -> Text:
     if row["n"] == 0:
         return Text(row["status"], style="red")
     style = "bold" if row["mean"] == best else ""
-    return Text(cell_text(row, spread="std"), style=style + (" yellow" if row["problems"] else ""))
+    return Text(cell_text(row), style=style + (" yellow" if row["problems"] else ""))
 
 
 def _print_failures(records: pd.DataFrame, console: Console) -> None:
@@ -71,7 +75,7 @@ def render_comparison_terminal(comparison: Comparison, console: Console) -> None
     for _, row in comparison.cells.iterrows():
         style = "red" if row["flag"] in BAD_FLAGS else "green" if row["flag"] else ""
         delta = f"{row['delta']:+.2f}" if pd.notna(row["delta"]) else "—"
-        p_value = f"{row['p_value']:.3f}" if pd.notna(row["p_value"]) else "n/a"
+        p_value = f"{row['p_holm']:.3f}" if pd.notna(row["p_holm"]) else "n/a"
         cells = (
             row["model"],
             row["dataset"],
@@ -89,7 +93,11 @@ def render_comparison_terminal(comparison: Comparison, console: Console) -> None
     console.print(
         Text(f"{regressions} regression(s)", style="bold red" if regressions else ""),
         Text(f"{improvements} improvement(s)", style="bold green" if improvements else ""),
-        Text(f"(threshold {comparison.threshold:g} points; p: paired t-test over seeds)"),
+        Text(
+            f"(p: McNemar over test items and seeds, Holm-corrected; flagged when p < "
+            f"{comparison.alpha:g}"
+            + (f" and |delta| >= {comparison.threshold:g} points)" if comparison.threshold else ")")
+        ),
     )
     for label, keys in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
         if keys:
