@@ -116,8 +116,8 @@ def _host(ctx, quiet: bool = False):
     "--executor",
     default="local",
     show_default=True,
-    type=click.Choice(["local", "process", "ray"]),
-    help="Where cells run: this process, N worker processes, or a Ray cluster.",
+    type=click.Choice(["local", "process", "ray", "slurm"]),
+    help="Where cells run: this process, N worker processes, a Ray cluster, or Slurm jobs.",
 )
 @click.option(
     "--workers",
@@ -140,6 +140,38 @@ def _host(ctx, quiet: bool = False):
     default=0.0,
     show_default=True,
     help="Ray: GPUs each cell reserves.",
+)
+@click.option("--slurm-partition", metavar="NAME", help="Slurm: partition of the jobs.")
+@click.option(
+    "--slurm-time",
+    type=int,
+    metavar="MINUTES",
+    help="Slurm: time limit of each job (default 60); a job out of time is requeued with its cells not done.",
+)
+@click.option(
+    "--slurm-cpus-per-task", type=int, metavar="N", help="Slurm: CPUs per job (default 1)."
+)
+@click.option(
+    "--slurm-gpus-per-task", type=int, metavar="N", help="Slurm: GPUs per job (default 0)."
+)
+@click.option("--slurm-mem", metavar="SIZE", help="Slurm: memory per job, e.g. 16G.")
+@click.option(
+    "--slurm-array-parallelism",
+    type=int,
+    metavar="N",
+    help="Slurm: jobs of the array running at once (--slurm-local: default one per core).",
+)
+@click.option(
+    "--slurm",
+    "slurm_extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Slurm: any other sbatch option, e.g. account=my-lab, qos=low, constraint=a100 (repeatable).",
+)
+@click.option(
+    "--slurm-local",
+    is_flag=True,
+    help="Slurm: run the jobs on this machine through submitit's local executor (no cluster needed).",
 )
 @click.option(
     "--dry-run",
@@ -173,6 +205,14 @@ def run(
     ray_address,
     cpus_per_cell,
     gpus_per_cell,
+    slurm_partition,
+    slurm_time,
+    slurm_cpus_per_task,
+    slurm_gpus_per_task,
+    slurm_mem,
+    slurm_array_parallelism,
+    slurm_extra,
+    slurm_local,
     dry_run,
     quiet,
     as_json,
@@ -188,8 +228,19 @@ def run(
     from tlbench.planning import RunRequest, Selection
     from tlbench.progress import RunProgress
     from tlbench.runner import plan_run, run_suite
+    from tlbench.slurm import slurm_options
 
     host = _host(ctx, quiet)
+    slurm = slurm_options(
+        slurm_extra,
+        slurm_local,
+        partition=slurm_partition,
+        time_min=slurm_time,
+        cpus_per_task=slurm_cpus_per_task,
+        gpus_per_task=slurm_gpus_per_task,
+        mem=slurm_mem,
+        array_parallelism=slurm_array_parallelism,
+    )
     request = RunRequest(
         suite=suite,
         out_dir=out_dir,
@@ -200,7 +251,9 @@ def run(
         selection=Selection(tuple(models), tuple(datasets), tuple(strategies), tuple(seeds)),
         plugins=ctx.obj,
         argv=sys.argv,
-        executor=ExecutorConfig(executor, workers, ray_address, cpus_per_cell, gpus_per_cell),
+        executor=ExecutorConfig(
+            executor, workers, ray_address, cpus_per_cell, gpus_per_cell, slurm
+        ),
     )
     if dry_run:
         _print_plan(plan_run(request, host), as_json)

@@ -12,6 +12,8 @@ the on-disk ``Cache``, whose per-key lock makes concurrent workers compute each 
     process  N spawned worker processes (ProcessPoolExecutor), torch threads = cores // N each,
              one GPU each when there are GPUs
     ray      one Ray actor per slot, with --cpus-per-cell / --gpus-per-cell resources each
+    slurm    one Slurm job per group, through submitit (``tlbench.slurm``): batch schedulers
+             take whole groups, so ``dispatch`` hands it the groups rather than slots
 
 This module does not import torch at import time: spawned workers import it after they have
 set their thread count and visible GPU.
@@ -31,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 from tlbench.cell import CellResult, CellRunner, failed_result, interrupted_result
 from tlbench.errors import UserError
 from tlbench.plugins import PluginConfig
+from tlbench.slurm import SlurmExecutor, SlurmOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.components import Cell
 
-EXECUTORS = ("local", "process", "ray")
+EXECUTORS = ("local", "process", "ray", "slurm")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ExecutorConfig:
     ray_address: str | None = None
     cpus_per_cell: float = 1.0
     gpus_per_cell: float = 0.0
+    slurm: SlurmOptions | None = None  # the --slurm-* options, when given
 
     def check(self) -> None:
         if self.kind not in EXECUTORS:
@@ -66,6 +70,14 @@ class ExecutorConfig:
             )
         if self.cpus_per_cell <= 0 or self.gpus_per_cell < 0:
             raise UserError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
+        if self.kind != "slurm" and self.slurm is not None:
+            raise UserError("--slurm options need --executor slurm")
+        if self.kind == "slurm":
+            if self.workers is not None:
+                raise UserError(
+                    "--workers does not apply to --executor slurm: Slurm runs the jobs; cap how many at once with --slurm-array-parallelism"
+                )
+            (self.slurm or SlurmOptions()).check()
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,29 @@ class WorkerConfig:
 def worker_info(config: WorkerConfig) -> dict:
     import torch
 
-    return {
+    info = {
         "executor": config.executor,
         "slot": config.slot,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
     }
+    if config.executor == "ray":  # hosts can share a name; the node id cannot
+        import ray
+
+        info["node_id"] = ray.get_runtime_context().get_node_id()
+    return info
+
+
+# Set on a cluster node (in the environment of `ray start`, or of a Slurm job), the cache that
+# workers on that node use instead of the parent's: a node-local disk when nodes share none.
+NODE_CACHE_ENV = "TLBENCH_NODE_CACHE"
+
+
+def on_this_node(config: WorkerConfig) -> WorkerConfig:
+    """``config`` with this node's own cache directory, when the node names one."""
+    node_cache = os.environ.get(NODE_CACHE_ENV)
+    return replace(config, cache_dir=node_cache) if node_cache else config
 
 
 def make_runner(config: WorkerConfig, log: Callable[[str], None] = lambda _m: None) -> CellRunner:
@@ -101,6 +129,13 @@ def make_runner(config: WorkerConfig, log: Callable[[str], None] = lambda _m: No
     return CellRunner(
         config.plugins.load(), Cache(config.cache_dir), config.device, Path(config.run_dir), log
     )
+
+
+def cell_worker(config: WorkerConfig) -> Callable[[Cell], CellResult]:
+    """How a batch job runs cells: its own runner, on this node's cache if the node names one."""
+    config = on_this_node(config)
+    runner = make_runner(config)
+    return lambda cell: run_with(runner, config, cell)
 
 
 def run_with(runner: CellRunner, config: WorkerConfig, cell: Cell) -> CellResult:
@@ -243,29 +278,77 @@ class _RayWorker:
 
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        self.config = config
-        self.runner = make_runner(config)
+        self.config = on_this_node(config)
+        self.runner = make_runner(self.config)
 
     def run(self, cell: Cell) -> CellResult:
         return run_with(self.runner, self.config, cell)
 
-
-class RaySlot(Slot):
-    def __init__(self, actor_class, config: WorkerConfig):
-        self.actor_class, self.config = actor_class, config
-        self.actor = actor_class.remote(config)
-
-    def submit(self, cell: Cell) -> Future:
-        return self.actor.run.remote(cell).future()
-
-    def is_broken(self, exc: BaseException) -> bool:
+    def node(self) -> tuple[str, str]:
+        """(node id, node IP) of the Ray node this actor lives on."""
         import ray
 
-        return isinstance(exc, ray.exceptions.RayActorError)
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+
+
+class WorkerLost(Exception):
+    """The Ray node (or actor) running a cell went away; ``str()`` is the one line to record."""
+
+
+class RaySlot(Slot):
+    """One actor. After its node is lost, a fresh actor starts where the cluster has room; with
+    no room left, the slot's cells queue on a surviving slot's actor instead (a replacement that
+    cannot be placed would wait forever)."""
+
+    def __init__(
+        self,
+        actor_class,
+        config: WorkerConfig,
+        siblings: list[RaySlot] | None = None,
+        needs: dict[str, float] | None = None,
+    ):
+        self.actor_class, self.config = actor_class, config
+        self.siblings = siblings if siblings is not None else []
+        self.needs = needs or {"CPU": 1.0}  # what one actor reserves
+        self.no_node_left = False
+        self._start()
+
+    def _start(self) -> None:
+        self.actor = self.actor_class.remote(self.config)
+        self.node = self.actor.node.remote()  # resolved long before anyone asks
+
+    def submit(self, cell: Cell) -> Future:
+        outcome: Future = Future()
+        if self.no_node_left:
+            outcome.set_exception(
+                WorkerLost(
+                    "no Ray node is left with room for this cell; the run goes on without it"
+                )
+            )
+            return outcome
+        node, ray_future = self.node, self.actor.run.remote(cell).future()
+        ray_future.add_done_callback(lambda done: _settle(outcome, done, node))
+        return outcome
+
+    def is_broken(self, exc: BaseException) -> bool:
+        return isinstance(exc, WorkerLost)
 
     def restart(self) -> None:
         self.close(kill=True)
-        self.actor = self.actor_class.remote(self.config)
+        if self._room_for_one_more():
+            self._start()
+            return
+        survivors = [s for s in self.siblings if s is not self and s.actor is not None]
+        if not survivors:
+            self.no_node_left = True
+            return
+        self.actor, self.node = survivors[0].actor, survivors[0].node
+
+    def _room_for_one_more(self) -> bool:
+        import ray
+
+        free = ray.available_resources()
+        return all(free.get(name, 0) >= amount for name, amount in self.needs.items() if amount)
 
     def close(self, kill: bool = False) -> None:
         """Kill the actor (idempotent): an actor left alive holds its model, data and GPU."""
@@ -274,6 +357,31 @@ class RaySlot(Slot):
         actor, self.actor = self.actor, None
         if actor is not None:
             ray.kill(actor, no_restart=True)
+
+
+def _settle(outcome: Future, done: Future, node) -> None:
+    """Copy a Ray call's outcome onto ``outcome``, a lost actor as ``WorkerLost`` naming its node."""
+    import ray
+
+    exc = done.exception()
+    if exc is None:
+        outcome.set_result(done.result())
+    elif isinstance(exc, ray.exceptions.RayActorError):
+        outcome.set_exception(WorkerLost(_lost_where(node, exc)))
+    else:
+        outcome.set_exception(exc)
+
+
+def _lost_where(node, exc: BaseException) -> str:
+    import ray
+
+    try:
+        node_id, ip = ray.get(node, timeout=0)
+    except Exception:  # the actor died before it said where it was
+        return f"the Ray actor running this cell died: {str(exc).strip().splitlines()[0]}"
+    if "node has died" in str(exc):
+        return f"Ray node {node_id} ({ip}), which ran this cell, was lost"
+    return f"the Ray actor running this cell on node {node_id} ({ip}) died"
 
 
 # -- executors -----------------------------------------------------------------------------------
@@ -353,7 +461,11 @@ class RayExecutor(Executor):
             num_cpus=self.config.cpus_per_cell, num_gpus=self.config.gpus_per_cell
         )
         count = max(1, min(self.config.workers or self._capacity(), groups))
-        self.slots = [RaySlot(actor, replace(self.base, slot=i)) for i in range(count)]
+        needs = {"CPU": self.config.cpus_per_cell, "GPU": self.config.gpus_per_cell}
+        self.slots: list[RaySlot] = []
+        self.slots.extend(
+            RaySlot(actor, replace(self.base, slot=i), self.slots, needs) for i in range(count)
+        )
         return self.slots
 
     def _init_ray(self) -> None:
@@ -403,13 +515,15 @@ def _import_path() -> list[str]:
 
 def make_executor(
     config: ExecutorConfig, base: WorkerConfig, runner: CellRunner, requested_device: str
-) -> Executor:
+) -> Executor | SlurmExecutor:
     """``runner`` is the run's own (the local executor runs cells on it; workers build theirs)."""
     config.check()
     if config.kind == "process":
         return ProcessExecutor(base, config.workers, _gpu_count() if base.device == "cuda" else 0)
     if config.kind == "ray":
         return RayExecutor(base, config, requested_device)
+    if config.kind == "slurm":
+        return SlurmExecutor(base, config.slurm or SlurmOptions(), requested_device, cell_worker)
     return LocalExecutor(base, runner)
 
 
@@ -447,6 +561,8 @@ def dispatch(executor: Executor, cells: Sequence[Cell], sink: Sink) -> bool:
     queue = deque(group_cells(cells))
     if not queue:
         return True
+    if isinstance(executor, SlurmExecutor):  # a batch scheduler takes whole groups
+        return executor.run_groups(queue, sink)
     slots = executor.start(len(queue))
     state = _Dispatch(queue, sink)
     try:
