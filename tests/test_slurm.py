@@ -235,27 +235,35 @@ def test_slurm_without_submitit_says_what_to_install(monkeypatch):
 def test_one_job_per_group_and_every_cell_recorded_once_as_in_the_local_loop(
     tmp_path, jobs_find_this_plugin
 ):
+    from tlbench.cli import cli
     from tlbench.predictions import read_predictions
     from tlbench.runner import run_suite
 
     suite = suite_with(tmp_path / "s.toml", seeds=(0, 1))
     local = run_suite(request(tmp_path, suite, out_dir=tmp_path / "local"), host())
-    slurm = run_suite(request(tmp_path, suite, executor=on_slurm_here()), host())
+    run_dir = tmp_path / "on-slurm"
+    done = CliRunner().invoke(
+        cli,
+        ["--plugin", PLUGIN, "--plugin", "test_slurm", "run", str(suite), "--out", str(run_dir)]
+        + ["--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "-q"]
+        + ["--executor", "slurm", "--slurm-local", "--slurm-cpus-per-task", "1"],
+    )
 
-    assert slurm.exit_code == 0, [r.get("error") for r in slurm.records]
-    assert sorted(Counter(r["config_hash"] for r in lines_of(slurm.run_dir)).values()) == [1] * 6
-    ours, theirs = by_strategy(slurm.records), by_strategy(local.records)
+    assert done.exit_code == 0, done.output
+    records = lines_of(run_dir)
+    assert sorted(Counter(r["config_hash"] for r in records).values()) == [1] * 6
+    ours, theirs = by_strategy(records), by_strategy(local.records)
     assert {k: r["metrics"] for k, r in ours.items()} == {
         k: r["metrics"] for k, r in theirs.items()
     }
-    jobs = {(r["seed"], r["worker"]["job_id"]) for r in slurm.records}
+    jobs = {(r["seed"], r["worker"]["job_id"]) for r in records}
     assert len(jobs) == 2 and {seed for seed, _ in jobs} == {0, 1}, "one job per seed's group"
-    assert {r["worker"]["executor"] for r in slurm.records} == {"slurm"}
-    assert os.getpid() not in {r["worker"]["pid"] for r in slurm.records}
+    assert {r["worker"]["executor"] for r in records} == {"slurm"}
+    assert os.getpid() not in {r["worker"]["pid"] for r in records}
     for key, record in ours.items():  # predictions came back with the results
-        mine = read_predictions(slurm.run_dir, record)
+        mine = read_predictions(run_dir, record)
         assert (mine.pred == read_predictions(local.run_dir, theirs[key]).pred).all()
-    assert list((slurm.run_dir / "slurm").glob("*_log.out")), "job logs sit in the run directory"
+    assert list((run_dir / "slurm").glob("*_log.out")), "job logs sit in the run directory"
 
 
 @pytest.mark.slow
