@@ -155,10 +155,12 @@ def latest_run(suite_dir: Path, suite: Suite) -> Path:
 
 
 def check_run_owner(run_dir: Path, suite: Suite) -> None:
-    """A run directory belongs to the suite configuration that started it. Adopt it only when
-    its env.json names the same suite and configuration; refuse, never rewrite, one whose
-    env.json is damaged, or missing next to records. Symbolic links under tlbench's names are
-    refused too. Nothing is created or changed here (the dry run calls it as well)."""
+    """A run directory belongs to the suite that started it. Adopt it only when its env.json
+    names the same suite; refuse, never rewrite, one whose env.json is damaged, or missing next
+    to records. Symbolic links under tlbench's names are refused too. An *edited* suite (one
+    more seed, a new model) is adopted: cells are keyed by their config hash, so only cells
+    whose configuration changed run again (``suite_changed`` says so). Nothing is created or
+    changed here (the dry run calls it as well)."""
     from tlbench.safeio import refuse_links
 
     if not run_dir.is_dir():
@@ -177,13 +179,20 @@ def check_run_owner(run_dir: Path, suite: Suite) -> None:
     owner = env.get("suite_name")
     if owner is not None and owner != suite.name:
         raise UserError(f"{where} holds suite {owner!r}, not {suite.name!r}; choose another --out")
-    recorded = _recorded_suite_hash(env)
-    if recorded is not None and recorded != suite_hash(suite):
-        raise UserError(
-            f"{where} holds a run of suite {suite.name!r} with another configuration (the suite "
-            f"file changed since {env.get('created_at', 'it started')}); choose another --out, "
-            "or run the suite as it was (its copy is suite.toml there)"
-        )
+
+
+def suite_changed(run_dir: Path, suite: Suite) -> str | None:
+    """A line for the user when the run directory was started from another version of the
+    suite file, else ``None``."""
+    env = read_environment(run_dir) if run_dir.is_dir() else None
+    recorded = _recorded_suite_hash(env) if env else None
+    if recorded is None or recorded == suite_hash(suite):
+        return None
+    return (
+        f"the suite file changed since this run started ({env.get('created_at', '?')}): cells "
+        "whose configuration changed run again, recorded cells that still match are kept; "
+        "env.json keeps every version of the suite"
+    )
 
 
 def _recorded_suite_hash(env: dict) -> str | None:

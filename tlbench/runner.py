@@ -35,6 +35,7 @@ from tlbench.planning import (
     RunRequest,
     Selection,
     check_run_owner,
+    suite_changed,
     choose_run_dir,
     make_plan,
     pending_cells,
@@ -151,6 +152,9 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     prepare_run_dir(run_dir)
     with warnings_as_lines(), lock_run_dir(run_dir):
         check_run_owner(run_dir, suite)  # again, now that no other run can change it
+        changed = suite_changed(run_dir, suite)
+        if changed:
+            print(f"note: {changed}", file=sys.stderr, flush=True)
         store = ResultsStore(run_dir)
         store.check_schema()
         _record_environment(run_dir, request, host, suite, device)

@@ -21,6 +21,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from timm.data import ImageNetInfo, resolve_data_config
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models._manipulate import group_parameters
@@ -195,7 +196,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         # timm's loader unwraps {'state_dict': ...} / {'model': ...} and strips 'module.' prefixes;
         # torch.load(weights_only=True) inside it refuses any pickle that would import or call code.
         state_dict = timm_load_state_dict(str(path), weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        SafetensorError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"refusing to load checkpoint {str(path)!r}: not a plain weights file (a pickle that would execute code, or corrupt): {first}"

@@ -133,14 +133,6 @@ class LinearProbe:
 
     options: dict
 
-    def check(self, ctx) -> None:
-
-        for value in self.options.get("l2") or ():
-            if not value > 0:
-                raise UserError(
-                    f"{ctx.cell.label}: strategy option 'l2' must be > 0, got {value!r}"
-                )
-
     def run(self, ctx):
         from tlbench.components import StrategyResult
         from tlbench.engine import (
@@ -154,7 +146,6 @@ class LinearProbe:
         )
         from tlbench.engine.logistic import accuracy
 
-        self.check(ctx)
         device = resolve_device(ctx.device)
         precision = resolve_precision(self.options["precision"], device)
         meter = CostMeter(device, precision)
@@ -225,7 +216,7 @@ LINEAR_PROBE_OPTIONS = (
         float,
         default=None,
         help="L2 strengths to search (default: 1e-6..1e2 log grid, then interval halving).",
-        minimum=0.0,
+        exclusive_minimum=0.0,
         sweep=True,
     ),
     Option(
