@@ -26,6 +26,8 @@ BUILTIN_MODELS = {
     "timm",
     "file",
     "self-pretrained",
+    "pixels",
+    "random-features",
 }
 BUILDINGS = {
     "palace",

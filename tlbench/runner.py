@@ -13,6 +13,7 @@ and the command that resumes it. SIGINT and SIGTERM are handled alike (``Interru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -246,6 +247,8 @@ def _record_environment(
         "workers": request.executor.workers,
         "ray_address": request.executor.ray_address,
     }
+    if request.executor.slurm is not None:
+        env["executor"]["slurm"] = dataclasses.asdict(request.executor.slurm)
     write_environment(run_dir, env)
     copy = run_dir / "suite.toml"
     if not os.path.lexists(copy) and suite.path.is_file():
