@@ -23,7 +23,17 @@ print("HEAVY:" + ",".join(heavy))
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["list"], ["list", "models"], ["plugins"], ["run", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["list"],
+        ["list", "models"],
+        ["list", "--json"],
+        ["show", "linear-probe"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["run", "--help"],
+    ],
 )
 def test_cheap_commands_do_not_import_torch(args, repo_root):
     result = subprocess.run(

@@ -219,12 +219,23 @@ def test_a_hook_implementation_may_omit_arguments_it_does_not_use():
     assert host.errors == [] and calls == [1]
 
 
-def test_the_same_plugin_object_twice_is_reported_not_raised():
-    plugin = _plugin(register_models=lambda register: None)
+def test_the_same_plugin_object_twice_is_loaded_once_without_a_warning():
+    # `--plugin X` while X is also installed: the user asked for X, and X is loaded.
+    calls = []
+    plugin = _plugin(register_models=lambda register: calls.append(1))
     host = load_plugins(builtins=(), load_entrypoints=False, extra=[("a", plugin), ("b", plugin)])
+    assert host.errors == [] and calls == [1]
+    assert [row["name"] for row in host.plugin_rows()] == ["a"]
+
+
+def test_a_plugin_name_already_taken_is_one_clear_line():
+    first = _plugin(register_models=lambda register: None)
+    second = _plugin(register_models=lambda register: None)
+    host = load_plugins(
+        builtins=(), load_entrypoints=False, extra=[("same", first), ("same", second)]
+    )
     assert host.errors == [
-        "plugin 'b' was not loaded: Plugin already registered under a different name: b="
-        + repr(plugin)
+        "plugin 'same' (object) was not loaded: a plugin of that name is already loaded (object)"
     ]
 
 

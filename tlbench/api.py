@@ -5,8 +5,10 @@
 The built-in plugins import from here too, so this is the API our own code exercises. Names here
 are covered by the compatibility promise (docs/plugins/compatibility.md) and documented in
 docs/plugins/api.md; anything else in ``tlbench`` may change between minor releases. Importing
-this module does not import torch.
+this module does not import torch: ``FeatureModel`` (a torch module) loads on first use.
 """
+
+from typing import TYPE_CHECKING
 
 from tlbench import __version__, hookimpl
 from tlbench.components import (
@@ -38,6 +40,9 @@ from tlbench.strategies import (
     training_options,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from tlbench.adapters import FeatureModel
+
 __all__ = [
     "BuildContext",
     "Cell",
@@ -46,6 +51,7 @@ __all__ = [
     "Diverged",
     "Estimator",
     "EstimatorSpec",
+    "FeatureModel",
     "FineTuneStrategy",
     "ImageSet",
     "ModelSpec",
@@ -66,3 +72,16 @@ __all__ = [
     "probe_model",
     "training_options",
 ]
+
+
+def __getattr__(name: str):
+    # PEP 562: the torch-backed names load when first asked for, so listing stays instant.
+    if name == "FeatureModel":
+        from tlbench.adapters import FeatureModel
+
+        return FeatureModel
+    raise AttributeError(f"module 'tlbench.api' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

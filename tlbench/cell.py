@@ -2,7 +2,10 @@
 
 ``CellRunner.run(cell)`` loads the cell's source model and target data (kept in memory for the
 next cells that share them), prepares the data for the model, lets the strategy fit and
-evaluate, and turns the outcome, or the failure, into a record. Every record of a run, including
+evaluate, checks what it returned, and turns the outcome, or the failure, into a record. Plugin
+code is the least trusted code in the process: every call into it sits inside the cell's failure
+boundary, and whatever it raises or wrongly returns becomes a ``CellFailure``, one line naming
+the cell, the component and the plugin that registered it. Every record of a run, including
 those of cells that never ran (interrupted, lost with their worker), is built here, so the
 record schema has one author. Executors call ``CellRunner``; nothing here knows about executors
 or about the run as a whole.
@@ -10,19 +13,30 @@ or about the run as a whole.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tlbench import __version__
 from tlbench.cache import Cache, stable_hash
-from tlbench.components import BuildContext, Cell, CellContext
-from tlbench.errors import Diverged
+from tlbench.components import (
+    BuildContext,
+    Cell,
+    CellContext,
+    SourceModel,
+    StrategyResult,
+    TargetData,
+)
+from tlbench.errors import Diverged, UserError
 from tlbench.leakage import check_disjoint
+from tlbench.predictions import Predictions
 from tlbench.registry import Registered
 from tlbench.results import SCHEMA_VERSION, now_iso
 from tlbench.suite import config_hash
@@ -30,6 +44,35 @@ from tlbench.suite import config_hash
 # Held in memory between consecutive cells: a run's cells come grouped by (model, dataset, seed),
 # so the previous group's objects are what the next cells need.
 MODELS_KEPT, TARGETS_KEPT, PREPARED_KEPT = 2, 3, 2
+# What a strategy may report itself; a failure is raised, divergence is raised as Diverged.
+RESULT_STATUSES = ("ok", "skipped")
+TOP1_EXPECTED = "metrics['top1'], the test top-1 accuracy in percent: a finite number in [0, 100]"
+
+
+class CellFailure(Exception):
+    """Code called for a cell raised, or returned what its contract does not allow.
+
+    ``str()`` is the one line a user reads: the cell's label, then ``problem`` (the component,
+    the plugin that registered it, what went wrong). ``cause`` is the exception behind it; its
+    traceback goes to the record and to run.log.
+    """
+
+    def __init__(self, cell: Cell, problem: str, cause: BaseException):
+        super().__init__(f"{cell.label}: {problem}")
+        self.label, self.problem, self.cause = cell.label, problem, cause
+
+    @property
+    def is_user_error(self) -> bool:
+        """The plugin raised ``UserError``: the user can fix it, so a check stops the run."""
+        return isinstance(self.cause, UserError)
+
+    def entry(self) -> dict:
+        return error_entry(self.cause, str(self))
+
+
+class ContractError(TypeError):
+    """Plugin code returned what its contract does not allow (docs/plugins/reference.md).
+    The message continues the component's name: ``returned a dict from run(); expected ...``."""
 
 
 @dataclass
@@ -88,6 +131,28 @@ class CellRunner:
             self._components[key] = (registered, argument, registered.spec.load_factory())
         return self._components[key]
 
+    def culprit(self, cell: Cell, kind: str) -> str:
+        """How a message names one of the cell's components: ``dataset 'x' (plugin 'p')``."""
+        ref = getattr(cell, f"{kind}_ref")
+        try:
+            registered, _ = self.registry.lookup(kind, ref)
+        except UserError:
+            return f"{kind} {ref!r}"
+        return f"{kind} {ref!r} (plugin {registered.plugin!r})"
+
+    @contextmanager
+    def blame(self, cell: Cell, kind: str, where: str) -> Iterator[None]:
+        """Whatever the block raises becomes a ``CellFailure`` naming the cell's ``kind``
+        component; ``where`` says what was running ("in its factory", "in run()", ...)."""
+        try:
+            yield
+        except (CellFailure, Diverged):
+            raise
+        except Exception as exc:
+            raise CellFailure(
+                cell, _problem(cell, self.culprit(cell, kind), where, exc), exc
+            ) from exc
+
     def build_context(self, seed: int) -> BuildContext:
         return BuildContext(
             cache=self.cache, device=self.device, registry=self.registry, seed=seed, log=self.log
@@ -129,11 +194,40 @@ class CellRunner:
         _, _, factory = self.component("strategy", cell.strategy_ref)
         return factory(dict(cell.strategy_options))
 
+    def checked_strategy(self, cell: Cell):
+        """The cell's strategy object; a factory that raises or returns no strategy is a
+        ``CellFailure``."""
+        with self.blame(cell, "strategy", "in its factory"):
+            strategy = self.strategy(cell)
+            if not callable(getattr(strategy, "run", None)):
+                raise ContractError(
+                    f"factory returned {_kind_of(strategy)}, which has no run(ctx) method"
+                )
+        return strategy
+
+    def check(self, cell: Cell) -> None:
+        """Let the cell's strategy reject the cell before any training (its ``check(ctx)``,
+        when it has one). Raises ``CellFailure``; ``is_user_error`` when the plugin says the
+        cell's options cannot work."""
+        strategy = self.checked_strategy(cell)
+        check = getattr(strategy, "check", None)
+        if check is None:
+            return
+        ctx = self.context(cell)
+        with self.blame(cell, "strategy", "in check()"):
+            check(ctx)
+
     def context(self, cell: Cell) -> CellContext:
+        """The cell's context. ``source_model``, ``target_data`` and ``prepared_data`` raise what
+        they meet; here it becomes a ``CellFailure`` naming the component at fault."""
         import torch
 
-        source = self.source_model(cell)
-        data = self.prepared_data(cell, self.target_data(cell), source)
+        with self.blame(cell, "model", "in its factory"):
+            source = _returned(self.source_model(cell), SourceModel)
+        with self.blame(cell, "dataset", "in its factory"):
+            target = _returned(self.target_data(cell), TargetData)
+        with self.blame(cell, "dataset", f"while being prepared for {cell.model_ref!r}"):
+            data = self.prepared_data(cell, target, source)
         # A source that trained on any of this target's images: the pair is refused (UserError).
         check_disjoint(cell, source, data)
         return CellContext(
@@ -158,15 +252,10 @@ class CellRunner:
         try:
             ctx = self.context(cell)
             seed_everything(cell.seed)
-            result = self.strategy(cell).run(ctx)
-            record.update(
-                status=result.status,
-                metrics=result.metrics,
-                hparams=result.hparams,
-                cost=dict(result.cost),
-            )
-            if result.detail:
-                record["detail"] = result.detail
+            strategy = self.checked_strategy(cell)
+            with self.blame(cell, "strategy", "in run()"):
+                result = strategy.run(ctx)
+                record.update(result_fields(result))
             predictions = result.predictions
         except Diverged as exc:
             record.update(
@@ -174,8 +263,10 @@ class CellRunner:
             )
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # one broken cell never stops the run
-            record.update(status="failed", error=error_entry(exc, str(exc)))
+        except CellFailure as failure:  # one broken cell never stops the run
+            record.update(status="failed", error=failure.entry())
+        except Exception as exc:  # the core refused the cell, or failed: still this cell's alone
+            record.update(status="failed", error=error_entry(exc, core_problem(cell, exc)))
         self._finish(record, ctx, started)
         return CellResult(record, predictions)
 
@@ -230,6 +321,13 @@ def new_record(cell: Cell) -> dict:
     }
 
 
+def failure_result(cell: Cell, failure: CellFailure) -> CellResult:
+    """The record of a cell that failed before it ran (its check found plugin code broken)."""
+    record = new_record(cell)
+    record.update(status="failed", error=failure.entry(), finished_at=now_iso())
+    return CellResult(record)
+
+
 def error_entry(exc: BaseException, message: str) -> dict:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"type": type(exc).__name__, "message": message, "traceback": trace}
@@ -250,3 +348,110 @@ def interrupted_result(cell: Cell) -> CellResult:
         finished_at=now_iso(),
     )
     return CellResult(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# What plugin code may return, and how its failures read.
+
+
+def result_fields(result) -> dict:
+    """The record fields of a strategy's result, once it keeps the contract: a
+    ``StrategyResult`` whose ``metrics['top1']`` is a percentage (when ``ok``) and whose
+    mappings can be stored as JSON. Raises ``ContractError`` saying what was expected."""
+    if not isinstance(result, StrategyResult):
+        raise ContractError(
+            f"returned {_kind_of(result)} from run(); expected a tlbench.api.StrategyResult"
+        )
+    fields = {}
+    for name in ("metrics", "hparams", "cost"):
+        value = getattr(result, name)
+        if not isinstance(value, Mapping):
+            raise ContractError(f"returned {name} = {_kind_of(value)}; expected a dict")
+        fields[name] = _storable(name, value)
+    if result.status not in RESULT_STATUSES:
+        raise ContractError(
+            f"returned status {result.status!r}; expected 'ok' or 'skipped' (to fail a cell, "
+            "raise an exception; when training diverges, raise tlbench.api.Diverged)"
+        )
+    if result.status == "ok":
+        _check_top1(fields["metrics"])
+    if result.detail is not None and not isinstance(result.detail, str):
+        raise ContractError(f"returned detail = {_kind_of(result.detail)}; expected a string")
+    if result.predictions is not None and not isinstance(result.predictions, Predictions):
+        raise ContractError(
+            f"returned predictions = {_kind_of(result.predictions)}; "
+            "expected a tlbench.api.Predictions or None"
+        )
+    fields["status"] = result.status
+    if result.detail:
+        fields["detail"] = result.detail
+    return fields
+
+
+def _check_top1(metrics: Mapping) -> None:
+    if "top1" not in metrics:
+        raise ContractError(f"returned metrics without 'top1'; expected {TOP1_EXPECTED}")
+    top1 = metrics["top1"]
+    is_number = isinstance(top1, (int, float)) and not isinstance(top1, bool)
+    if not (is_number and math.isfinite(top1) and 0 <= top1 <= 100):
+        raise ContractError(f"returned metrics['top1'] = {top1!r}; expected {TOP1_EXPECTED}")
+
+
+def _storable(name: str, value: Mapping) -> dict:
+    """``value`` as the record will hold it: NumPy and torch scalars become numbers, other
+    objects their ``str``; what JSON cannot hold at all (cycles, tuple keys) is refused here,
+    in the cell, rather than when the run writes the record."""
+    try:
+        return json.loads(json.dumps(dict(value), default=_plain))
+    except (TypeError, ValueError) as exc:
+        raise ContractError(
+            f"returned {name} that cannot be stored as JSON ({exc}); expected plain values"
+        ) from None
+
+
+def _plain(value):
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # NumPy or torch scalar
+        return value.item()
+    return str(value)
+
+
+def _returned(value, expected: type):
+    if not isinstance(value, expected):
+        raise ContractError(
+            f"factory returned {_kind_of(value)}; expected a tlbench.api.{expected.__name__}"
+        )
+    return value
+
+
+def _problem(cell: Cell, culprit: str, where: str, exc: Exception) -> str:
+    """The line a failure reads as, without the cell's label."""
+    if isinstance(exc, ContractError):
+        return f"{culprit} {exc}"
+    if isinstance(exc, UserError):  # written for the user already; say the cell only once
+        return f"{culprit}: {_first_line(exc).removeprefix(cell.label + ': ')}"
+    text = _first_line(exc)
+    return f"{culprit} raised {type(exc).__name__} {where}" + (f": {text}" if text else "")
+
+
+def core_problem(cell: Cell, exc: Exception) -> str:
+    """The line for what tlbench's own code raised for a cell (no plugin to name)."""
+    if isinstance(exc, UserError):
+        return f"{cell.label}: {_first_line(exc).removeprefix(cell.label + ': ')}"
+    return f"{cell.label}: tlbench raised {type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """A message on one line: a user error's lines joined, another's first line (its whole
+    text is in the traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, UserError) or len(lines) < 2:
+        return "; ".join(lines)
+    return lines[0] + " ..."
+
+
+def _kind_of(value) -> str:
+    """``a dict``, ``an int``, ``None``: what a value is, for a message."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"

@@ -1,11 +1,18 @@
-"""The ``tlbench`` command. Each command delegates to a module; ``--help``, ``list`` and
-``plugins`` never import torch (the heavy modules load inside the commands that need them)."""
+"""The ``tlbench`` command. Each command delegates to a module; ``--help``, ``list``, ``show``
+and ``plugins`` never import torch (the heavy modules load inside the commands that need them).
+
+When stdout is not a terminal, ``list``, ``show``, ``plugins`` and ``cache info`` print plain
+lines (one item per line, fields tab-separated) instead of boxed tables; ``--json`` prints JSON
+(docs/cli.md).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -14,6 +21,18 @@ from tlbench import __version__
 from tlbench.errors import TlbenchError
 
 PLURALS = ("models", "datasets", "strategies", "estimators")  # the order `tlbench list` shows
+EXIT_CODES = """Exit codes:
+
+\b
+  0    success (diverged cells are results, not errors)
+  1    some cell failed (its record says why; the others ran); compare
+       --fail-on-regression: a cell regressed
+  2    a usage or input error: one line, nothing run
+  3    the machine refused a read or write (disk full, read-only)
+  130  interrupted by Ctrl-C (resume with --resume RUN_DIR)
+  143  terminated by SIGTERM (resume with --resume RUN_DIR)
+
+See docs/running.md (Exit codes) and docs/cli.md."""
 LAZY_COMMANDS = {
     "report": "tlbench.report.commands:report_command",
     "compare": "tlbench.report.commands:compare_command",
@@ -50,7 +69,9 @@ class TlbenchGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
-@click.group(cls=TlbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=TlbenchGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES
+)
 @click.version_option(__version__, prog_name="tlbench")
 @click.option(
     "--plugin",
@@ -80,6 +101,41 @@ def _host(ctx, quiet: bool = False):
         for error in host.errors:
             click.echo(f"warning: {error}", err=True)
     return host
+
+
+def _plain_output() -> bool:
+    """Plain lines rather than tables: stdout is a pipe or a file, read by a script."""
+    return not sys.stdout.isatty()
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _line(*fields) -> str:
+    from tlbench.describe import one_field
+
+    return "\t".join(one_field(f) for f in fields)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout inside goes to stderr, even by plugin code, C libraries or
+    worker processes (file descriptor 1 is pointed at 2), so ``--json`` output stays pure."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no real descriptors (an embedding host): Python-level redirect only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 @cli.command()
@@ -221,7 +277,8 @@ def run(
 
     Ctrl-C or SIGTERM finishes the cells in flight and exits with code 130 (SIGTERM: 143); a
     second one stops at once. A full or read-only disk stops the run with exit code 3.
-    Resume later with --resume RUN_DIR (or --resume latest)."""
+    Resume later with --resume RUN_DIR (or --resume latest). A cell whose plugin code fails is
+    recorded as failed and the others run (exit code 1). With --json, stdout holds only JSON."""
     from rich.console import Console
 
     from tlbench.executors import ExecutorConfig
@@ -230,7 +287,6 @@ def run(
     from tlbench.runner import plan_run, run_suite
     from tlbench.slurm import slurm_options
 
-    host = _host(ctx, quiet)
     slurm = slurm_options(
         slurm_extra,
         slurm_local,
@@ -241,6 +297,15 @@ def run(
         mem=slurm_mem,
         array_parallelism=slurm_array_parallelism,
     )
+    executor_config = ExecutorConfig(
+        executor, workers, ray_address, cpus_per_cell, gpus_per_cell, slurm
+    )
+    executor_config.check()  # before anything loads: a bad option costs nothing
+    if not dry_run or device != "auto":
+        from tlbench.engine.runtime import resolve_device
+
+        resolve_device(device)
+    host = _host(ctx, quiet)
     request = RunRequest(
         suite=suite,
         out_dir=out_dir,
@@ -251,23 +316,24 @@ def run(
         selection=Selection(tuple(models), tuple(datasets), tuple(strategies), tuple(seeds)),
         plugins=ctx.obj,
         argv=sys.argv,
-        executor=ExecutorConfig(
-            executor, workers, ray_address, cpus_per_cell, gpus_per_cell, slurm
-        ),
+        executor=executor_config,
     )
     if dry_run:
         _print_plan(plan_run(request, host), as_json)
         return
     console = Console(stderr=True)
     progress = None if quiet else RunProgress(console)
-    outcome = run_suite(request, host, progress)
+    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+        outcome = run_suite(request, host, progress)
+        if not quiet:
+            _print_table(outcome.run_dir, console if as_json else Console())
+            console.print(
+                f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)"
+            )
+            for problem in host.observer_problems():
+                click.echo(f"warning: {problem}", err=True)
     if as_json:
         click.echo(json.dumps(outcome.records, indent=2, default=str))
-    if not quiet:
-        _print_table(outcome.run_dir, Console())
-        console.print(
-            f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)"
-        )
     if outcome.interrupted:
         click.echo(
             f"interrupted: resume with: tlbench run {suite} --resume {outcome.run_dir}", err=True
@@ -299,7 +365,8 @@ def _print_table(run_dir: Path, console) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(sorted(PLURALS)))
+@click.argument("kind", required=False, metavar="[KIND]")
+@click.argument("name", required=False)
 @click.option(
     "--all-timm",
     "timm_pattern",
@@ -311,26 +378,77 @@ def _print_table(run_dir: Path, console) -> None:
     is_flag=True,
     help="With --all-timm: list pretrained tags (arch.tag) usable as timm:<arch>.<tag>.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the components as JSON.")
 @click.pass_context
-def list_components(ctx, kind, timm_pattern, pretrained):
-    """List registered components, the plugin each came from, and whether it runs offline now."""
-    from rich.console import Console
-    from rich.table import Table
+def list_components(ctx, kind, name, timm_pattern, pretrained, as_json):
+    """List registered components, the plugin each came from, and whether it runs offline now.
 
-    console = Console()
+    KIND is models, datasets, strategies or estimators; with a NAME too, show that component
+    (as `tlbench show NAME`). Options marked (sweep) take a list of candidates. When stdout is
+    not a terminal, each component is one line of tab-separated fields: name, kind, plugin,
+    offline, options, description."""
     if timm_pattern:
         import timm
 
         names = timm.list_pretrained(timm_pattern) if pretrained else timm.list_models(timm_pattern)
-        for name in names:
-            console.print(name, highlight=False)
+        if as_json:
+            _echo_json(list(names))
+            return
+        for timm_name in names:
+            click.echo(timm_name)
         return
     host = _host(ctx)
+    plural = _plural_kind(kind) if kind else None
+    if kind and plural is None:  # `tlbench list linear-probe`: a component's name
+        if name:
+            raise click.UsageError(f"unknown kind {kind!r}; expected one of {', '.join(PLURALS)}")
+        _show(host, kind, None, as_json)
+        return
+    if name:
+        _show(host, name, _singular(plural), as_json)
+        return
+    infos = [info for p in ([plural] if plural else PLURALS) for info in _infos(host, p)]
+    if as_json:
+        _echo_json(infos)
+    elif _plain_output():
+        from tlbench.describe import list_line
+
+        for info in infos:
+            click.echo(list_line(info))
+    else:
+        _list_tables(infos, [plural] if plural else list(PLURALS))
+
+
+def _plural_kind(word: str) -> str | None:
+    """``models`` or ``model`` -> ``models``; anything else -> None."""
     from tlbench.specs import KINDS
 
-    singular = {plural: kind for kind, plural in KINDS.items()}
-    kinds = [kind] if kind else list(PLURALS)
-    for plural in kinds:
+    return word if word in PLURALS else KINDS.get(word)
+
+
+def _singular(plural: str) -> str:
+    from tlbench.specs import KINDS
+
+    return {p: k for k, p in KINDS.items()}[plural]
+
+
+def _infos(host, plural: str) -> list[dict]:
+    from tlbench.describe import component_info
+
+    versions = {row["name"]: row["version"] for row in host.plugin_rows()}
+    kind = _singular(plural)
+    return [component_info(kind, item, versions) for item in host.registry.items(kind)]
+
+
+def _list_tables(infos: list[dict], plurals: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tlbench.describe import card_lines, offline_text, option_names
+
+    console = Console()
+    for plural in plurals:
+        kind = _singular(plural)
         table = Table(title=plural, title_justify="left", expand=False)
         show_card = plural in ("models", "datasets")
         columns = (
@@ -340,21 +458,73 @@ def list_components(ctx, kind, timm_pattern, pretrained):
         )
         for column in columns:
             table.add_column(column, overflow="fold")
-        for item in host.registry.items(singular[plural]):
-            spec = item.spec
-            name = (
-                f"{spec.name}:<{spec.argument_help or 'arg'}>" if spec.takes_argument else spec.name
-            )
-            options = ", ".join(o.name for o in spec.options)
-            available = spec.availability()
-            offline = "yes" if available is True else f"no: {available}"
-            card = (
-                ("\n".join(f"{k}: {v}" for k, v in spec.card.items() if k != "source"),)
-                if show_card
-                else ()
-            )
-            table.add_row(name, item.plugin, spec.description, *card, options, offline)
+        for info in (i for i in infos if i["kind"] == kind):
+            card = ("\n".join(card_lines(info)),) if show_card else ()
+            row = (info["ref"], info["plugin"], info["description"], *card)
+            table.add_row(*row, option_names(info), offline_text(info))
         console.print(table)
+    console.print(
+        "(sweep): give a list to choose among on the validation split. "
+        "`tlbench show NAME` shows every option with its type, default and help.",
+        style="dim",
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@click.pass_context
+def show(ctx, name, as_json):
+    """Describe a component: NAME is a model, dataset, strategy or estimator (or a family's
+    `name:argument`). Shows its description, plugin and versions, card, whether it runs offline,
+    and every option with its type, default, accepted values, help and whether it can be
+    swept."""
+    _show(_host(ctx), name, None, as_json)
+
+
+def _show(host, ref: str, kind: str | None, as_json: bool) -> None:
+    from tlbench.describe import component_info, show_lines
+
+    if kind is None:
+        found = host.registry.find(ref)
+    else:
+        registered, argument = host.registry.lookup(kind, ref)
+        found = [(kind, registered, argument)]
+    versions = {row["name"]: row["version"] for row in host.plugin_rows()}
+    infos = [component_info(k, item, versions, argument) for k, item, argument in found]
+    if as_json:
+        _echo_json(infos[0] if len(infos) == 1 else infos)
+        return
+    if _plain_output():
+        click.echo("\n\n".join("\n".join(show_lines(info)) for info in infos))
+        return
+    for info in infos:
+        _show_rich(info)
+
+
+def _show_rich(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tlbench.describe import default_text, header_lines
+
+    console = Console()
+    header = header_lines(info)
+    console.print(header[0], style="bold", highlight=False)
+    for line in header[1:]:
+        console.print(line, highlight=False)
+    if not info["options"]:
+        console.print("options: none")
+        return
+    table = Table(title="options", title_justify="left")
+    for column in ("option", "type", "default", "accepts", "sweep", "help"):
+        table.add_column(column, overflow="fold")
+    for option in info["options"]:
+        default = "required" if option["required"] else default_text(option)
+        name = option["name"] + (" (core)" if option["provided_by"] == "core" else "")
+        sweep = "yes" if option["sweep"] else ""
+        table.add_row(name, option["type"], default, option["expected"], sweep, option["help"])
+    console.print(table)
 
 
 @cli.command()
@@ -363,25 +533,59 @@ def list_components(ctx, kind, timm_pattern, pretrained):
     is_flag=True,
     help="Print pinned requirements of tlbench and installed plugins.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print plugins, clashes and errors as JSON.")
 @click.pass_context
-def plugins(ctx, requirements):
-    """List loaded plugins, their versions and the hooks each implements."""
-    from rich.console import Console
-    from rich.table import Table
+def plugins(ctx, requirements, as_json):
+    """List loaded plugins, their versions, where each came from and the hooks it implements,
+    and any component name two plugins both registered (the first one is kept).
 
-    host = _host(ctx)
+    When stdout is not a terminal, each plugin is one line of tab-separated fields: name,
+    version, source, hooks, clashes."""
+    host = _host(ctx, quiet=as_json)
     if requirements:
         from tlbench.plugins import requirements_lines
 
         for line in requirements_lines(host):
             click.echo(line)
         return
+    rows = host.plugin_rows()
+    clashes = host.registry.clashes
+    for row in rows:
+        row["clashes"] = [c.describe() for c in clashes if row["name"] in (c.kept, c.ignored)]
+    if as_json:
+        _echo_json(
+            {
+                "plugins": rows,
+                "clashes": [vars(c) for c in clashes],
+                "errors": host.errors,
+            }
+        )
+    elif _plain_output():
+        for row in rows:
+            fields = (row["name"], row["version"], row["source"], ", ".join(row["hooks"]))
+            click.echo(_line(*fields, "; ".join(row["clashes"])))
+    else:
+        _plugins_table(rows, clashes)
+
+
+def _plugins_table(rows: list[dict], clashes) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table()
-    for column in ("plugin", "version", "hooks"):
+    for column in ("plugin", "version", "source", "hooks"):
         table.add_column(column)
-    for row in host.plugin_rows():
-        table.add_row(row["name"], row["version"], ", ".join(row["hooks"]))
-    Console().print(table)
+    for row in rows:
+        table.add_row(row["name"], row["version"], row["source"], ", ".join(row["hooks"]))
+    console = Console()
+    console.print(table)
+    if clashes:
+        clash_table = Table(title="name clashes (the first plugin's component is kept)")
+        for column in ("kind", "name", "kept", "ignored"):
+            clash_table.add_column(column)
+        for clash in clashes:
+            clash_table.add_row(clash.kind, clash.name, clash.kept, clash.ignored)
+        console.print(clash_table)
 
 
 @cli.group()
@@ -391,14 +595,23 @@ def cache():
 
 @cache.command("info")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path))
-def cache_info(cache_dir):
-    """Entries and size per namespace."""
+@click.option("--json", "as_json", is_flag=True, help="Print the root and namespaces as JSON.")
+def cache_info(cache_dir, as_json):
+    """Entries and size per namespace. When stdout is not a terminal, each namespace is one
+    line of tab-separated fields: namespace, entries, bytes."""
     from rich.console import Console
     from rich.table import Table
 
     from tlbench.cache import Cache
 
     store = Cache(cache_dir)
+    if as_json:
+        _echo_json({"root": str(store.root), "namespaces": store.info()})
+        return
+    if _plain_output():
+        for row in store.info():
+            click.echo(_line(row["namespace"], row["entries"], row["bytes"]))
+        return
     table = Table(title=f"cache: {store.root}", title_justify="left")
     for column in ("namespace", "entries", "size"):
         table.add_column(column)

@@ -5,8 +5,8 @@ Discovery order: built-ins (``DEFAULT_PLUGINS``), then installed distributions' 
 the ``tlbench`` group (unless ``TLBENCH_DISABLE_AUTOLOAD`` is set or ``TLBENCH_PLUGINS`` limits
 them), then plugin objects passed as ``extra``, modules named with ``--plugin`` and single files
 in ``--plugins-dir``. A plugin that fails to import or to validate is recorded by name in
-``PluginHost.errors``; the others keep working. ``TLBENCH_TRACE_HOOKS=1`` traces hook calls to
-stderr.
+``PluginHost.errors``; the others keep working. A plugin object found twice (``--plugin X`` while
+X is installed) is loaded once. ``TLBENCH_TRACE_HOOKS=1`` traces hook calls to stderr.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,58 @@ class PluginManager(pluggy.PluginManager):
         self.dists: dict[str, importlib.metadata.Distribution] = {}
 
 
+@dataclass(frozen=True)
+class ObserverFailure:
+    """An observer hook (``on_cell_finished``) that raised: which plugin, on which record."""
+
+    plugin: str
+    hook: str
+    config_hash: str
+    error: str  # "RuntimeError: boom", one line
+    traceback: str
+
+
 @dataclass
 class PluginHost:
     manager: pluggy.PluginManager
     registry: Registry
     errors: list[str] = field(default_factory=list)
+    observer_failures: list[ObserverFailure] = field(default_factory=list)
+
+    def hook_callers(self, hook_name: str) -> Iterator[tuple[str, pluggy.HookCaller]]:
+        """(plugin name, a caller of that plugin's implementations only) for every plugin
+        implementing ``hook_name``, in pluggy's call order. Calling them one by one keeps one
+        plugin's exception from hiding the others (pluggy stops a call at the first)."""
+        hook = getattr(self.manager.hook, hook_name)
+        plugins = list(dict.fromkeys(impl.plugin for impl in reversed(hook.get_hookimpls())))
+        for plugin in plugins:
+            others = [p for p in plugins if p is not plugin]
+            yield self.manager.get_name(plugin), self.manager.subset_hook_caller(hook_name, others)
+
+    def observer_failed(
+        self, plugin: str, record: dict, exc: Exception, hook: str = "on_cell_finished"
+    ) -> None:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        self.observer_failures.append(
+            ObserverFailure(
+                plugin,
+                hook,
+                str(record.get("config_hash", "")),
+                f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
+        )
+
+    def observer_problems(self) -> list[str]:
+        """One line per (plugin, error): what to show at the end of a run."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for failure in self.observer_failures:
+            key = (failure.plugin, failure.hook, failure.error)
+            counts[key] = counts.get(key, 0) + 1
+        return [
+            f"plugin {plugin!r}: observer {hook} failed on {n} record{'s' if n > 1 else ''}: {error}"
+            for (plugin, hook, error), n in counts.items()
+        ]
 
     def plugin_rows(self) -> list[dict]:
         """One row per loaded plugin: name, version, source, hooks implemented."""
@@ -181,6 +229,15 @@ def _register_file(pm: pluggy.PluginManager, path: Path, errors: list[str]) -> N
 
 def _register(pm, plugin, name: str, errors: list[str], source: str) -> bool:
     """Register and validate one plugin; on failure leave the manager as it was."""
+    if pm.is_registered(plugin):  # e.g. --plugin X while X is installed: it is loaded already
+        return False
+    taken = pm.get_plugin(name)
+    if taken is not None:
+        where = getattr(pm, "sources", {}).get(name, "another source")
+        errors.append(
+            f"plugin {name!r} ({source}) was not loaded: a plugin of that name is already loaded ({where})"
+        )
+        return False
     try:
         pm.register(plugin, name=name)
         pm.check_pending()
@@ -189,9 +246,9 @@ def _register(pm, plugin, name: str, errors: list[str], source: str) -> bool:
         if pm.is_registered(plugin):
             pm.unregister(plugin)
         return False
-    except ValueError as exc:  # the name or the object is already registered
-        first_line = str(exc).splitlines()[0]
-        errors.append(f"plugin {name!r} was not loaded: {first_line}")
+    except ValueError as exc:  # blocked names, or a race with another registration
+        first_line = str(exc).splitlines()[0].split("=<")[0]
+        errors.append(f"plugin {name!r} ({source}) was not loaded: {first_line}")
         return False
     if hasattr(pm, "sources"):
         pm.sources[name] = source

@@ -24,9 +24,25 @@ class RegistrationError(Exception):
     """A plugin registered something malformed or a duplicate name."""
 
 
+@dataclass(frozen=True)
+class Clash:
+    """Two plugins registered the same name: the first one's component is kept."""
+
+    kind: str
+    name: str
+    kept: str  # the plugin whose component answers to the name
+    ignored: str  # the plugin whose registration was refused
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} {self.name!r}: plugin {self.kept!r} kept, plugin {self.ignored!r} ignored"
+        )
+
+
 class Registry:
     def __init__(self):
         self._items: dict[str, dict[str, Registered]] = {kind: {} for kind in SPEC_KINDS}
+        self.clashes: list[Clash] = []
 
     def add(self, kind: str, spec: object, plugin: str) -> None:
         expected = SPEC_KINDS[kind]
@@ -41,6 +57,7 @@ class Registry:
             )
         existing = self._items[kind].get(spec.name)
         if existing is not None:
+            self.clashes.append(Clash(kind, spec.name, existing.plugin, plugin))
             raise RegistrationError(
                 f"{kind} {spec.name!r} is registered twice: by plugin {existing.plugin!r} and by plugin {plugin!r}"
             )
@@ -67,7 +84,26 @@ class Registry:
         return entry, (argument or None)
 
     def suggest(self, kind: str, name: str) -> str:
-        names = self.names(kind)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        text = f"Did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        return text + f"Available: {', '.join(names) or 'none'}."
+        return did_you_mean(name, self.names(kind))
+
+    def find(self, ref: str) -> list[tuple[str, Registered, str | None]]:
+        """Every (kind, registration, argument) that ``ref`` (``name`` or ``name:argument``)
+        names, whatever the kind; ``UserError`` with suggestions when none does."""
+        found = []
+        for kind in SPEC_KINDS:
+            if ref.partition(":")[0] in self._items[kind]:
+                registered, argument = self.lookup(kind, ref)
+                found.append((kind, registered, argument))
+        if not found:
+            every = sorted({n for kind in SPEC_KINDS for n in self.names(kind)})
+            raise UserError(
+                f"unknown component {ref!r}. {did_you_mean(ref.partition(':')[0], every)}"
+            )
+        return found
+
+
+def did_you_mean(name: str, names: list[str]) -> str:
+    """``Did you mean 'a', 'b'? Available: ...``: the registry's manners for an unknown name."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    text = f"Did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return text + f"Available: {', '.join(names) or 'none'}."

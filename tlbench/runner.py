@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlbench.cache import Cache, atomic_write_bytes
-from tlbench.cell import CellResult, CellRunner
+from tlbench.cell import CellFailure, CellResult, CellRunner, core_problem, failure_result
 from tlbench.components import Cell
 from tlbench.errors import TlbenchError, UserError
 from tlbench.executors import Sink, WorkerConfig, dispatch, make_executor
@@ -105,21 +105,40 @@ def preflight(suite: Suite, host: PluginHost) -> None:
         raise UserError("\n".join(problems))
 
 
-def check_cells(cells: Iterable[Cell], runner: CellRunner) -> None:
+def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, CellResult]]:
     """Let each strategy reject what it cannot do with its cell's model and data (k larger than
     the model's layer groups, a LoRA target that matches nothing, ...) before any training.
-    The contexts built here are the ones the cells then run on (the runner keeps them)."""
-    problems = []
+
+    A ``UserError`` stops the run: every such problem is raised at once, one line each, naming
+    its cells. Any other failure of plugin code (a factory that raises, a strategy with a bug)
+    costs only its cell: it comes back as that cell's failed result, to be recorded instead of
+    run. The contexts built here are the ones the cells then run on (the runner keeps them)."""
+    problems: dict[str, list[str]] = {}
+    rejected = []
     for cell in cells:
-        check = getattr(runner.strategy(cell), "check", None)
-        if check is None:
-            continue
         try:
-            check(runner.context(cell))
-        except UserError as exc:
-            problems.append(str(exc))
+            runner.check(cell)
+        except CellFailure as failure:
+            if failure.is_user_error:
+                problems.setdefault(failure.problem, []).append(failure.label)
+            else:
+                rejected.append((cell, failure_result(cell, failure)))
+        except UserError as exc:  # the core refused the cell (its source trained on the target)
+            problem = core_problem(cell, exc).removeprefix(f"{cell.label}: ")
+            problems.setdefault(problem, []).append(cell.label)
     if problems:
-        raise UserError("\n".join(dict.fromkeys(problems)))
+        raise UserError("\n".join(_naming_cells(p, labels) for p, labels in problems.items()))
+    return rejected
+
+
+def _not_rejected(cells: list[Cell], rejected: list[tuple[Cell, CellResult]]) -> list[Cell]:
+    failed = {cell.key for cell, _ in rejected}
+    return [cell for cell in cells if cell.key not in failed]
+
+
+def _naming_cells(problem: str, labels: list[str]) -> str:
+    more = f" (and {len(labels) - 1} more cells)" if len(labels) > 1 else ""
+    return f"{labels[0]}{more}: {problem}"
 
 
 def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
@@ -167,7 +186,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
             try:
                 if progress:
                     progress.console.print(f"checking {len(todo)} cells before any training")
-                check_cells(todo, runner)
+                rejected = check_cells(todo, runner)
                 if suite.estimators:
                     _estimate(suite, request, runner, run_dir, progress, log)
             except KeyboardInterrupt:
@@ -185,7 +204,9 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
             if progress:
                 progress.start(total=len(cells), done=skipped)
             try:
-                completed = dispatch(executor, todo, recorder)
+                for cell, result in rejected:  # failed their check: recorded, never run
+                    recorder.finished(cell, result)
+                completed = dispatch(executor, _not_rejected(todo, rejected), recorder)
             except BaseException:
                 executor.shutdown(kill=True)  # no worker outlives a run that failed
                 raise
@@ -381,10 +402,14 @@ class _Recorder(Sink):
 
 
 def _notify(host: PluginHost, record: dict) -> None:
-    try:
-        host.manager.hook.on_cell_finished(record=record)
-    except Exception as exc:  # an observer never breaks a run
-        host.errors.append(f"on_cell_finished observer failed: {type(exc).__name__}: {exc}")
+    """Call every ``on_cell_finished`` observer, each on its own: pluggy stops a hook call at
+    the first exception, and one broken observer must not silence the others. What an observer
+    raises is kept on the host (``observer_failures``) for the end of the run."""
+    for name, caller in host.hook_callers("on_cell_finished"):
+        try:
+            caller(record=record)
+        except Exception as exc:  # an observer never breaks a run
+            host.observer_failed(name, record, exc)
 
 
 class Interrupts:

@@ -29,24 +29,60 @@ def data_root(options: Mapping[str, Any]) -> Path:
     return Path(options["root"]).expanduser() if options.get("root") else default_data_root()
 
 
-def decode_once(factory: Callable) -> Callable:
-    """Memoise a dataset factory per process on (argument, options that change content).
+def decode_once(loader: Callable) -> Callable:
+    """Turn a dataset loader into a dataset factory that decodes once per process.
 
-    Split options and the build context do not change what is decoded, so a grid of cells that
-    differ only in seeds, shots or sizes shares one decoded ``TargetData``.
+    ``loader(argument, options)`` (or ``loader(argument, options, context)``) returns a
+    ``TargetData``; the result is the factory a ``DatasetSpec`` names,
+    ``factory(argument, options, context)``. Decoded data is memoised on the argument and the
+    options that change content: split options (``train_size``, ``shots``, ``protocol``, ...) are
+    applied later by the core and are not passed to the loader, so cells that differ only in seeds
+    or split sizes share one decoded ``TargetData``. A loader that takes ``context`` gets the
+    ``BuildContext`` of the first call (for its ``cache`` and ``log``; nothing that changes the
+    data). Any other signature is a ``TypeError`` at decoration time, naming the loader.
     """
+    takes_context = _takes_context(loader)
+    current_context: list = [None]  # the context of the call being decoded
 
     @functools.lru_cache(maxsize=8)
     def cached(argument, frozen):
-        return factory(argument, dict(frozen))
+        context = (current_context[0],) if takes_context else ()
+        return loader(argument, dict(frozen), *context)
 
-    @functools.wraps(factory)
-    def wrapper(argument, options, context=None):
+    @functools.wraps(loader)
+    def factory(argument, options, context=None):
         content = {k: _freeze(v) for k, v in options.items() if k not in SPLIT_OPTIONS}
-        return cached(argument, tuple(sorted(content.items())))
+        current_context[0] = context
+        try:
+            return cached(argument, tuple(sorted(content.items())))
+        finally:
+            current_context[0] = None
 
-    wrapper.cache_clear = cached.cache_clear
-    return wrapper
+    del factory.__wrapped__  # its signature is the factory's, not the loader's
+    factory.cache_clear = cached.cache_clear
+    return factory
+
+
+def _takes_context(loader: Callable) -> bool:
+    """Whether ``loader`` wants ``(argument, options, context)`` rather than
+    ``(argument, options)``; ``TypeError`` when it can take neither."""
+    import inspect
+
+    name = getattr(loader, "__qualname__", repr(loader))
+    try:
+        params = list(inspect.signature(loader).parameters.values())
+    except (TypeError, ValueError):
+        return False  # a builtin or C callable: assume the documented two arguments
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if len(required) > 3 or keyword_only or (len(positional) < 2 and not varargs):
+        raise TypeError(
+            f"decode_once wraps load(argument, options) or load(argument, options, context); "
+            f"{name}{inspect.signature(loader)} cannot be called that way"
+        )
+    return varargs or len(positional) >= 3
 
 
 def _freeze(value: Any) -> Any:
@@ -55,7 +91,9 @@ def _freeze(value: Any) -> Any:
 
 @dataclass
 class Decoded:
-    """Images decoded from files: the ImageSet plus the files that were skipped as unreadable."""
+    """What ``decode_files`` returns: ``imageset``, the ``ImageSet`` to put in a ``TargetData``
+    (decoded arrays in memory, or paths decoded lazily), and ``skipped``, the paths dropped as
+    unreadable (only with ``on_corrupt = "skip"``; worth recording in the dataset's card)."""
 
     imageset: ImageSet
     skipped: list[str] = field(default_factory=list)
@@ -69,10 +107,14 @@ def decode_files(
     decode: str = "auto",
     what: str = "dataset",
 ) -> Decoded:
-    """Read image files into an ``ImageSet``: in memory when uniform and small, else lazily.
+    """Read image files into a ``Decoded``: its ``imageset`` holds the images in memory when
+    they share one size and fit 1 GiB (``decode = "auto"``; ``"memory"`` insists, ``"lazy"``
+    keeps paths), else their paths, decoded when needed.
 
-    Every file's header is read once here, so unreadable files are found up front; with
-    ``on_corrupt = "skip"`` they are dropped and listed, otherwise a ``UserError`` names the file.
+    ``paths`` and ``labels`` (class indices) are aligned. Every file's header is read once here,
+    so unreadable files are found up front; with ``on_corrupt = "skip"`` they are dropped and
+    listed in ``Decoded.skipped``, otherwise a ``UserError`` names the file (``what`` prefixes
+    the message, usually the dataset's name).
     """
     from PIL import Image
 
