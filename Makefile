@@ -39,6 +39,8 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) >/dev/null; \
 	else echo "note: the HTML report test needs: sudo apt-get install chromium chromium-driver"; fi
 
+# Linear probe, partial unfreezing and full fine-tuning of two source models on two datasets, each
+# with its default sweep and refit: under 5 minutes of run time on 2 CPU cores.
 demo: setup
 	$(BIN)/tlbench run suites/quickstart.toml
 
@@ -59,8 +61,10 @@ reference: setup
 	$(BIN)/tlbench report results/reference/quickstart --format html -o results/reference/quickstart/report.html --plots results/reference/quickstart/plots
 	$(BIN)/python -m tlbench.report.screenshot results/reference/quickstart/report.html results/reference/quickstart/report.png
 
+# Every benchmark of docs/benchmarks.md (about an hour on 2 CPU cores; run it on a quiet machine).
+# `make bench BENCH_ARGS=--quick` checks every script on a tiny configuration in a few minutes.
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,29 +1,33 @@
-"""The quickstart grid written by hand: plain PyTorch + timm + scikit-learn, no tlbench engine.
+"""The full protocol written by hand: plain PyTorch + timm + scikit-learn, no tlbench engine.
 
-This is the "naive per-cell loop" that `tlbench run suites/quickstart.toml` is compared with
-(docs/benchmarks.md, "Quickstart grid vs a hand-written loop"). Same cells, epochs, sweeps and
-options as suites/quickstart.toml; what a competent user writes without a caching engine:
+This is the "hand-written loop" that `tlbench run` is compared with (docs/benchmarks.md,
+"Protocol grid"; benchmarks/bench_protocol_grid.py drives both). Same cells, seeds, epochs,
+sweeps and refits as tlbench's strategy defaults, which it reads from the strategy specs so the
+two cannot drift apart; what a competent user writes without a caching engine:
 
 * every cell rebuilds its model and re-reads and re-transforms its images (a torch ``Dataset``
   over PIL images, timm's ``create_transform(**resolve_data_config(...))`` at 64 px, grayscale
   converted to RGB, ``DataLoader(num_workers=0)``), nothing is shared between cells;
 * linear-probe: features extracted once per cell with the full backbone, then scikit-learn
   ``LogisticRegression(lbfgs)`` over the same strengths tlbench searches (log grid 1e-6..1e2 and
-  three rounds of interval halving, ``C = 1 / (l2 * n)``), refit on train+val;
+  three rounds of interval halving, ``C = 1 / (l2 * n)``) with tlbench's tolerance and iteration
+  cap, on float64 features, refit on train+val;
 * the fine-tuning strategies: AdamW (timm's factory: no decay on biases and norms), warmup 0.5
   epoch + cosine (timm's scheduler), batch 64, BatchNorm running statistics frozen, early
-  stopping with patience 2 on val; partial-unfreeze (k=2, lr swept over [1e-3, 3e-3], 5 epochs,
-  refit on train+val for the best epoch count) freezes its prefix with ``requires_grad=False``
-  but still runs it forward every step; full-finetune, lp-ft, bitfit and lora train 3 epochs
-  at one lr and keep the best epoch's weights (no refit), as the quickstart suite sets them;
-  lp-ft's probe scales all features by one number, as tlbench's does (docs/strategies.md).
+  stopping with patience 2 on val, **every configuration of the default sweep trained to its
+  end** (no pruning), then a refit on train+val for the chosen epoch count; partial-unfreeze
+  freezes its prefix with ``requires_grad=False`` but still runs it forward every step; lp-ft's
+  probe scales all features by one number, as tlbench's does (docs/strategies.md);
+* seeds: each seed is its own cells, as a loop over seeds runs them: features of images two seeds
+  share are extracted again.
 
 Only weight loading (``tlbench.weights``: the packaged ImageNet weights and the seeded
 from-scratch init) and the split indices (``tlbench.splits.make_splits`` on the built-in dataset
 factories) come from tlbench, so both sides score the same images from the same starting weights.
 Prints one line per cell (top-1, seconds) and the total; ``--json`` writes them to a file.
 
-    .venv/bin/python benchmarks/bench_naive_quickstart.py [--models lite0-imagenet] [--json out.json]
+    .venv/bin/python benchmarks/bench_naive_quickstart.py [--models lite0-imagenet] \
+        [--strategies linear-probe full-finetune] [--seeds 0 1 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -57,18 +61,49 @@ DATASETS = {
     "digits": {},
     "fashion-mnist": {"train_size": 1000, "test_size": 2000},
 }
-# suites/quickstart.toml with the built-in defaults filled in.
-STRATEGIES = {
-    "linear-probe": {},
-    "partial-unfreeze": {"lrs": [1e-3, 3e-3], "epochs": 5, "refit": True, "wd": 0.05},
-    "full-finetune": {"lrs": [1e-3], "epochs": 3, "refit": False, "wd": 0.05},
-    "lp-ft": {"lrs": [3e-4], "epochs": 3, "refit": False, "wd": 0.05},
-    "bitfit": {"lrs": [1e-2], "epochs": 3, "refit": False, "wd": 0.0},
-    "lora": {"lrs": [3e-3], "epochs": 3, "refit": False, "wd": 0.0},
-}
+STRATEGY_NAMES = ("linear-probe", "partial-unfreeze", "full-finetune", "lp-ft", "bitfit", "lora")
+
+
+def strategy_defaults() -> dict[str, dict]:
+    """Each strategy's default sweep, epochs, refit and weight decay, from tlbench's specs."""
+    import sys
+
+    from tlbench.builtin.strategies import SPECS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "tlbench-peft"))
+    specs = {spec.name: spec for spec in SPECS}
+    try:
+        import tlbench_peft
+
+        tlbench_peft.register_strategies(register=lambda spec: specs.setdefault(spec.name, spec))
+    except ImportError:
+        pass
+    out = {"linear-probe": {}}
+    for name in STRATEGY_NAMES[1:]:
+        if name not in specs:
+            continue
+        d = {o.name: o.default for o in specs[name].options}
+        out[name] = {
+            "lrs": list(d["lr"]),
+            "epochs": d["epochs"],
+            "refit": d["refit"],
+            "wd": d["weight_decay"][0],
+            "k": d.get("k"),
+        }
+    return out
+
+
+STRATEGIES = strategy_defaults()
 L2_GRID = [10.0**e for e in range(-6, 3)]
 REFINE_STEPS = 3
 PATIENCE = 2
+
+
+def solver_settings() -> tuple[float, int]:
+    """(tolerance, iteration cap) tlbench's probe uses, read from its module (not hard-coded)."""
+    from tlbench.engine import logistic
+
+    return logistic.DEFAULT_TOL, logistic.DEFAULT_MAX_ITER
 
 
 # ------------------------------------------------------------------------------ data and models
@@ -159,11 +194,13 @@ def fit_probe(
 ) -> tuple[StandardScaler, LogisticRegression]:
     """``one_scale``: every feature divided by the same number (their mean standard deviation),
     as tlbench's LP-FT probe does; otherwise each standardised (the linear-probe protocol)."""
-    scaler = StandardScaler().fit(train[0])
+    x = train[0].astype(np.float64)
+    scaler = StandardScaler().fit(x)
     if one_scale:
         scaler.scale_ = np.full_like(scaler.scale_, np.sqrt(scaler.var_).mean())
-    clf = LogisticRegression(C=1.0 / (l2 * len(train[1])), max_iter=100, tol=1e-4)
-    return scaler, clf.fit(scaler.transform(train[0]), train[1])
+    tol, max_iter = solver_settings()
+    clf = LogisticRegression(C=1.0 / (l2 * len(train[1])), max_iter=max_iter, tol=tol)
+    return scaler, clf.fit(scaler.transform(x), train[1])
 
 
 def search_probe(train, val, one_scale: bool = False) -> float:
@@ -173,7 +210,7 @@ def search_probe(train, val, one_scale: bool = False) -> float:
     def score(l2: float) -> None:
         if l2 not in scores:
             scaler, clf = fit_probe(train, l2, one_scale)
-            scores[l2] = clf.score(scaler.transform(val[0]), val[1])
+            scores[l2] = clf.score(scaler.transform(val[0].astype(np.float64)), val[1])
 
     def best() -> float:
         return max(scores, key=lambda s: (scores[s], s))
@@ -188,15 +225,18 @@ def search_probe(train, val, one_scale: bool = False) -> float:
     return best()
 
 
-def linear_probe(source, splits, num_classes: int) -> float:
+def linear_probe(source, splits, num_classes: int) -> tuple[float, dict]:
     backbone = source.build(num_classes=0, in_chans=3, seed=SEED)
     loader = loaders(backbone, splits, num_classes)
     feats = {s: features(backbone, loader(s)) for s in ("train", "val", "test")}
     feats["trainval"] = tuple(
         np.concatenate([a, b]) for a, b in zip(feats["train"], feats["val"], strict=True)
     )
-    scaler, clf = fit_probe(feats["trainval"], search_probe(feats["train"], feats["val"]))
-    return 100.0 * clf.score(scaler.transform(feats["test"][0]), feats["test"][1])
+    l2 = search_probe(feats["train"], feats["val"])
+    scaler, clf = fit_probe(feats["trainval"], l2)
+    return 100.0 * clf.score(
+        scaler.transform(feats["test"][0].astype(np.float64)), feats["test"][1]
+    ), {"l2": l2}
 
 
 # ------------------------------------------------------------------------------ fine-tuning
@@ -251,7 +291,12 @@ def build(strategy: str, source, splits, num_classes: int, loader) -> nn.Module:
     if strategy == "partial-unfreeze":
         groups = group_parameters(model, model.group_matcher(coarse=True))
         groups = [[n for n in groups[i] if id(model.get_parameter(n)) not in head] for i in groups]
-        last = {n for group in [g for g in groups if g][-2:] for n in group}
+        k = STRATEGIES["partial-unfreeze"]["k"]
+        last = {
+            n
+            for group in [g for g in groups if g][len([g for g in groups if g]) - k :]
+            for n in group
+        }
         for name, p in model.named_parameters():
             p.requires_grad_(name in last or id(p) in head)
     return model
@@ -312,7 +357,7 @@ def train(model, loader, split, lr, wd, epochs, val_split=None):
     return best, best_epoch, best_state
 
 
-def finetune(strategy: str, source, splits, num_classes: int) -> float:
+def finetune(strategy: str, source, splits, num_classes: int) -> tuple[float, dict]:
     options = STRATEGIES[strategy]
     loader = loaders(source.build(num_classes=0), splits, num_classes)
     runs = []
@@ -328,7 +373,7 @@ def finetune(strategy: str, source, splits, num_classes: int) -> float:
         train(model, loader, "trainval", lr, options["wd"], epoch)
     else:
         model.load_state_dict(state)
-    return top1(model, loader("test"))
+    return top1(model, loader("test")), {"lr": lr, "epochs": epoch}
 
 
 # ------------------------------------------------------------------------------ the grid
@@ -343,45 +388,65 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="write per-cell top-1 and seconds here")
     parser.add_argument(
-        "--seed", type=int, default=0, help="as tlbench's seed: train/val split, init, data order"
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="as tlbench's seeds: train/val split, init, data order",
+    )
+    parser.add_argument(
+        "--px", type=int, default=PX, help="input resolution (tlbench's input_size)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override every fine-tuning strategy's epochs"
     )
     args = parser.parse_args()
-    global SEED
-    SEED = args.seed
+    global SEED, PX
+    PX = args.px
+    if args.epochs is not None:
+        for name, options in STRATEGIES.items():
+            if name != "linear-probe":
+                options["epochs"] = args.epochs
     rows = []
     start = time.perf_counter()
     for model_id in args.models:
         for dataset in args.datasets:
-            for strategy in args.strategies:
-                t0 = time.perf_counter()
-                # Per cell, as a hand-written loop does: weights, images and transforms afresh.
-                source = make_source(model_id)
-                splits = load_splits(dataset)
-                num_classes = int(splits["train"][1].max()) + 1
-                if strategy == "linear-probe":
-                    score = linear_probe(source, splits, num_classes)
-                else:
-                    score = finetune(strategy, source, splits, num_classes)
-                seconds = time.perf_counter() - t0
-                rows.append(
-                    {
-                        "model": model_id,
-                        "dataset": dataset,
-                        "strategy": strategy,
-                        "top1": round(score, 3),
-                        "seconds": round(seconds, 1),
-                    }
-                )
-                print(
-                    f"{model_id:15s} {dataset:14s} {strategy:17s} top1={score:6.2f} {seconds:7.1f}s",
-                    flush=True,
-                )
-                if args.json:  # after every cell, so a run stopped early keeps what it measured
-                    total = time.perf_counter() - start
-                    args.json.write_text(
-                        json.dumps({"total_s": round(total, 1), "cells": rows}, indent=1)
-                    )
+            for seed in args.seeds:
+                SEED = seed  # the global the helpers read, as the split, init and data order
+                for strategy in args.strategies:
+                    rows.append(run_cell(model_id, dataset, strategy))
+                    if args.json:  # after every cell: a run stopped early keeps what it measured
+                        total = time.perf_counter() - start
+                        args.json.write_text(
+                            json.dumps({"total_s": round(total, 1), "cells": rows}, indent=1)
+                        )
     print(f"total {time.perf_counter() - start:.1f}s")
+
+
+def run_cell(model_id: str, dataset: str, strategy: str) -> dict:
+    t0 = time.perf_counter()
+    # Per cell, as a hand-written loop does: weights, images and transforms afresh.
+    source = make_source(model_id)
+    splits = load_splits(dataset)
+    num_classes = int(splits["train"][1].max()) + 1
+    if strategy == "linear-probe":
+        score, chosen = linear_probe(source, splits, num_classes)
+    else:
+        score, chosen = finetune(strategy, source, splits, num_classes)
+    seconds = time.perf_counter() - t0
+    print(
+        f"{model_id:15s} {dataset:14s} seed {SEED} {strategy:17s} top1={score:6.2f} {seconds:7.1f}s {chosen}",
+        flush=True,
+    )
+    return {
+        "model": model_id,
+        "dataset": dataset,
+        "seed": SEED,
+        "strategy": strategy,
+        "top1": round(score, 3),
+        "chosen": chosen,
+        "seconds": round(seconds, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -80,6 +80,12 @@ class PreparedData:
             return self.target.test, "test"
         return self.target.train, "train"
 
+    def image_set(self, split: str) -> str:
+        """Which of the target's image sets ``split`` indexes: ``"train"`` or ``"test"``. Images
+        of one set with one row number are the same image in every split and every seed."""
+        check_split(split)
+        return self._source(split)[1]
+
     def indices(self, split: str) -> np.ndarray:
         check_split(split)
         return self.splits.trainval if split == "trainval" else self.splits.indices(split)
@@ -113,19 +119,22 @@ class PreparedData:
         shuffle: bool = False,
         seed: int = 0,
         device: torch.device | str | None = None,
+        positions: torch.Tensor | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(float32 NCHW normalised images, int64 labels), deterministic for a given seed.
 
         ``augment`` applies timm's train transform; each image's randomness derives from
-        (seed, image index), so it does not depend on batch size or order.
+        (seed, image index), so it does not depend on batch size or order. ``positions`` (int64,
+        into the split) yields only those images, in that order (``shuffle`` is then ignored).
         """
         labels = self.labels(split)
         n = len(labels)
-        order = (
-            torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            if shuffle
-            else torch.arange(n)
-        )
+        if positions is not None:
+            order = positions.to(torch.int64)
+        elif shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.arange(n)
         if augment:
             stream = self._loader(split, order, batch_size, self.transforms.train, seed)
         else:

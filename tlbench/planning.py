@@ -258,13 +258,43 @@ class Plan:
         return [c for c in self.cells if c.state != "recorded"]
 
     def shared_work(self) -> dict:
-        """Work the cells to run share: each is done once per run (and cached across runs)."""
+        """Work the cells to run share: each is done once per run (and cached across runs).
+
+        ``feature_pools``: frozen features and frozen-prefix activations are stored per image,
+        one pool per (model, dataset), so every seed, strategy and estimator of a pair reads
+        the images its pool already holds (seeds share where their splits share images and the
+        weights do not depend on the seed). ``sweeps``: cells whose fine-tuning options list
+        several configurations, by schedule, and their candidates."""
         todo = [c.cell for c in self.todo]
+        sweeps = {"asha": 0, "grid": 0, "candidates": 0}
+        for cell in todo:
+            options = cell.strategy_options
+            if "sweep" not in options:
+                continue
+            candidates = 1
+            for name in ("lr", "weight_decay"):
+                if isinstance(options.get(name), list):
+                    candidates *= len(options[name])
+            if candidates > 1:
+                sweeps[options["sweep"] if options["sweep"] in sweeps else "asha"] += 1
+                sweeps["candidates"] += candidates
         return {
             "source_models": len({(c.model_ref, _frozen(c.model_options), c.seed) for c in todo}),
             "datasets": len({(c.dataset_ref, _frozen(c.dataset_options)) for c in todo}),
             "model_dataset_pairs": len({(c.model, c.dataset) for c in todo}),
             "prepared_groups": len({(c.model, c.dataset, c.seed) for c in todo}),
+            "feature_pools": len(
+                {
+                    (
+                        c.model_ref,
+                        _frozen(c.model_options),
+                        c.dataset_ref,
+                        _frozen(c.dataset_options),
+                    )
+                    for c in todo
+                }
+            ),
+            "sweeps": sweeps,
         }
 
     def to_json(self) -> dict:
@@ -352,6 +382,20 @@ def render_plan(plan: Plan, console) -> None:
         f"{work['model_dataset_pairs']} (model, dataset) pairs, {work['prepared_groups']} prepared (model, dataset, seed) groups",
         highlight=False,
     )
+    console.print(
+        f"shared features: {work['feature_pools']} per-image feature pools serve {data['to_run']} cells; "
+        "every seed, strategy and estimator of a (model, dataset) reads what its pool holds and "
+        "computes only images no earlier cell or run did (frozen-prefix activations alike)",
+        highlight=False,
+    )
+    sweeps = work["sweeps"]
+    if sweeps["asha"] or sweeps["grid"]:
+        console.print(
+            f"sweeps: {sweeps['asha'] + sweeps['grid']} cells, {sweeps['candidates']} candidates; "
+            f'{sweeps["asha"]} by successive halving (sweep = "asha": all train 1 epoch, the '
+            f'better half on val continues), {sweeps["grid"]} every candidate to its end (sweep = "grid")',
+            highlight=False,
+        )
     cached = (
         ", ".join(f"{row['namespace']}: {row['entries']}" for row in data["cache"]["namespaces"])
         or "empty"

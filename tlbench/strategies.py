@@ -55,6 +55,13 @@ def training_options(
             minimum=1,
         ),
         Option(
+            "sweep",
+            str,
+            default="asha",
+            help="How a sweep spends epochs: asha = successive halving (every candidate 1 epoch, the better half on val continues, and so on); grid = every candidate to its end.",
+            choices=("asha", "grid"),
+        ),
+        Option(
             "batch_size",
             int,
             default=batch_size,

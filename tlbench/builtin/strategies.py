@@ -69,16 +69,25 @@ class LinearProbeThenFineTune(FineTuneStrategy):
     everything trains. The probe's strength is chosen on val once; the refit's probe is refit on
     train+val, so test data never informs it.
 
-    The probe scales all feature dimensions by one number, not each to unit variance as the
-    linear-probe strategy does. Per-dimension standardisation, folded into the head, multiplies
-    low-variance directions by up to 1/std: on digits the probed lite0 head produced logits of
-    ~250, and the first fine-tuning epoch, moving features slightly along those directions, took
-    val top-1 from 93.4 to 75.7 (test ended at 94.2, below the probe alone). With one scale the
-    same cell keeps val above 91 throughout and ends at 96.7; on the quickstart's four LP-FT
-    cells test top-1 rose by 1.1-4.4 points and val never fell (docs/strategies.md)."""
+    By default (``probe_scaling = "global"``) the probe scales all feature dimensions by one
+    number, not each to unit variance as the linear-probe strategy does. Per-dimension
+    standardisation, folded into the head, multiplies low-variance directions by up to 1/std: on
+    digits the probed lite0 head produced logits of ~250, and the first fine-tuning epoch, moving
+    features slightly along those directions, took val top-1 from 93.4 to 75.7 (test ended at
+    94.2, below the probe alone). With one scale the same cell keeps val above 91 throughout and
+    ends at 96.7; on the quickstart's four LP-FT cells test top-1 rose by 1.1-4.4 points and val
+    never fell (docs/strategies.md).
 
-    PROBE_SCALING = "global"
+    Its features come from the bank the linear-probe cell of the same (model, dataset) filled;
+    the probe itself is that cell's only with ``probe_scaling = "feature"`` (the same fit,
+    shared through ``tlbench.engine.probes``)."""
+
     _probes: dict = field(default_factory=dict)
+    _reuse: dict = field(default_factory=lambda: {"computed": 0, "reused": 0})
+
+    @property
+    def probe_scaling(self) -> str:
+        return self.options.get("probe_scaling") or "global"
 
     def setup(self, model, ctx, phase: str):
         import torch
@@ -90,37 +99,50 @@ class LinearProbeThenFineTune(FineTuneStrategy):
             classifier.bias.copy_(head.bias.to(classifier.bias))
         return model
 
+    def _features(self, ctx, splits):
+        from tlbench.engine import cell_features
+
+        feats = cell_features(ctx, splits)
+        self._reuse["computed"] += feats.reuse.computed
+        self._reuse["reused"] += feats.reuse.reused
+        return feats
+
     def _probe(self, ctx, phase: str):
-        from tlbench.engine import cell_features, fit_logistic, search_logistic
+        from tlbench.engine import DEFAULT_L2_GRID
+        from tlbench.engine.logistic import DEFAULT_REFINE_STEPS
+        from tlbench.engine.probes import probe_fit, probe_search
 
         if "search" not in self._probes:
-            feats = cell_features(ctx, ("train", "val"))
-            self._probes["search"] = search_logistic(
-                feats["train"],
-                feats["val"],
-                ctx.data.num_classes,
-                device=ctx.device,
-                scaling=self.PROBE_SCALING,
+            self._probes["search"] = probe_search(
+                ctx,
+                self._features(ctx, ("train", "val")),
+                grid=DEFAULT_L2_GRID,
+                refine_steps=DEFAULT_REFINE_STEPS,
+                scaling=self.probe_scaling,
             )
-        search = self._probes["search"]
+        search = self._probes["search"].value
         if phase == "search":
             return search.head
         if "refit" not in self._probes:
-            trainval = cell_features(ctx, ("trainval",))["trainval"]
-            self._probes["refit"] = fit_logistic(
-                *trainval,
-                ctx.data.num_classes,
+            self._probes["refit"] = probe_fit(
+                ctx,
+                self._features(ctx, ("trainval",)),
+                "trainval",
                 l2=search.l2,
-                device=ctx.device,
-                scaling=self.PROBE_SCALING,
+                scaling=self.probe_scaling,
             )
-        return self._probes["refit"]
+        return self._probes["refit"].value
 
     def run(self, ctx):
         result = super().run(ctx)
-        result.hparams["probe_l2"] = self._probes["search"].l2
-        result.hparams["probe_scaling"] = self.PROBE_SCALING
-        result.hparams["sweep_probe"] = self._probes["search"].tried
+        search = self._probes["search"]
+        result.hparams["probe_l2"] = search.value.l2
+        result.hparams["probe_scaling"] = self.probe_scaling
+        result.hparams["sweep_probe"] = search.value.tried
+        result.hparams["probe_shared"] = search.shared
+        result.cost.update(
+            features_computed=self._reuse["computed"], features_reused=self._reuse["reused"]
+        )
         return result
 
 
@@ -139,10 +161,8 @@ class LinearProbe:
             DEFAULT_L2_GRID,
             CostMeter,
             cell_predictions,
-            fit_logistic,
             resolve_device,
             resolve_precision,
-            search_logistic,
         )
         from tlbench.engine.logistic import accuracy
 
@@ -150,21 +170,24 @@ class LinearProbe:
         precision = resolve_precision(self.options["precision"], device)
         meter = CostMeter(device, precision)
         from tlbench.engine import cell_features
+        from tlbench.engine.probes import probe_fit, probe_search
 
         with meter.phase("features_s"):
             feats = cell_features(ctx, ("train", "val", "trainval", "test"), precision=precision)
         grid = tuple(self.options["l2"] or DEFAULT_L2_GRID)
         with meter.phase("train_s"):
-            search = search_logistic(
-                feats["train"],
-                feats["val"],
-                ctx.data.num_classes,
+            search = probe_search(
+                ctx,
+                feats,
                 grid=grid,
                 refine_steps=self.options["refine_steps"],
-                device=device,
-            )
+                scaling="feature",
+                precision=precision,
+            ).value
             head = (
-                fit_logistic(*feats["trainval"], ctx.data.num_classes, l2=search.l2, device=device)
+                probe_fit(
+                    ctx, feats, "trainval", l2=search.l2, scaling="feature", precision=precision
+                ).value
                 if self.options["refit"]
                 else search.head
             )
@@ -182,7 +205,8 @@ class LinearProbe:
                 "sweep": search.tried,
             },
             cost=meter.as_dict(trainable=trainable, total=feats.backbone_params + trainable)
-            | {"prefix_cache": True},
+            | {"prefix_cache": True}
+            | feats.cost(),
             predictions=cell_predictions(ctx, logits, feats["test"][1]),
         )
 
@@ -299,7 +323,16 @@ SPECS = (
         "lp-ft",
         factory=_FACTORY + "make_lp_ft",
         description="Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022).",
-        options=training_options(lr=[1e-4, 3e-4], epochs=3),
+        options=(
+            Option(
+                "probe_scaling",
+                str,
+                default="global",
+                help="The probe's feature scaling: global = one scale for all dimensions (keeps fine-tuning stable); feature = per-dimension standardisation, the linear-probe cell's fit, whose head is then shared.",
+                choices=("global", "feature"),
+            ),
+        )
+        + training_options(lr=[1e-4, 3e-4], epochs=3),
         tags=("full",),
         version="2",  # 2: its probe is solved to the optimum (the linear probe's version 2)
     ),

@@ -1,18 +1,27 @@
-"""Frozen-backbone features and frozen-prefix activations, computed once and cached.
+"""Frozen-backbone features and frozen-prefix activations, computed once per image and cached.
 
-A cache entry is keyed by everything that changes its content: the weights fingerprint, the
-data fingerprint of the split (content + indices + transform), input channels and size, compute
-precision and, for prefix activations, the module the prefix ends before.
+Outputs are stored per image, not per split (``FeatureBank``): a split's features are gathered
+from every earlier request on the same *image pool* (one image set of the target, preprocessed
+one way, through one frozen module at one precision), and only images no earlier request covered
+are computed. So seeds whose splits draw from the same images, the strategies and estimators of
+one (model, dataset), and later runs never compute an image's features twice. On CPU an image's
+outputs do not depend on the batch it was computed in (checked by tests/test_sharing.py), so
+gathered features equal a fresh extraction bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
+from tlbench.cache import stable_hash
 from tlbench.engine.runtime import (
     autocast,
     memory_format,
@@ -21,13 +30,14 @@ from tlbench.engine.runtime import (
     with_oom_retry,
 )
 
-# Splits the cached paths read; trainval is assembled from train + val (same images), which
-# saves a pass over the data and keeps one cache entry per split.
+# Splits the cached paths read; trainval is assembled from train + val (same images).
 BASE_SPLITS = ("train", "val", "test")
 # Heads and pooling are not part of the feature stack a prefix/suffix split cuts through.
 _HEAD_CHILDREN = {"global_pool", "classifier", "fc", "head", "head_drop", "fc_norm", "pre_logits"}
 # Prefix activations above this size are recomputed instead of cached (they would not pay).
 MAX_PREFIX_CACHE_BYTES = 3 * 2**30
+# Bump when what a bank part holds changes; it enters every pool key.
+BANK_VERSION = 1
 
 
 Backbone = nn.Module | Callable[[], nn.Module]
@@ -35,11 +45,17 @@ Backbone = nn.Module | Callable[[], nn.Module]
 
 @torch.no_grad()
 def _run_frozen(
-    module: Callable, data, split: str, device: torch.device, precision: str, batch_size: int
+    module: Callable,
+    data,
+    split: str,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     chunks, labels = [], []
     for images, targets in data.batches(
-        split, batch_size, augment=False, shuffle=False, seed=0, device=device
+        split, batch_size, augment=False, shuffle=False, seed=0, device=device, positions=positions
     ):
         images = images.to(device, non_blocking=True).contiguous(
             memory_format=memory_format(device)
@@ -49,6 +65,229 @@ def _run_frozen(
         chunks.append(out.float().cpu())
         labels.append(targets.cpu())
     return torch.cat(chunks), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------ the bank
+
+
+@dataclass
+class Reuse:
+    """How many images' outputs a request computed, and how many it read from the bank."""
+
+    computed: int = 0
+    reused: int = 0
+
+    def add(self, other: Reuse) -> None:
+        self.computed += other.computed
+        self.reused += other.reused
+
+
+@dataclass
+class FrozenModule:
+    """A frozen module whose outputs the bank stores: ``key`` says which module it is (weights
+    fingerprint; for a prefix also the architecture and cut), ``build`` makes it (called at most
+    once, and only when some image is missing), ``params`` its parameter count once known."""
+
+    key: dict
+    build: Callable[[], nn.Module]
+    _built: list = field(default_factory=list)
+    params: int | None = None
+
+    def module(self, device: torch.device) -> nn.Module:
+        if not self._built:
+            module = self.build().eval().to(device, memory_format=memory_format(device))
+            self.params = sum(p.numel() for p in module.parameters())
+            self._built.append(module)
+        return self._built[0]
+
+
+def pool_key(data, image_set: str, frozen: FrozenModule, precision: str) -> dict:
+    """Everything that changes one image's output except which image it is."""
+    return {
+        **frozen.key,
+        "target": data.target.fingerprint,
+        "from": image_set,
+        "transform": data.transforms.describe(),
+        "in_chans": data.in_chans,
+        "input_size": list(data.input_size),
+        "precision": precision,
+        "bank": BANK_VERSION,
+    }
+
+
+class FeatureBank:
+    """Outputs of frozen modules stored per image in ``cache`` (namespace ``namespace``).
+
+    A pool's outputs live in *parts*, one per request that found images missing, each an
+    ordinary cache entry (``{"rows", "outputs", "params"}``, sha256-checked, atomic); the pool's
+    index (``<namespace>/pools/<pool hash>.jsonl``, one line per part with its rows) says where
+    each image is. Requests on one pool hold a file lock, so concurrent workers compute an image
+    once. A part lost from disk is recomputed from its rows. With a disabled cache nothing is
+    shared: every request computes its images.
+    """
+
+    def __init__(self, cache, namespace: str):
+        self.cache, self.namespace = cache, namespace
+
+    def outputs(
+        self,
+        data,
+        splits: tuple[str, ...],
+        frozen: FrozenModule,
+        *,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+    ) -> tuple[dict[str, torch.Tensor], Reuse]:
+        """{split: outputs in the split's order} for the base splits in ``splits``."""
+        out, reuse = {}, Reuse()
+        by_set: dict[str, list[str]] = {}
+        for split in splits:
+            by_set.setdefault(data.image_set(split), []).append(split)
+        for image_set, members in by_set.items():
+            rows = np.unique(np.concatenate([data.indices(s) for s in members]))
+            key = pool_key(data, image_set, frozen, precision)
+            compute = _RowComputer(data, members, frozen, device, precision, batch_size)
+            gathered, counts = self._rows(key, rows, compute)
+            reuse.add(counts)
+            for split in members:
+                where = np.searchsorted(rows, data.indices(split))
+                whole = np.array_equal(where, np.arange(len(rows)))
+                out[split] = gathered if whole else gathered[torch.from_numpy(where)]
+        return out, reuse
+
+    def holds(self, data, split: str, frozen: FrozenModule, precision: str) -> bool:
+        """Whether every image of ``split`` has its output in the bank (nothing is computed)."""
+        key = pool_key(data, data.image_set(split), frozen, precision)
+        known = {row for part in self._index(stable_hash(key)) for row in part["rows"]}
+        return bool(known) and set(data.indices(split).tolist()) <= known
+
+    # -- storage ----------------------------------------------------------------------------
+    def _index_path(self, pool: str) -> Path:
+        return self.cache.root / self.namespace / "pools" / f"{pool}.jsonl"
+
+    def _index(self, pool: str) -> list[dict]:
+        path = self._index_path(pool)
+        if not self.cache.enabled or not path.exists():
+            return []
+        parts = []
+        for line in path.read_text().splitlines():
+            try:
+                parts.append(json.loads(line))
+            except ValueError:  # a line torn by a killed writer: its part is simply not known
+                continue
+        return parts
+
+    def _part(self, pool: str, rows: np.ndarray, compute: Callable | None) -> dict | None:
+        """A part's value; for a listed part whose entry is gone (``compute`` None), ``None``."""
+        from tlbench.splits import indices_hash
+
+        def lost() -> dict:
+            raise _PartLost
+
+        try:
+            return self.cache.get_or_compute(
+                self.namespace,
+                {"pool": pool, "rows": indices_hash(rows)},
+                (lambda: compute(rows)) if compute is not None else lost,
+            )
+        except _PartLost:
+            return None
+
+    def _rows(
+        self, key: Mapping, rows: np.ndarray, compute: _RowComputer
+    ) -> tuple[torch.Tensor, Reuse]:
+        if not self.cache.enabled:
+            part = compute(rows)
+            return part["outputs"], Reuse(computed=len(rows))
+        pool = stable_hash(dict(key))
+        index_path = self._index_path(pool)
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(index_path) + ".lock"):
+            wanted, parts = set(rows.tolist()), []
+            for entry in self._index(pool):
+                if not wanted.intersection(entry["rows"]):
+                    continue
+                part_rows = np.asarray(entry["rows"], dtype=np.int64)
+                part = self._part(pool, part_rows, None)
+                if part is not None:  # a part deleted or corrupted on disk: its rows are missing
+                    parts.append((part_rows, part))
+                    wanted.difference_update(entry["rows"])
+            if wanted:
+                missing = np.asarray(sorted(wanted), dtype=np.int64)
+                parts.append((missing, self._part(pool, missing, compute)))
+                with index_path.open("a") as fh:
+                    fh.write(json.dumps({"rows": missing.tolist()}) + "\n")
+        if compute.frozen.params is None:
+            compute.frozen.params = parts[0][1].get("params")
+        return _gather(rows, parts), Reuse(compute.computed, len(rows) - compute.computed)
+
+
+class _PartLost(Exception):
+    pass
+
+
+class _RowComputer:
+    """Computes the outputs of given image rows through the frozen module, counting them."""
+
+    def __init__(self, data, splits, frozen: FrozenModule, device, precision, batch_size):
+        self.data, self.splits, self.frozen = data, splits, frozen
+        self.device, self.precision, self.batch_size = device, precision, batch_size
+        self.computed = 0
+
+    def __call__(self, rows: np.ndarray) -> dict:
+        module = self.frozen.module(self.device)
+        outputs, order = [], []
+        remaining = rows
+        for split in self.splits:  # each row through the first split that holds it
+            indices = self.data.indices(split)  # trainval's are not sorted
+            inside = np.isin(remaining, indices)
+            if not inside.any():
+                continue
+            by_row = np.argsort(indices, kind="stable")
+            found = by_row[np.searchsorted(indices[by_row], remaining[inside])]
+            positions = torch.from_numpy(found.astype(np.int64))
+            (acts, _), _ = with_oom_retry(
+                lambda bs, pos=positions, s=split: _run_frozen(
+                    module, self.data, s, self.device, self.precision, bs, pos
+                ),
+                self.batch_size,
+            )
+            outputs.append(acts)
+            order.append(remaining[inside])
+            remaining = remaining[~inside]
+        if len(remaining):
+            raise ValueError(f"rows {remaining[:5].tolist()}... belong to none of {self.splits}")
+        found = np.concatenate(order)
+        sort = torch.from_numpy(np.argsort(found, kind="stable"))
+        self.computed += len(rows)
+        return {
+            "rows": torch.from_numpy(found[sort.numpy()]),
+            "outputs": torch.cat(outputs)[sort],
+            "params": self.frozen.params,
+        }
+
+
+def _gather(rows: np.ndarray, parts: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
+    """Outputs of ``rows`` (sorted) from parts holding them (a row in several parts: any)."""
+    first = parts[0][1]["outputs"]
+    if len(parts) == 1 and np.array_equal(parts[0][0], rows):
+        return first  # the common case, one request's own part: no copy
+    out = torch.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+    for part_rows, part in parts:
+        stored = part["rows"].numpy()
+        take = np.isin(rows, part_rows)
+        where = np.searchsorted(stored, rows[take])
+        out[torch.from_numpy(np.flatnonzero(take))] = part["outputs"][torch.from_numpy(where)]
+    return out
+
+
+# ------------------------------------------------------------------------------ features
+
+
+def _backbone_module(backbone: Backbone, weights_fingerprint: str | None) -> FrozenModule:
+    build = backbone if not isinstance(backbone, nn.Module) else (lambda: backbone)
+    return FrozenModule({"output": "features", "weights": weights_fingerprint}, build)
 
 
 def extract_features(
@@ -62,39 +301,44 @@ def extract_features(
     cache=None,
     weights_fingerprint: str | None = None,
     params_out: list | None = None,
+    reuse_out: Reuse | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled penultimate features of ``split`` (float32, CPU) and their labels.
 
     ``backbone`` is a headless model (``source.build(num_classes=0, ...)``) or a zero-argument
-    callable returning one, so a cache hit never builds the model. With ``cache`` and
-    ``weights_fingerprint`` the result is cached (namespace ``features``).
+    callable returning one, so a request whose images are all banked never builds the model.
+    With ``cache`` and ``weights_fingerprint`` features are stored per image (``FeatureBank``,
+    namespace ``features``); ``reuse_out`` then accumulates how many were computed and reused.
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-
-    def compute() -> dict:
-        model = backbone() if not isinstance(backbone, nn.Module) else backbone
-        model = model.eval().to(device, memory_format=memory_format(device))
-        (feats, labels), _ = with_oom_retry(
-            lambda bs: _run_frozen(model, data, split, device, precision, bs), batch_size
-        )
-        return {
-            "features": feats,
-            "labels": labels,
-            "params": sum(p.numel() for p in model.parameters()),
-        }
-
+    frozen = _backbone_module(backbone, weights_fingerprint)
     if cache is None or weights_fingerprint is None:
-        out = compute()
+        module = frozen.module(device)
+        (feats, labels), _ = with_oom_retry(
+            lambda bs: _run_frozen(module, data, split, device, precision, bs), batch_size
+        )
+        counts = Reuse(computed=len(labels))
     else:
-        key = features_key(data, split, weights_fingerprint, precision)
-        out = cache.get_or_compute("features", key, compute)
+        outputs, counts = FeatureBank(cache, "features").outputs(
+            data,
+            (split,),
+            frozen,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+        )
+        feats, labels = outputs[split], data.labels(split)
+    if reuse_out is not None:
+        reuse_out.add(counts)
     if params_out is not None:
-        params_out.append(out["params"])
-    return out["features"], out["labels"]
+        params_out.append(frozen.params)
+    return feats, labels
 
 
 def features_key(data, split: str, weights_fingerprint: str, precision: str) -> dict:
+    """What identifies a split's features: the weights, the split's images and their
+    preprocessing, channels, size and precision (used to key what is computed *from* them)."""
     return {
         "weights": weights_fingerprint,
         "data": data.fingerprint(split),
@@ -104,47 +348,51 @@ def features_key(data, split: str, weights_fingerprint: str, precision: str) -> 
     }
 
 
+def features_banked(cache, data, split: str, weights_fingerprint: str, precision: str) -> bool:
+    """Whether ``split``'s features are all in ``cache`` already (a request would compute none)."""
+    frozen = FrozenModule({"output": "features", "weights": weights_fingerprint}, lambda: None)
+    return FeatureBank(cache, "features").holds(data, split, frozen, precision)
+
+
 @dataclass(frozen=True)
 class CellFeatures:
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (features, labels)
     backbone_params: int
+    reuse: Reuse = field(default_factory=Reuse)
 
     def __getitem__(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.splits[split]
+
+    def cost(self) -> dict:
+        """The record's ``cost`` entries: images whose features this cell computed / reused."""
+        return {"features_computed": self.reuse.computed, "features_reused": self.reuse.reused}
 
 
 def cell_features(
     ctx, splits=BASE_SPLITS, *, precision: str = "auto", batch_size: int = 256
 ) -> CellFeatures:
-    """Features of a cell's splits, building the backbone at most once and only on a cache miss.
-    ``trainval`` may be requested; it is assembled from train and val."""
-    built: list[nn.Module] = []
-
-    def backbone() -> nn.Module:
-        if not built:
-            built.append(ctx.source.build(num_classes=0, in_chans=ctx.data.in_chans, seed=ctx.seed))
-        return built[0]
-
-    out, params = {}, []
-    for split in dict.fromkeys(
-        s for name in splits for s in (("train", "val") if name == "trainval" else (name,))
-    ):
-        out[split] = extract_features(
-            backbone,
-            ctx.data,
-            split,
-            device=ctx.device,
-            precision=precision,
-            batch_size=batch_size,
-            cache=ctx.cache,
-            weights_fingerprint=ctx.source.fingerprint,
-            params_out=params,
+    """Features of a cell's splits from the bank, building the backbone only if some image is
+    missing. ``trainval`` may be requested; it is assembled from train and val."""
+    device = resolve_device(ctx.device)
+    precision = resolve_precision(precision, device)
+    frozen = _backbone_module(
+        lambda: ctx.source.build(num_classes=0, in_chans=ctx.data.in_chans, seed=ctx.seed),
+        ctx.source.fingerprint,
+    )
+    base = tuple(
+        dict.fromkeys(
+            s for name in splits for s in (("train", "val") if name == "trainval" else (name,))
         )
+    )
+    outputs, reuse = FeatureBank(ctx.cache, "features").outputs(
+        ctx.data, base, frozen, device=device, precision=precision, batch_size=batch_size
+    )
+    out = {s: (outputs[s], ctx.data.labels(s)) for s in base}
     if "trainval" in splits:
         out["trainval"] = tuple(
             torch.cat([a, b]) for a, b in zip(out["train"], out["val"], strict=True)
         )
-    return CellFeatures({s: out[s] for s in splits}, params[0])
+    return CellFeatures({s: out[s] for s in splits}, frozen.params or 0, reuse)
 
 
 # ------------------------------------------------------------------------------ prefix / suffix
@@ -224,31 +472,42 @@ def split_frozen_prefix(model: nn.Module, sample: torch.Tensor) -> PrefixSplit |
     )
 
 
-def prefix_activations(
+def prefix_outputs(
     split_model: PrefixSplit,
     ctx,
-    split: str,
+    splits: tuple[str, ...],
     *,
     precision: str,
     batch_size: int = 256,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Reuse]:
+    """Outputs of the frozen prefix on ``splits`` (no augmentation) with their labels, from the
+    bank (namespace ``prefix``; the pool is keyed by weights, architecture and cut as well)."""
+    frozen = FrozenModule(
+        {
+            "output": "prefix",
+            "weights": ctx.source.fingerprint,
+            "arch": ctx.source.arch,
+            "boundary": split_model.boundary,
+        },
+        lambda: split_model.prefix,
+    )
+    outputs, reuse = FeatureBank(ctx.cache, "prefix").outputs(
+        ctx.data,
+        splits,
+        frozen,
+        device=resolve_device(ctx.device),
+        precision=precision,
+        batch_size=batch_size,
+    )
+    return {s: (outputs[s], ctx.data.labels(s)) for s in splits}, reuse
+
+
+def prefix_activations(
+    split_model: PrefixSplit, ctx, split: str, *, precision: str, batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs of the frozen prefix on ``split`` (no augmentation), cached in ``prefix`` namespace."""
-    device = resolve_device(ctx.device)
-    key = {
-        **features_key(ctx.data, split, ctx.source.fingerprint, precision),
-        "boundary": split_model.boundary,
-        "arch": ctx.source.arch,
-    }
-
-    def compute() -> dict:
-        prefix = split_model.prefix.eval().to(device)
-        (acts, labels), _ = with_oom_retry(
-            lambda bs: _run_frozen(prefix, ctx.data, split, device, precision, bs), batch_size
-        )
-        return {"features": acts, "labels": labels}
-
-    out = ctx.cache.get_or_compute("prefix", key, compute)
-    return out["features"], out["labels"]
+    """Outputs of the frozen prefix on one split and its labels (see ``prefix_outputs``)."""
+    out, _ = prefix_outputs(split_model, ctx, (split,), precision=precision, batch_size=batch_size)
+    return out[split]
 
 
 def prefix_bytes(split_model: PrefixSplit, sample: torch.Tensor, num_images: int) -> int:

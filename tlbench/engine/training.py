@@ -3,7 +3,8 @@ evaluate on test once.
 
 A strategy declares a ``Recipe`` (which parameters train, an optional model set-up, whether a
 frozen prefix may be cached); ``finetune`` does the rest: seeding, optimiser and schedule from
-timm, bf16 autocast, early stopping, divergence detection, out-of-memory retry, cost accounting.
+timm, bf16 autocast, early stopping, the sweep schedule (successive halving by default,
+``tlbench.engine.sweeps``), divergence detection, out-of-memory retry, cost accounting.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,22 +25,24 @@ from torch import nn
 from tlbench.components import CellContext, StrategyResult
 from tlbench.engine.depthwise import accelerate_depthwise
 from tlbench.engine.features import (
+    BASE_SPLITS,
     MAX_PREFIX_CACHE_BYTES,
     PrefixSplit,
-    prefix_activations,
     prefix_bytes,
+    prefix_outputs,
     split_frozen_prefix,
 )
 from tlbench.engine.runtime import (
     CostMeter,
     autocast,
     count_params,
+    is_oom,
     memory_format,
     resolve_device,
     resolve_precision,
     seed_everything,
-    with_oom_retry,
 )
+from tlbench.engine.sweeps import run_sweep
 from tlbench.errors import Diverged, UserError
 
 # Swept by default when a strategy declares them as lists; see docs/strategies.md.
@@ -108,6 +113,9 @@ class TrainOutcome:
     best_state: dict | None = None
     prefix_cache: bool = False
     feeder: Any = None
+    epochs_trained: int = 0
+    early_stopped: bool = False  # stopped by patience before its last epoch
+    optimizer: Any = None  # kept so a paused sweep candidate can be moved off the device
 
 
 def cell_label(ctx: CellContext) -> str:
@@ -183,10 +191,13 @@ def _feeder(
     ctx: CellContext,
     recipe: Recipe,
     cfg: TrainConfig,
-    splits: tuple[str, ...],
     precision: str,
     meter: CostMeter,
+    shared: dict | None = None,
 ):
+    """Batches for training ``model``: images, or the frozen prefix's activations when the recipe
+    allows it. ``shared`` holds the activations across the candidates and the refit of a cell
+    (the prefix is frozen, so they are the same for all)."""
     device = resolve_device(ctx.device)
     if not recipe.cache_prefix or cfg.augment:
         meter.extra.setdefault("prefix_cache", False)
@@ -198,16 +209,18 @@ def _feeder(
         meter.extra["prefix_cache"] = False
         return _ImageFeeder(model, ctx.data, device, cfg.augment)
     meter.extra.update(prefix_cache=True, prefix_boundary=cut.boundary)
-    tensors = {}
-    with meter.phase("features_s"):
-        for split in ("train", "val", "test"):
-            tensors[split] = prefix_activations(
-                cut, ctx, split, precision=precision, batch_size=max(cfg.batch_size, 256)
+    shared = {} if shared is None else shared
+    if cut.boundary not in shared:
+        with meter.phase("features_s"):
+            tensors, reuse = prefix_outputs(
+                cut, ctx, BASE_SPLITS, precision=precision, batch_size=max(cfg.batch_size, 256)
             )
-    tensors["trainval"] = tuple(
-        torch.cat([a, b]) for a, b in zip(tensors["train"], tensors["val"], strict=True)
-    )
-    return _CachedFeeder(cut, tensors, device)
+        tensors["trainval"] = tuple(
+            torch.cat([a, b]) for a, b in zip(tensors["train"], tensors["val"], strict=True)
+        )
+        shared[cut.boundary] = tensors
+        meter.extra.update(prefix_computed=reuse.computed, prefix_reused=reuse.reused)
+    return _CachedFeeder(cut, shared[cut.boundary], device)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -328,7 +341,15 @@ def _scheduler(optimizer, cfg: TrainConfig, epochs: int, steps_per_epoch: int):
     )
 
 
-def train_loop(
+def train_loop(model: nn.Module, feeder, cfg: TrainConfig, **options) -> TrainOutcome:
+    """Train to the end: ``train_epochs`` run through (same arguments)."""
+    outcome = None
+    for after_epoch in train_epochs(model, feeder, cfg, **options):
+        outcome = after_epoch
+    return outcome
+
+
+def train_epochs(
     model: nn.Module,
     feeder,
     cfg: TrainConfig,
@@ -342,14 +363,20 @@ def train_loop(
     meter: CostMeter | None = None,
     val_split: str | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-) -> TrainOutcome:
-    """Train ``epochs`` epochs on ``split``; with ``val_split``, evaluate after every epoch and stop
+) -> Iterator[TrainOutcome]:
+    """Train ``epochs`` epochs on ``split``, yielding the outcome after each epoch so that a sweep
+    can pause a candidate and continue it later (the lr schedule spans all ``epochs`` either
+    way); with ``val_split``, evaluate after every epoch and stop
     after ``cfg.patience`` epochs without improvement. ``penalty(model)`` is added to the loss
     (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss."""
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, epochs, steps_per_epoch)
     outcome = TrainOutcome(
-        model, best_epoch=epochs, best_val=None, prefix_cache=feeder.prefix_cache
+        model,
+        best_epoch=epochs,
+        best_val=None,
+        prefix_cache=feeder.prefix_cache,
+        optimizer=optimizer,
     )
     step = 0
     frozen_bn = freeze_bn_stats(cfg)
@@ -378,7 +405,9 @@ def train_loop(
                     meter.train_images += len(y)
             if not frozen_bn:
                 recalibrate_bn(model, feeder, split, cfg.batch_size, seed, device, precision)
+        outcome.epochs_trained = epoch + 1
         if val_split is None:
+            yield outcome
             continue
         with meter.phase("eval_s") if meter else contextlib.nullcontext():
             top1 = evaluate(feeder, val_split, cfg.batch_size * 2, device, precision)
@@ -388,8 +417,10 @@ def train_loop(
             if not cfg.refit:
                 outcome.best_state = copy.deepcopy(model.state_dict())
         elif epoch + 1 - outcome.best_epoch >= cfg.patience:
-            break
-    return outcome
+            outcome.early_stopped = epoch + 1 < epochs
+            yield outcome
+            return
+        yield outcome
 
 
 # ------------------------------------------------------------------------------ cells
@@ -424,42 +455,165 @@ def _steps(ctx: CellContext, split: str, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def _train_candidate(
-    ctx, recipe, cfg, phase, split, epochs, val_split, precision, meter
-) -> TrainOutcome:
-    device = resolve_device(ctx.device)
+class _Candidate:
+    """One configuration trained epoch by epoch (``advance``), so that a sweep schedule
+    (``tlbench.engine.sweeps``) can pause it between epochs, continue it, or drop it.
 
-    def attempt(batch_size: int) -> TrainOutcome:
-        run_cfg = replace(cfg, batch_size=batch_size)
-        model = _build(ctx, recipe, phase, device)
-        feeder = _feeder(model, ctx, recipe, run_cfg, (split,), precision, meter)
-        seed_everything(ctx.seed)
-        return train_loop(
+    A paused candidate keeps its own RNG stream, so its epochs are the same whatever ran in
+    between (a candidate continued by successive halving matches the same candidate of the
+    exhaustive grid exactly); on CUDA it waits in host memory. Out of memory restarts it at half
+    the batch size, as ``with_oom_retry`` does; a non-finite loss stops it (``diverged``)."""
+
+    def __init__(
+        self, ctx, recipe, cfg, *, phase, split, epochs, val_split, precision, meter, shared
+    ):
+        self.ctx, self.recipe, self.cfg, self.phase = ctx, recipe, cfg, phase
+        self.split, self.val_split, self.precision, self.meter = split, val_split, precision, meter
+        self.shared = shared
+        self.device = resolve_device(ctx.device)
+        self.max_epochs, self.epochs_trained, self.stopped = epochs, 0, False
+        self.outcome: TrainOutcome | None = None
+        self.diverged: Diverged | None = None
+        self.batch_size: int | None = None
+        self.feeder = None
+        self._run: Iterator[TrainOutcome] | None = None
+        self._rng: tuple | None = None
+        self._parked: dict | None = None
+
+    @property
+    def score(self) -> float | None:
+        if self.diverged is not None or self.outcome is None:
+            return None
+        return self.outcome.best_val
+
+    def advance(self, epochs: int) -> None:
+        while not self.stopped and self.epochs_trained < min(epochs, self.max_epochs):
+            self._epoch()
+        if self.stopped:
+            self._run = None  # frees the optimizer; the outcome keeps model and curve
+            if self.outcome is not None:
+                self.outcome.optimizer = None
+        elif self.device.type == "cuda":
+            self._park()
+
+    def release(self) -> None:
+        """Drop the model and weights of a candidate that will not be used again."""
+        self._run, self._parked = None, None
+        if self.outcome is not None:
+            self.outcome.model = self.outcome.feeder = self.outcome.best_state = None
+            self.outcome.optimizer = None
+
+    def _epoch(self) -> None:
+        with self._own_rng():
+            self._unpark()
+            try:
+                if self._run is None:
+                    self._start()
+                self.outcome = next(self._run)
+                self.outcome.feeder = self.feeder
+            except StopIteration:
+                self.stopped = True
+                return
+            except Diverged as exc:
+                self.diverged, self.stopped = exc, True
+                return
+            except Exception as exc:
+                if not is_oom(exc) or self.batch_size <= 1:
+                    raise
+                self._restart(self.batch_size // 2)
+                return
+        self.meter.batch_size = self.batch_size
+        self.epochs_trained = self.outcome.epochs_trained
+        self.stopped = self.outcome.early_stopped or self.epochs_trained >= self.max_epochs
+
+    def _start(self) -> None:
+        self.batch_size = self.batch_size or self.meter.batch_size or self.cfg.batch_size
+        cfg = replace(self.cfg, batch_size=self.batch_size)
+        model = _build(self.ctx, self.recipe, self.phase, self.device)
+        feeder = _feeder(model, self.ctx, self.recipe, cfg, self.precision, self.meter, self.shared)
+        seed_everything(self.ctx.seed)
+        self._run = train_epochs(
             model,
             feeder,
-            run_cfg,
-            split=split,
-            epochs=epochs,
-            steps_per_epoch=_steps(ctx, split, batch_size),
-            seed=ctx.seed,
-            device=device,
-            precision=precision,
-            meter=meter,
-            val_split=val_split,
-            penalty=recipe.penalty,
-        ), feeder
+            cfg,
+            split=self.split,
+            epochs=self.max_epochs,
+            steps_per_epoch=_steps(self.ctx, self.split, self.batch_size),
+            seed=self.ctx.seed,
+            device=self.device,
+            precision=self.precision,
+            meter=self.meter,
+            val_split=self.val_split,
+            penalty=self.recipe.penalty,
+        )
+        self.feeder = feeder
 
-    (outcome, feeder), meter.batch_size = with_oom_retry(
-        attempt, meter.batch_size or cfg.batch_size
-    )
-    outcome.feeder = feeder
-    return outcome
+    def _restart(self, batch_size: int) -> None:
+        self._run, self.outcome, self.epochs_trained, self._rng = None, None, 0, None
+        self.batch_size = self.meter.batch_size = max(1, batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        outside = _rng_state()
+        if self._rng is not None:
+            _set_rng_state(self._rng)
+        try:
+            yield
+        finally:
+            self._rng = _rng_state()
+            _set_rng_state(outside)
+
+    def _park(self) -> None:
+        if self.outcome is None or self._parked is not None:
+            return
+        self._parked = _move_training_state(self.outcome, torch.device("cpu"))
+
+    def _unpark(self) -> None:
+        if self._parked is not None:
+            _move_training_state(self.outcome, self.device, self._parked)
+            self._parked = None
 
 
-def _candidate_record(
-    cfg: TrainConfig, swept: Iterable[str], outcome: TrainOutcome | None, diverged: Diverged | None
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    python, numpy_state, cpu, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _move_training_state(
+    outcome: TrainOutcome, device: torch.device, came_from: dict | None = None
 ) -> dict:
-    record = {k: getattr(cfg, k) for k in swept}
+    """Move a paused candidate's model, optimizer state and best weights to ``device`` and
+    return where each optimizer tensor was. Given ``came_from`` (what the move to the host
+    returned), optimizer tensors go back exactly where they were: AdamW keeps its step counters
+    on the CPU unless it is capturable."""
+    outcome.model.to(device, memory_format=memory_format(device))
+    was = {}
+    if outcome.optimizer is not None:
+        for param, state in outcome.optimizer.state.items():
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    was[(id(param), name)] = value.device
+                    target = came_from[(id(param), name)] if came_from is not None else device
+                    state[name] = value.to(target)
+    if outcome.best_state is not None:
+        outcome.best_state = {k: v.to(device) for k, v in outcome.best_state.items()}
+    return was
+
+
+def _candidate_record(candidate: _Candidate, swept: Iterable[str], pruned_at: int | None) -> dict:
+    record = {k: getattr(candidate.cfg, k) for k in swept}
+    outcome, diverged = candidate.outcome, candidate.diverged
     if diverged is not None:
         record.update(val_top1=None, diverged_at_step=diverged.step)
     else:
@@ -468,44 +622,62 @@ def _candidate_record(
             best_epoch=outcome.best_epoch,
             val_curve=outcome.history,
         )
+    record.update(epochs_trained=candidate.epochs_trained, pruned_at_epoch=pruned_at)
     return record
 
 
 def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> StrategyResult:
-    """Sweep the list-valued options on val (early stopping per candidate), refit the best on
-    trainval for its best epoch count (``refit=True``, the VTAB protocol) or keep its best-epoch
-    weights, and evaluate on test once."""
+    """Sweep the list-valued options on val (``sweep``: successive halving by default, or every
+    candidate to its end; early stopping per candidate either way), refit the best on trainval for
+    its best epoch count (``refit=True``, the VTAB protocol) or keep its best-epoch weights, and
+    evaluate on test once."""
     device = resolve_device(ctx.device)
     configs = TrainConfig.sweep(options)
     swept = [k for k, v in options.items() if isinstance(v, list) and k in SWEEPABLE]
     precision = resolve_precision(configs[0].precision, device)
     meter = CostMeter(device, precision)
-    candidates = []
-    first_divergence: Diverged | None = None
-    for cfg in configs:
-        try:
-            outcome = _train_candidate(
-                ctx, recipe, cfg, "search", "train", cfg.epochs, "val", precision, meter
-            )
-            candidates.append((cfg, outcome, _candidate_record(cfg, swept, outcome, None)))
-        except Diverged as exc:
+    shared: dict = {}  # frozen-prefix activations, the same for every candidate and the refit
+
+    def candidate(cfg, phase, split, epochs, val_split) -> _Candidate:
+        return _Candidate(
+            ctx,
+            recipe,
+            cfg,
+            phase=phase,
+            split=split,
+            epochs=epochs,
+            val_split=val_split,
+            precision=precision,
+            meter=meter,
+            shared=shared,
+        )
+
+    candidates = [candidate(cfg, "search", "train", cfg.epochs, "val") for cfg in configs]
+    plan = run_sweep(candidates, options.get("sweep") or "asha")
+    for c in candidates:
+        if c.diverged is not None:
             ctx.log(
-                f"{cell_label(ctx)}: candidate {[getattr(cfg, k) for k in swept]} diverged at step {exc.step}"
+                f"{cell_label(ctx)}: candidate {[getattr(c.cfg, k) for k in swept]} diverged at step {c.diverged.step}"
             )
-            candidates.append((cfg, None, _candidate_record(cfg, swept, None, exc)))
-            first_divergence = first_divergence or exc
-    finished = [c for c in candidates if c[1] is not None]
+    records = [_candidate_record(c, swept, plan.pruned_at.get(i)) for i, c in enumerate(candidates)]
+    finished = [c for c in candidates if c.diverged is None and c.outcome is not None]
     if not finished:
-        raise Diverged(
-            f"{cell_label(ctx)}: every candidate diverged ({first_divergence})",
-            step=first_divergence.step,
-        )
-    best_cfg, best, _ = max(finished, key=lambda c: c[1].best_val)  # first wins ties: max is stable
+        first = next(c.diverged for c in candidates if c.diverged is not None)
+        raise Diverged(f"{cell_label(ctx)}: every candidate diverged ({first})", step=first.step)
+    best_candidate = max(finished, key=lambda c: c.outcome.best_val)  # first wins ties
+    best, best_cfg = best_candidate.outcome, best_candidate.cfg
+    for c in candidates:
+        if c is not best_candidate:
+            c.release()
     if best_cfg.refit:
-        final = _train_candidate(
-            ctx, recipe, best_cfg, "refit", "trainval", best.best_epoch, None, precision, meter
-        )
+        refit = candidate(best_cfg, "refit", "trainval", best.best_epoch, None)
+        refit.advance(refit.max_epochs)
+        if refit.diverged is not None:
+            raise refit.diverged
+        final = refit.outcome
+        best_candidate.release()
     else:
+        best_candidate._unpark()
         final = best
         final.model.load_state_dict(best.best_state)
     with meter.phase("eval_s"):
@@ -518,7 +690,7 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         "epochs_max": best_cfg.epochs,
         "precision": precision,
     }
-    hparams = chosen | {"sweep": [c[2] for c in candidates]}
+    hparams = chosen | {"sweep": records, "sweep_schedule": plan.describe(candidates)}
     trainable, total = count_params(final.model)
     return StrategyResult(
         metrics={"top1": round(top1, 3), "val_top1": round(best.best_val, 3)},
