@@ -137,15 +137,15 @@ def last_k(groups: Sequence[LayerGroup], k: int, what: str) -> list[LayerGroup]:
 
 
 def by_fraction(groups: Sequence[LayerGroup], fraction: float) -> list[LayerGroup]:
-    """The output-side suffix of whole groups whose share of the backbone's parameters is
-    closest to ``fraction`` (at least one group; the smaller suffix wins a tie)."""
+    """The fewest output-side groups holding at least ``fraction`` of the backbone's parameters
+    (at least one group)."""
     total = sum(g.size for g in groups) or 1
-    best, best_gap, share = 1, float("inf"), 0.0
+    share = 0.0
     for count, group in enumerate(reversed(groups), start=1):
         share += group.size / total
-        if abs(share - fraction) < best_gap:
-            best, best_gap = count, abs(share - fraction)
-    return list(groups[len(groups) - best :])
+        if share >= fraction:
+            return list(groups[len(groups) - count :])
+    return list(groups)
 
 
 def params_of(groups: Iterable[LayerGroup]) -> list[str]:

@@ -33,8 +33,9 @@ class FullFineTune(FineTuneStrategy):
 @dataclass
 class PartialUnfreeze(GroupStrategy):
     """The head and a choice of layer groups train: ``groups`` by position or name, or the last
-    ``k``, or by default the output-side blocks holding about ``fraction`` of the backbone's
-    parameters (docs/strategies.md says why). The frozen prefix's activations are cached."""
+    ``k``, or by default the fewest output-side blocks holding at least ``fraction`` of the
+    backbone's parameters (docs/strategies.md says why). The frozen prefix's activations are
+    cached."""
 
     cache_prefix: bool = True
 
@@ -277,13 +278,13 @@ SPECS = (
     StrategySpec(
         "partial-unfreeze",
         factory=_FACTORY + "make_partial_unfreeze",
-        description="The head and chosen layer groups train (default: the output-side blocks holding ~25% of the backbone's parameters); frozen-prefix activations cached.",
+        description="The head and chosen layer groups train (default: the fewest output-side blocks holding >= 25% of the backbone's parameters); frozen-prefix activations cached.",
         options=(
             Option(
                 "fraction",
                 float,
                 default=0.25,
-                help="Default choice: the output-side suffix of whole groups whose share of the backbone's parameters is closest to this (at least one group).",
+                help="Default choice: the fewest output-side groups holding at least this share of the backbone's parameters.",
                 minimum=0.0,
                 maximum=1.0,
             ),

@@ -1,6 +1,7 @@
 """The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot
 state, no display needed): accuracy vs trainable parameters with the Pareto front, strategy
-bars with confidence intervals, and a model x dataset heatmap per strategy."""
+bars with confidence intervals, a model x dataset heatmap per strategy, and the layer-transfer
+curve when a run holds one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from tlbench.report.layers import (
+    CURVE_KEY,
+    LAYER_STRATEGY,
+    MODE_LABELS,
+    MODES,
+    layer_curves,
+    references,
+    scratch_reference,
+)
 from tlbench.report.tables import summarize
 
 PLOTS = ("accuracy_vs_params", "strategies", "heatmap")
@@ -29,13 +39,22 @@ class Plot:
 
 
 def figures(records: pd.DataFrame, metric: str = "top1") -> dict[str, Figure]:
-    """The report's figures by file stem, in PLOTS order."""
-    summary = summarize(records, metric)
-    return {
-        "accuracy_vs_params": accuracy_vs_params(summary, metric),
-        "strategies": strategy_bars(summary, metric),
-        "heatmap": heatmap(summary, metric),
-    }
+    """The report's figures by file stem, in PLOTS order. Layer-transfer cells (one strategy id
+    per point of a curve) get their own figure, ``layer_transfer``, instead of crowding the
+    others."""
+    curves = layer_curves(records, metric)
+    others = records if curves.empty else records[records["strategy_ref"] != LAYER_STRATEGY]
+    drawn = {}
+    if not others.empty:
+        summary = summarize(others, metric)
+        drawn = {
+            "accuracy_vs_params": accuracy_vs_params(summary, metric),
+            "strategies": strategy_bars(summary, metric),
+            "heatmap": heatmap(summary, metric),
+        }
+    if not curves.empty:
+        drawn["layer_transfer"] = layer_transfer(curves, references(records, metric), metric)
+    return drawn
 
 
 def render_plots(records: pd.DataFrame, metric: str = "top1") -> list[Plot]:
@@ -78,7 +97,7 @@ def accuracy_vs_params(summary: pd.DataFrame, metric: str = "top1") -> Figure:
     datasets = list(summary["dataset"].unique())
     figure, axes = _grid(len(datasets), width=4.6, height=3.6)
     colors = _colors(summary["model"].unique())
-    markers = dict(zip(summary["strategy"].unique(), MARKERS, strict=False))
+    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(summary["strategy"].unique())}
     for ax, dataset in zip(axes, datasets, strict=False):
         part = summary[(summary["dataset"] == dataset) & (summary["n"] > 0)]
         for _, row in part.iterrows():
@@ -187,6 +206,50 @@ def heatmap(summary: pd.DataFrame, metric: str = "top1") -> Figure:
             )
     figure.colorbar(image, ax=axes, label=f"{metric} (%)")
     figure.suptitle(f"{metric} by model and dataset (mean over seeds)")
+    return figure
+
+
+def layer_transfer(curves: pd.DataFrame, probes: pd.DataFrame, metric: str = "top1") -> Figure:
+    """Yosinski et al.'s curve, one panel per (model, dataset, curve): accuracy against the
+    number of source layer groups kept, frozen and fine-tuned, with the from-scratch (n = 0)
+    and linear-probe references as horizontal lines."""
+    panels = list(curves.groupby(CURVE_KEY, sort=False))
+    figure, axes = _grid(len(panels), width=4.6, height=3.4)
+    colors = {"frozen": "tab:blue", "finetune": "tab:orange"}
+    probes = probes.set_index(["model", "dataset"])
+    for ax, ((model, dataset, curve), part) in zip(axes, panels, strict=False):
+        for mode in MODES:
+            line = part[(part["mode"] == mode) & (part["n"] > 0)]
+            if not line.empty:
+                ax.errorbar(
+                    line["keep"],
+                    line["mean"],
+                    yerr=[_finite(v) for v in line["ci95"]],
+                    marker="o" if mode == "frozen" else "s",
+                    color=colors[mode],
+                    capsize=2,
+                )
+        scratch = scratch_reference(part)
+        if scratch is not None:
+            ax.axhline(scratch["mean"], color="0.35", linestyle=":", linewidth=1)
+        if (model, dataset) in probes.index:
+            ax.axhline(probes.loc[(model, dataset), "mean"], color="tab:green", linestyle="--")
+        ax.set_xticks(sorted(part["keep"].unique()))
+        title = f"{model} / {dataset}" + (f" ({curve})" if curve != "layer-transfer" else "")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("source layer groups kept (n)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(True, alpha=0.3)
+    handles = [
+        Line2D([], [], color=colors[m], marker="o" if m == "frozen" else "s", label=MODE_LABELS[m])
+        for m in MODES
+    ]
+    handles += [
+        Line2D([], [], color="0.35", linestyle=":", label="from scratch (n = 0)"),
+        Line2D([], [], color="tab:green", linestyle="--", label="linear probe"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8)
+    figure.suptitle(f"Layer transfer: {metric} (mean ± 95% CI over seeds)")
     return figure
 
 

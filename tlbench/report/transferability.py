@@ -5,16 +5,22 @@ fine-tuning did, and how much cheaper were they?
 
 ``scores``       one row per (dataset, model): each estimator's score next to each strategy's
                  top-1 (means over seeds; ok records only).
-``correlation``  one row per (dataset, estimator, strategy): Kendall's tau and weighted tau between
-                 the estimator's scores and the strategy's accuracies across models. Per dataset,
-                 because no estimator is reliable everywhere (TLlib: weighted tau -0.26..0.92).
+``correlation``  one row per (dataset, estimator, strategy): Kendall's tau, its bootstrap interval
+                 over source models and its p-value, and weighted tau, between the estimator's
+                 scores and the strategy's accuracies across models. Per dataset, because no
+                 estimator is reliable everywhere (TLlib: weighted tau -0.26..0.92). Shown only
+                 where significance is reachable: with n models the smallest two-sided p of
+                 Kendall's exact test is 2/n! (0.33 for 3, 0.083 for 4), so below 5 models the
+                 table says "too few sources" instead of a number that cannot be evidence.
 ``time``         one row per (estimator, strategy): seconds the estimator took (``wall_s`` +
                  ``features_s``) against the seconds fine-tuning took (cells' ``cost.wall_s``)
-                 on the same (model, dataset, seed) triples, and their ratio.
+                 on the same (model, dataset, seed) triples, their ratio, and whether it meets
+                 the goal of ``SPEEDUP_GOAL`` x.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 
@@ -24,6 +30,11 @@ from tlbench.transferability import rank_correlation
 
 PAIR = ["model", "dataset", "seed"]
 MISSING = "—"
+ALPHA = 0.05  # significance level the "enough sources" rule is stated for
+BOOTSTRAP_SAMPLES = 2000
+CI_LEVEL = 0.95
+SPEEDUP_GOAL = 100.0  # an estimator should cost at most 1% of fine-tuning the same sources
+TOO_FEW = "too few sources"
 
 
 def transferability_tables(
@@ -114,30 +125,91 @@ def correlation_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         "strategy",
         "models",
         "kendall_tau",
-        "weighted_tau",
+        "tau_ci_low",
+        "tau_ci_high",
         "kendall_p",
+        "weighted_tau",
+        "min_p",
+        "powered",
     ]
     return pd.DataFrame(rows, columns=columns)
 
 
 def _correlate(scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, strategy) -> dict:
+    empty = {
+        "models": 0,
+        "kendall_tau": math.nan,
+        "tau_ci_low": math.nan,
+        "tau_ci_high": math.nan,
+        "kendall_p": math.nan,
+        "weighted_tau": math.nan,
+        "min_p": math.nan,
+        "powered": False,
+    }
     if estimator not in scores.columns or strategy not in top1.columns:
-        return {
-            "models": 0,
-            "kendall_tau": math.nan,
-            "weighted_tau": math.nan,
-            "kendall_p": math.nan,
-        }
+        return empty
     s = _column_for(scores, dataset, estimator)
     a = _column_for(top1, dataset, strategy)
-    both = s.to_frame("s").join(a.to_frame("a"), how="inner")
+    both = s.to_frame("s").join(a.to_frame("a"), how="inner").dropna()
     result = rank_correlation(both["s"].tolist(), both["a"].tolist())
+    n = result["n"]
+    powered = min_reachable_p(n) < ALPHA
+    low, high = (
+        tau_interval(both["s"].to_numpy(float), both["a"].to_numpy(float))
+        if powered
+        else (math.nan, math.nan)
+    )
     return {
-        "models": result["n"],
+        **empty,
+        "models": n,
         "kendall_tau": result["kendall_tau"],
-        "weighted_tau": result["weighted_tau"],
+        "tau_ci_low": low,
+        "tau_ci_high": high,
         "kendall_p": result["kendall_p"],
+        "weighted_tau": result["weighted_tau"],
+        "min_p": min_reachable_p(n),
+        "powered": powered,
     }
+
+
+def min_reachable_p(n: int) -> float:
+    """The smallest two-sided p-value Kendall's exact test can give for ``n`` untied pairs: both
+    perfect orderings out of n! permutations, 2 / n!."""
+    return min(1.0, 2.0 / math.factorial(n)) if n >= 2 else 1.0
+
+
+def tau_interval(
+    scores, accuracies, samples: int = BOOTSTRAP_SAMPLES, level: float = CI_LEVEL, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of Kendall's tau-b, resampling source models with
+    replacement (repeated models are ties, which tau-b accounts for); resamples where one side
+    is constant are left out. Deterministic for a given ``seed``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(scores), size=(samples, len(scores)))
+    taus = kendall_tau_b(np.asarray(scores)[index], np.asarray(accuracies)[index])
+    taus = taus[np.isfinite(taus)]
+    if not len(taus):
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(taus, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def kendall_tau_b(x, y):
+    """Kendall's tau-b of each row pair of ``x`` and ``y`` (shape (rows, n)), vectorised: NaN
+    where a row has no untied pair on one side."""
+    import numpy as np
+
+    dx = np.sign(x[:, :, None] - x[:, None, :])
+    dy = np.sign(y[:, :, None] - y[:, None, :])
+    upper = np.triu(np.ones(x.shape[1:] * 2, dtype=bool), k=1)
+    concordance = (dx * dy)[:, upper].sum(1)
+    untied_x = (dx[:, upper] != 0).sum(1)
+    untied_y = (dy[:, upper] != 0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return concordance / np.sqrt(untied_x * untied_y)
 
 
 def _column_for(frame: pd.DataFrame, dataset, column) -> pd.Series:
@@ -164,6 +236,7 @@ def time_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
                 if len(shared)
                 else 0
             )
+            speedup = finetune_s / estimator_s if estimator_s and estimator_s > 0 else math.nan
             rows.append(
                 {
                     "estimator": estimator,
@@ -171,9 +244,10 @@ def time_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
                     "pairs": len(shared),
                     "estimator_s": estimator_s,
                     "finetune_s": finetune_s,
-                    "speedup": finetune_s / estimator_s
-                    if estimator_s and estimator_s > 0
-                    else math.nan,
+                    "speedup": speedup,
+                    f"{SPEEDUP_GOAL:.0f}x_cheaper": None
+                    if math.isnan(speedup)
+                    else bool(speedup >= SPEEDUP_GOAL),
                     "inputs_from_cache": cached,
                 }
             )
@@ -184,6 +258,7 @@ def time_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         "estimator_s",
         "finetune_s",
         "speedup",
+        f"{SPEEDUP_GOAL:.0f}x_cheaper",
         "inputs_from_cache",
     ]
     return pd.DataFrame(rows, columns=columns)
@@ -201,6 +276,18 @@ TITLES = {
     "correlation": "Rank correlation between estimator scores and actual top-1 across models, per dataset",
     "time": "Estimator time (features/logits + scoring) vs. fine-tuning time on the same models",
 }
+NOTES = {
+    "correlation": (
+        f"Kendall's tau-b with a {CI_LEVEL:.0%} percentile bootstrap interval over source models "
+        f"({BOOTSTRAP_SAMPLES} resamples) and its exact p-value, shown where n models can reach "
+        f"p < {ALPHA} (n >= 5; the smallest p is 2/n!: 0.33 for 3 models, 0.083 for 4); "
+        f"otherwise '{TOO_FEW}'."
+    ),
+    "time": (
+        f"The goal is an estimator at least {SPEEDUP_GOAL:.0f}x cheaper than fine-tuning the same "
+        "sources; inputs_from_cache counts pairs whose features were already cached."
+    ),
+}
 DIGITS = {
     "kendall_tau": 2,
     "weighted_tau": 2,
@@ -209,16 +296,51 @@ DIGITS = {
     "finetune_s": 1,
     "speedup": 1,
 }
+# What the correlation table shows instead of the raw columns (see NOTES).
+CORRELATION_SHOWN = ["dataset", "estimator", "strategy", "models", "kendall_tau", "tau_95ci"]
+CORRELATION_SHOWN += ["kendall_p", "weighted_tau"]
 
 
 def formatted(name: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Strings for display: scores to 3 significant places, top-1 to 1 decimal, NaN as a dash."""
+    """Strings for display: scores to 3 significant places, top-1 to 1 decimal, NaN as a dash;
+    correlations only where enough sources exist for significance (else "too few sources")."""
+    if name == "correlation" and "powered" in frame:
+        return _shown_correlation(frame)
     return frame.apply(lambda column: column.map(lambda v, c=column.name: _fmt(name, c, v)))
+
+
+def _shown_correlation(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for row in frame.to_dict("records"):
+        shown = {c: _fmt("correlation", c, row[c]) for c in ("dataset", "estimator", "strategy")}
+        shown["models"] = str(row["models"])
+        if not row["powered"]:
+            enough = f" ({row['models']}: min p {row['min_p']:.2g})" if row["models"] >= 2 else ""
+            shown.update(
+                kendall_tau=TOO_FEW + enough,
+                tau_95ci=MISSING,
+                kendall_p=MISSING,
+                weighted_tau=MISSING,
+            )
+        else:
+            interval = (row["tau_ci_low"], row["tau_ci_high"])
+            shown.update(
+                kendall_tau=_fmt("correlation", "kendall_tau", row["kendall_tau"]),
+                tau_95ci=MISSING
+                if any(math.isnan(v) for v in interval)
+                else f"[{interval[0]:.2f}, {interval[1]:.2f}]",
+                kendall_p=_fmt("correlation", "kendall_p", row["kendall_p"]),
+                weighted_tau=_fmt("correlation", "weighted_tau", row["weighted_tau"]),
+            )
+        rows.append(shown)
+    return pd.DataFrame(rows, columns=CORRELATION_SHOWN)
 
 
 def _fmt(table: str, column, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if not isinstance(value, float):
         return str(value)
     if column in DIGITS:
@@ -237,6 +359,7 @@ def transferability_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
             parts += ["No estimates or no finished cells to compare.", ""]
             continue
         parts += [formatted(name, frame).to_markdown(index=False, disable_numparse=True), ""]
+        parts += [f"_{NOTES[name]}_", ""] if name in NOTES else []
     return "\n".join(parts)
 
 
@@ -259,6 +382,8 @@ def render_transferability(tables: Mapping[str, pd.DataFrame], console) -> None:
             )
         for row in text.itertuples(index=False):
             table.add_row(*row)
+        if name in NOTES:
+            table.caption, table.caption_justify = NOTES[name], "left"
         console.print(table)
 
 
@@ -271,6 +396,8 @@ def transferability_html(tables: Mapping[str, pd.DataFrame]) -> str:
             parts.append("<p>No estimates or no finished cells to compare.</p>")
             continue
         parts.append(formatted(name, frame).to_html(index=False, classes="sortable", border=0))
+        if name in NOTES:
+            parts.append(f'<p class="note">{html.escape(NOTES[name])}</p>')
     return "\n".join(parts)
 
 
