@@ -201,7 +201,7 @@ def test_new_plugin_installs_lists_runs_a_suite_and_passes_its_own_tests(tmp_pat
     run(*pip, plugin)
 
     listed = run(tlbench, "plugins")
-    demo_row = next(line for line in listed.splitlines() if " demo " in f" {line} ")
+    demo_row = next(line for line in listed.splitlines() if line.split("\t")[0] == "demo")
     assert (
         "0.1.0" in demo_row and "register_models" in demo_row and "register_strategies" in demo_row
     )
