@@ -313,7 +313,12 @@ class _Recorder(Sink):
         if result.predictions is not None:
             self._store_predictions(record, result.predictions)
         if self._append(record):
+            seen = len(self.host.observer_failures)
             _notify(self.host, record)
+            for failure in self.host.observer_failures[seen:]:
+                self.log.write(
+                    f"observer {failure.plugin} failed on {cell.label}:\n{failure.traceback.rstrip()}"
+                )
         if record["status"] == "interrupted":
             self.outcome.interrupted_cells += 1
         else:
