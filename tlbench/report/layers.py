@@ -1,6 +1,6 @@
 """The layer-transfer study in a report: accuracy against the number of source layer groups kept
-(Yosinski et al. 2014), frozen and fine-tuned, per (model, dataset), with seed intervals and the
-from-scratch and linear-probe references.
+(Yosinski et al. 2014), frozen and fine-tuned, per (model, dataset), with the report's intervals
+(test items and seeds) and the from-scratch and linear-probe references.
 
 A layer-transfer entry expands into one strategy id per (keep, mode), for example
 ``layer-transfer[keep=3,mode=frozen]``; the part before ``[`` names the curve, so one suite may
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from tlbench.report.tables import MISSING, Table, cell_text, summarize
+from tlbench.report.tables import INTERVAL_NOTE, MISSING, Table, cell_text, summarize
 
 LAYER_STRATEGY = "layer-transfer"
 REFERENCE_STRATEGY = "linear-probe"
@@ -41,6 +41,17 @@ def layer_curves(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
         for row in curves.itertuples()
     ]
     return curves.sort_values([*CURVE_KEY, "mode", "keep"], kind="stable").reset_index(drop=True)
+
+
+def with_shared_start(curve: pd.DataFrame) -> pd.DataFrame:
+    """``curve`` with its n = 0 point copied to the mode that lacks it: keeping no group
+    re-initialises everything in both modes, so suites run that cell once."""
+    zero = curve[curve["keep"] == 0]
+    missing = [m for m in MODES if m not in set(zero["mode"])]
+    if zero.empty or not missing:
+        return curve
+    copies = [zero.iloc[[0]].assign(mode=mode) for mode in missing]
+    return pd.concat([*copies, curve]).sort_values(["mode", "keep"], kind="stable")
 
 
 def _layer_cells(records: pd.DataFrame) -> pd.DataFrame:
@@ -103,6 +114,7 @@ def layer_table(records: pd.DataFrame, metric: str = "top1") -> Table | None:
         return None
     rows, best_rows = [], []
     for (model, dataset, curve), part in curves.groupby(CURVE_KEY, sort=False):
+        part = with_shared_start(part)
         for keep, at in part.groupby("keep", sort=True):
             row = {"model": model, "dataset": dataset, "curve": curve, "n kept": int(keep)}
             row["last group kept"] = next((k for k in at["kept"] if k), MISSING)
@@ -126,9 +138,10 @@ def layer_table(records: pd.DataFrame, metric: str = "top1") -> Table | None:
         f"{row['model']} / {row['dataset']} {cell_text(row)}" for _, row in probes.iterrows()
     )
     note = (
-        f"{metric} (%), mean ± 95% CI over seeds (Student t). n kept = source layer groups kept "
+        f"{metric} (%), {INTERVAL_NOTE}. n kept = source layer groups kept "
         "(input side first), the rest re-initialised with timm's init; frozen: kept groups fixed, "
-        "fine-tuned: everything trains. n = 0 trains from scratch. Best of each curve in bold. "
+        "fine-tuned: everything trains. n = 0 trains from scratch (one cell starts both curves). "
+        "Best of each curve in bold. "
         + (
             f"Linear probe (frozen features): {reference}."
             if reference

@@ -24,6 +24,7 @@ from tlbench.report.layers import (
     layer_curves,
     references,
     scratch_reference,
+    with_shared_start,
 )
 from tlbench.report.tables import summarize
 
@@ -218,6 +219,7 @@ def layer_transfer(curves: pd.DataFrame, probes: pd.DataFrame, metric: str = "to
     colors = {"frozen": "tab:blue", "finetune": "tab:orange"}
     probes = probes.set_index(["model", "dataset"])
     for ax, ((model, dataset, curve), part) in zip(axes, panels, strict=False):
+        part = with_shared_start(part)
         for mode in MODES:
             line = part[(part["mode"] == mode) & (part["n"] > 0)]
             if not line.empty:
@@ -249,7 +251,7 @@ def layer_transfer(curves: pd.DataFrame, probes: pd.DataFrame, metric: str = "to
         Line2D([], [], color="tab:green", linestyle="--", label="linear probe"),
     ]
     figure.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8)
-    figure.suptitle(f"Layer transfer: {metric} (mean ± 95% CI over seeds)")
+    figure.suptitle(f"Layer transfer: {metric} (mean ± 95% interval over test items and seeds)")
     return figure
 
 
