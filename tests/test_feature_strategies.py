@@ -26,12 +26,10 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture
-def run(registry, lite0, digits_data, cache):
-    def _run(name, **given):
-        registered, _ = registry.lookup("strategy", name)
-        options = resolve_options(registered.options, given)
+def context(lite0, digits_data, cache):
+    def _context(name, options):
         cell = Cell("t", lite0.name, "digits", name, 0, lite0.name, "digits", name, {}, {}, options)
-        ctx = CellContext(
+        return CellContext(
             cell=cell,
             source=lite0,
             data=digits_data,
@@ -40,7 +38,16 @@ def run(registry, lite0, digits_data, cache):
             seed=0,
             log=lambda m: None,
         )
-        return registered.spec.load_factory()(options).run(ctx)
+
+    return _context
+
+
+@pytest.fixture
+def run(registry, context):
+    def _run(name, **given):
+        registered, _ = registry.lookup("strategy", name)
+        options = resolve_options(registered.options, given)
+        return registered.spec.load_factory()(options).run(context(name, options))
 
     return _run
 
@@ -97,8 +104,10 @@ def test_ncm_cl2n_centres_on_the_fitting_set_not_on_the_queries():
 # ------------------------------------------------------------------------------ cells
 
 
-def test_knn_chooses_k_on_val_and_reads_the_linear_probes_cached_features(run, cache):
-    run("linear-probe")
+def test_knn_chooses_k_on_val_and_reads_the_cached_features_a_probe_reads(run, context, cache):
+    from tlbench.engine import cell_features
+
+    cell_features(context("linear-probe", {}), ("train", "val", "trainval", "test"))
     entries = sorted(p.name for p in cache.root.rglob("*"))
     result = run("knn", k=[5, 20, 10_000])
     assert sorted(p.name for p in cache.root.rglob("*")) == entries  # nothing new computed
