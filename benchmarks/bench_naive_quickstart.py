@@ -47,7 +47,6 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from timm.data import create_transform, resolve_data_config
-from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -89,6 +88,8 @@ def strategy_defaults() -> dict[str, dict]:
             "refit": d["refit"],
             "wd": d["weight_decay"][0],
             "k": d.get("k"),
+            "unit": d.get("unit"),
+            "fraction": d.get("fraction"),
         }
     return out
 
@@ -127,7 +128,8 @@ def load_splits(dataset: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from tlbench.splits import make_splits
 
     factory = {"digits": local.digits, "fashion-mnist": local.fashion_mnist}[dataset]
-    target = factory.__wrapped__(None, {})  # decoded afresh, not from the per-process memo
+    factory.cache_clear()  # decoded afresh, as a hand-written loop does, not from the memo
+    target = factory(None, {})
     splits = make_splits(target, DATASETS[dataset], SEED)
     train = (np.asarray(target.train.images), np.asarray(target.train.labels))
     test_pool = (
@@ -289,14 +291,16 @@ def build(strategy: str, source, splits, num_classes: int, loader) -> nn.Module:
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias") or id(p) in head)
     if strategy == "partial-unfreeze":
-        groups = group_parameters(model, model.group_matcher(coarse=True))
-        groups = [[n for n in groups[i] if id(model.get_parameter(n)) not in head] for i in groups]
-        k = STRATEGIES["partial-unfreeze"]["k"]
-        last = {
-            n
-            for group in [g for g in groups if g][len([g for g in groups if g]) - k :]
-            for n in group
-        }
+        # The same layers tlbench's partial-unfreeze trains (its group choice, not its engine).
+        from tlbench.builtin.layer_choice import by_fraction, model_groups, params_of
+
+        options = STRATEGIES["partial-unfreeze"]
+        groups = model_groups(model, options["unit"])
+        k = options["k"]
+        chosen = (
+            by_fraction(groups, options["fraction"]) if k is None else groups[len(groups) - k :]
+        )
+        last = set(params_of(chosen))
         for name, p in model.named_parameters():
             p.requires_grad_(name in last or id(p) in head)
     return model
@@ -380,6 +384,7 @@ def finetune(strategy: str, source, splits, num_classes: int) -> tuple[float, di
 
 
 def main() -> None:
+    global SEED, PX  # the helpers read them: split, init and data order; input resolution
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -401,7 +406,6 @@ def main() -> None:
         "--epochs", type=int, default=None, help="override every fine-tuning strategy's epochs"
     )
     args = parser.parse_args()
-    global SEED, PX
     PX = args.px
     if args.epochs is not None:
         for name, options in STRATEGIES.items():
@@ -412,7 +416,7 @@ def main() -> None:
     for model_id in args.models:
         for dataset in args.datasets:
             for seed in args.seeds:
-                SEED = seed  # the global the helpers read, as the split, init and data order
+                SEED = seed
                 for strategy in args.strategies:
                     rows.append(run_cell(model_id, dataset, strategy))
                     if args.json:  # after every cell: a run stopped early keeps what it measured
