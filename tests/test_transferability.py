@@ -221,8 +221,8 @@ def test_a_suite_without_estimators_writes_nothing(host, cache, tmp_path):
 
 def test_the_shipped_suite_is_valid(host, repo_root):
     suite = load_suite(repo_root / "suites" / "transferability.toml", host.registry)
-    assert [e.ref for e in suite.estimators] == ["logme", "leep", "nce", "hscore"]
-    assert len(suite.models) >= 4 and len(suite.datasets) == 2
+    assert {e.ref for e in suite.estimators} >= {"logme", "leep", "nce", "hscore", "gbc", "sfda"}
+    assert len(suite.models) >= 12 and len(suite.datasets) == 2  # enough sources to rank
 
 
 # ------------------------------------------------------------------------------- analysis

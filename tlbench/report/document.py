@@ -85,11 +85,19 @@ def _summary_line(info: dict) -> str:
     return f"{info['cells']} cells: {statuses}."
 
 
+def report_tables(records: pd.DataFrame, metric: str) -> list:
+    """The report's tables: ``build_tables``' and, for layer-transfer cells, their curve table."""
+    from tlbench.report.layers import layer_table
+
+    layers = layer_table(records, metric)
+    return build_tables(records, metric) + ([layers] if layers is not None else [])
+
+
 def _markdown(records: pd.DataFrame, envs: Envs, metric: str) -> str:
     info = overview(records)
     runs = ", ".join(f"`{run['run_dir']}` ({run['run_id']})" for run in info["runs"])
     parts = [f"# tlbench report: {info['suite']}", f"Runs: {runs}. {_summary_line(info)}"]
-    for table in build_tables(records, metric):
+    for table in report_tables(records, metric):
         parts += [f"## {table.title}", f"_{table.note}_" if table.note else "", table.to_markdown()]
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -105,7 +113,7 @@ def _latex(records: pd.DataFrame, envs: Envs, metric: str) -> str:
         rf"\section*{{tlbench report: {latex_escape(info['suite'])}}}",
         f"Runs: {runs}. {latex_escape(_summary_line(info))}",
     ]
-    for table in build_tables(records, metric):
+    for table in report_tables(records, metric):
         parts += [table.to_latex(), latex_escape(table.note)]
     parts.append(r"\end{document}")
     return "\n\n".join(parts) + "\n"
@@ -124,7 +132,7 @@ def _html(
         f'<p class="note">Runs: {html_page.html.escape(runs)}. {_summary_line(info)}</p>',
         "<h2>Tables</h2>",
     ]
-    sections += [html_page.table_section(table) for table in build_tables(records, metric)]
+    sections += [html_page.table_section(table) for table in report_tables(records, metric)]
     sections.append("<h2>Plots</h2>")
     sections += [html_page.figure_section(plot.name, plot.png, plot.caption) for plot in plots]
     if estimates is not None:
