@@ -36,11 +36,11 @@ from tlbench.planning import (
     RunRequest,
     Selection,
     check_run_owner,
-    suite_changed,
     choose_run_dir,
     make_plan,
     pending_cells,
     plan_cells,
+    suite_changed,
 )
 from tlbench.plugins import PluginHost
 from tlbench.results import (
