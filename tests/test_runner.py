@@ -377,6 +377,8 @@ def test_dry_run_prints_the_plan_and_creates_and_loads_nothing(tmp_path):
         "datasets": 1,
         "model_dataset_pairs": 1,
         "prepared_groups": 2,
+        "feature_pools": 1,  # both seeds split the same images: their features are computed once
+        "sweeps": {"asha": 0, "candidates": 0, "grid": 0},  # the test's strategies sweep nothing
     }
     assert {row["namespace"] for row in plan["cache"]["namespaces"]} >= {"prep"}, (
         "the first run cached its preprocessing"

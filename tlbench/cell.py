@@ -208,12 +208,13 @@ class CellRunner:
     def check(self, cell: Cell) -> None:
         """Let the cell's strategy reject the cell before any training (its ``check(ctx)``,
         when it has one). Raises ``CellFailure``; ``is_user_error`` when the plugin says the
-        cell's options cannot work."""
+        cell's options cannot work; ``UserError`` when the cell's source trained on its target's
+        images (building the context checks that, so it is built for every cell)."""
         strategy = self.checked_strategy(cell)
+        ctx = self.context(cell)
         check = getattr(strategy, "check", None)
         if check is None:
             return
-        ctx = self.context(cell)
         with self.blame(cell, "strategy", "in check()"):
             check(ctx)
 
@@ -344,7 +345,10 @@ def interrupted_result(cell: Cell) -> CellResult:
     record = new_record(cell)
     record.update(
         status="interrupted",
-        error={"type": "KeyboardInterrupt", "message": "stopped by a second Ctrl-C while running"},
+        error={
+            "type": "KeyboardInterrupt",
+            "message": "the run was stopped (Ctrl-C or SIGTERM) while this cell was running",
+        },
         finished_at=now_iso(),
     )
     return CellResult(record)

@@ -36,7 +36,7 @@ def training_options(
             float,
             default=lr,
             help="Peak learning rate; a list is swept on val.",
-            minimum=0.0,
+            exclusive_minimum=0.0,
             sweep=True,
         ),
         Option(
