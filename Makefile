@@ -60,6 +60,9 @@ reference: setup
 	$(BIN)/tlbench report results/reference/quickstart --format md -o results/reference/quickstart/report.md
 	$(BIN)/tlbench report results/reference/quickstart --format html -o results/reference/quickstart/report.html --plots results/reference/quickstart/plots
 	$(BIN)/python -m tlbench.report.screenshot results/reference/quickstart/report.html results/reference/quickstart/report.png
+	rm -rf results/reference/site
+	$(BIN)/tlbench publish results/reference/quickstart -o results/reference/site
+	$(BIN)/python -m tlbench.report.screenshot results/reference/site/suites/quickstart/index.html results/reference/leaderboard.png
 
 # Every benchmark of docs/benchmarks.md (about an hour on 2 CPU cores; run it on a quiet machine).
 # `make bench BENCH_ARGS=--quick` checks every script on a tiny configuration in a few minutes.

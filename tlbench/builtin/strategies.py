@@ -273,7 +273,7 @@ SPECS = (
         description="Frozen backbone; L2 logistic regression on cached features, strength chosen on val.",
         options=LINEAR_PROBE_OPTIONS,
         tags=("frozen", "cached"),
-        version="2",  # 2: float64 L-BFGS solved to max |gradient| <= 1e-6, 1000 iterations
+        version="3",  # 2: float64 L-BFGS to max |gradient| <= 1e-6; 3: preconditioned, converges
     ),
     StrategySpec(
         "partial-unfreeze",
@@ -335,7 +335,7 @@ SPECS = (
         )
         + training_options(lr=[1e-4, 3e-4], epochs=3),
         tags=("full",),
-        version="2",  # 2: its probe is solved to the optimum (the linear probe's version 2)
+        version="3",  # 2, 3: its probe is solved as the linear probe's versions 2 and 3
     ),
     StrategySpec(
         "bitfit",
