@@ -31,6 +31,8 @@ DEFAULT_TOL = 1e-6
 DEFAULT_MAX_ITER = 1000
 # Stop when an iteration changes the loss by less than this: float64 can resolve no more.
 _CHANGE_TOL = 1e-12
+# L-BFGS iterations between two checks of the stopping rule.
+_LEG = 20
 
 
 @dataclass(frozen=True)
@@ -102,41 +104,40 @@ def _lbfgs(
         else torch.zeros(z.shape[1] + 1, num_classes, device=z.device, dtype=z.dtype)
     )
     v = (start / scale).requires_grad_(True)
+    # L-BFGS's own test bounds V's gradient, which is W's times ``scale``; the bound that matters
+    # is on W's. So it runs in short legs (its history carries over) until W's holds.
+    opt = torch.optim.LBFGS(
+        [v],
+        lr=1.0,
+        max_iter=_LEG,
+        max_eval=10 * _LEG,  # generous: a leg must end on its iteration count or on no progress
+        history_size=20,
+        tolerance_grad=0.0,
+        tolerance_change=_CHANGE_TOL if z.dtype == torch.float64 else tol * 1e-3,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        v.grad = None
+        w = v * scale
+        loss = F.cross_entropy(z @ w[:-1] + w[-1], y) + 0.5 * l2 * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
 
     def largest_gradient() -> float:
+        closure()
         grad = v.grad / scale  # with respect to W
         weights = grad[:-1] if axes is None else axes @ grad[:-1]
         return max(weights.abs().max().item(), grad[-1].abs().max().item())
 
-    # Most fits stop at once on V's gradient; a fit whose gradient in feature space is still
-    # above tol goes on with a tighter bound on V's (the map between them is not a bound).
-    bound, used = tol, 0
-    while used < max_iter:
-        opt = torch.optim.LBFGS(
-            [v],
-            lr=1.0,
-            max_iter=max_iter - used,
-            max_eval=2 * (max_iter - used),
-            history_size=20,
-            tolerance_grad=bound,
-            tolerance_change=_CHANGE_TOL if z.dtype == torch.float64 else tol * 1e-3,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure():
-            v.grad = None
-            w = v * scale
-            loss = F.cross_entropy(z @ w[:-1] + w[-1], y) + 0.5 * l2 * w[:-1].pow(2).sum()
-            loss.backward()
-            return loss
-
+    done = 0
+    while done < max_iter and largest_gradient() > tol:
+        before = opt.state[v].get("n_iter", 0)
         opt.step(closure)
-        state = opt.state[v]
-        used += max(state.get("n_iter", 1), 1)
-        closure()  # the gradient at the returned point
-        if largest_gradient() <= tol or state.get("n_iter", 0) <= 1 or bound < tol * 1e-3:
+        advanced = opt.state[v].get("n_iter", 0) - before
+        done += max(advanced, 1)
+        if advanced < _LEG:  # the loss stopped changing: float64 can resolve no more
             break
-        bound /= 10
     return (v * scale).detach()
 
 
