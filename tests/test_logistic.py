@@ -49,16 +49,31 @@ def test_the_returned_loss_is_the_optimum_within_a_stated_tolerance(l2):
     assert reached - optimum <= 1e-6
 
 
+def _old_solver(z, y, classes, l2):
+    """The probe's solver before issue 13: float32 L-BFGS stopped by scikit-learn's defaults."""
+    w = torch.zeros(z.shape[1] + 1, classes, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w], max_iter=100, tolerance_grad=1e-4, tolerance_change=1e-7, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w[:-1] + w[-1], y) + 0.5 * l2 * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
 def test_the_old_stopping_rule_stopped_small_strengths_far_from_the_optimum():
     """Why the tolerance moved: at scikit-learn's defaults the small-l2 loss is many times its
     optimum (the fit stops on a gradient that is small only because the loss is)."""
     features, labels = _nearly_separable()
-    loose = _Problem(features.float(), labels, 4, torch.device("cpu"), 100, 1e-4)
-    loose.z = loose.z.float()
     tight = _Problem(features, labels, 4, torch.device("cpu"), 1000, DEFAULT_TOL)
-    loose.fit(1e-6)
+    loose = _old_solver(tight.z.float(), tight.y, 4, 1e-6)
     tight.fit(1e-6)
-    stopped, _ = _objective(tight, loose.solutions[1e-6].double(), 1e-6)
+    stopped, _ = _objective(tight, loose.double(), 1e-6)
     optimum, _ = _objective(tight, tight.solutions[1e-6], 1e-6)
     assert stopped > 3 * optimum
 
