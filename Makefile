@@ -40,7 +40,7 @@ browser:
 	else echo "note: the HTML report test needs: sudo apt-get install chromium chromium-driver"; fi
 
 # Linear probe, partial unfreezing and full fine-tuning of two source models on two datasets, each
-# with its default sweep and refit: under 5 minutes of run time on 2 CPU cores.
+# with its default sweep and refit, plus two trivial baselines: about 10 minutes of run time on 2 CPU cores.
 demo: setup
 	$(BIN)/tlbench run suites/quickstart.toml
 

@@ -96,6 +96,8 @@ root = "{image_folder}"
 
 [[strategies]]
 name = "linear-probe"
+l2 = [1e-2, 1.0]           # two strengths: the search, the refit and the records, at a test's cost
+refine_steps = 1
 """
     )
     run_dir = tmp_path / "run"

@@ -21,8 +21,9 @@ from tlbench.publish.variants import Variant
 def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) -> str:
     view = board.suite
     legend = (
-        f"{board.metric} (%): mean ± 95% confidence interval over seeds (Student t; one seed: "
-        "its value). The small number is the rank on that dataset (1 = best); "
+        f"{board.metric} (%): mean ± half the 95% interval, which combines the spread over seeds "
+        "(Student t) with the test set's own sampling noise (binomial), so one seed has one too. "
+        "The small number is the rank on that dataset (1 = best); "
     )
     legend += (
         f"the signed number is the gain in points over {board.baseline.label}, the suite's "

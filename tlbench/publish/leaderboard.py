@@ -2,7 +2,8 @@
 over seeds, the rank of each model on each dataset, its average rank and its gain over the
 suite's from-scratch baseline trained with the same strategy.
 
-Statistics follow ``tlbench report`` (docs/reports.md): Student t interval over seeds, ties share
+Statistics follow ``tlbench report`` (docs/reports.md): for top-1, Student's t over the seeds
+combined with the test set's binomial noise (so one seed has an interval too); ties share
 the mean of their ranks, a cell without a value ranks last among the models that have the cell.
 A model without a cell on a dataset is not ranked there, so its average covers fewer datasets
 (the page says how many). The baseline is the first model of the suite, in suite order, whose
@@ -20,6 +21,7 @@ import pandas as pd
 
 from tlbench.publish.variants import Group, SuiteView, Variant
 from tlbench.report.records import STATUSES
+from tlbench.report.stats import Z
 from tlbench.report.tables import t_quantile
 
 
@@ -32,6 +34,7 @@ class Score:
     problems: dict  # status -> count of the seeds that did not
     rank: float | None = None
     gain: float | None = None
+    test_items: float | None = None  # the test split's size, when the metric is a test accuracy
 
     @property
     def n(self) -> int:
@@ -50,7 +53,15 @@ class Score:
 
     @property
     def ci95(self) -> float:
-        return t_quantile(self.n - 1) * self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
+        """Half the 95% interval: the seeds' t interval combined with the test set's own
+        sampling noise (``tlbench.report.stats.normal_interval``)."""
+        seeds = t_quantile(self.n - 1) * self.std / math.sqrt(self.n) if self.n >= 2 else 0.0
+        items = 0.0
+        if self.test_items and self.n:
+            p = min(max(self.mean / 100, 0.0), 1.0)
+            items = Z * 100 * math.sqrt(p * (1 - p) / self.test_items)
+        half = math.hypot(seeds, items)
+        return half if self.n >= 2 or self.test_items else math.nan
 
     @property
     def status(self) -> str:
@@ -63,7 +74,7 @@ class Score:
         """``81.3 ± 0.4``, ``81.3`` (one seed), ``81.3 ± 0.4 (1 failed)`` or the failure."""
         if not self.n:
             return self.status
-        text = f"{self.mean:.1f}" + (f" ± {self.ci95:.1f}" if self.n >= 2 else "")
+        text = f"{self.mean:.1f}" + (f" ± {self.ci95:.1f}" if not math.isnan(self.ci95) else "")
         if self.problems:
             text += " (" + ", ".join(f"{c} {s}" for s, c in self.problems.items()) + ")"
         return text
@@ -96,7 +107,20 @@ def score(group: Group, metric: str) -> Score:
     )
     counts = Counter(e.status for e in group.entries if e.metric(metric) is None)
     problems = {s: counts[s] for s in (*STATUSES, *sorted(counts)) if counts.get(s)}
-    return Score(group, values, problems)
+    return Score(
+        group, values, problems, test_items=_test_items(group) if metric == "top1" else None
+    )
+
+
+def _test_items(group: Group) -> float | None:
+    """The mean test-split size of the group's ok seeds, from their split records."""
+    sizes = [
+        size
+        for e in group.entries
+        if e.metric("top1") is not None
+        and isinstance(size := (e.record.get("split") or {}).get("sizes", {}).get("test"), int)
+    ]
+    return sum(sizes) / len(sizes) if sizes else None
 
 
 def baseline_model(view: SuiteView) -> Variant | None:
