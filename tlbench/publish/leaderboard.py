@@ -21,8 +21,7 @@ import pandas as pd
 
 from tlbench.publish.variants import Group, SuiteView, Variant
 from tlbench.report.records import STATUSES
-from tlbench.report.stats import Z
-from tlbench.report.tables import t_quantile
+from tlbench.report.stats import normal_interval
 
 
 @dataclass(frozen=True)
@@ -45,23 +44,13 @@ class Score:
         return sum(v for _, v in self.values) / self.n if self.n else math.nan
 
     @property
-    def std(self) -> float:
-        if self.n < 2:
-            return math.nan
-        mean = self.mean
-        return math.sqrt(sum((v - mean) ** 2 for _, v in self.values) / (self.n - 1))
-
-    @property
     def ci95(self) -> float:
         """Half the 95% interval: the seeds' t interval combined with the test set's own
-        sampling noise (``tlbench.report.stats.normal_interval``)."""
-        seeds = t_quantile(self.n - 1) * self.std / math.sqrt(self.n) if self.n >= 2 else 0.0
-        items = 0.0
-        if self.test_items and self.n:
-            p = min(max(self.mean / 100, 0.0), 1.0)
-            items = Z * 100 * math.sqrt(p * (1 - p) / self.test_items)
-        half = math.hypot(seeds, items)
-        return half if self.n >= 2 or self.test_items else math.nan
+        sampling noise (NaN for one seed of a metric without a known test-set size)."""
+        if not self.n:
+            return math.nan
+        interval = normal_interval([v for _, v in self.values], self.test_items)
+        return (interval.high - interval.low) / 2
 
     @property
     def status(self) -> str:
