@@ -359,9 +359,12 @@ def test_a_rerun_of_the_same_cell_supersedes_the_older_record(published):
 def test_the_same_ids_with_another_configuration_are_a_separate_row_with_a_note(published):
     site, _ = published
     page = Page(site / "suites" / "quickstart" / "index.html")
+    published_size = pick("lite0-scratch", "digits", "linear-probe")["options"]["model"][
+        "input_size"
+    ]
     assert (
         "model lite0-scratch (2) is a separate row, never averaged with lite0-scratch: "
-        "options.input_size: 64 → 32" in page.body
+        f"options.input_size: {published_size} → 32" in page.body
     )
     rows = {
         row[1].split()[0] + (" (2)" if "(2)" in row[1] else ""): row

@@ -14,7 +14,7 @@ from tlbench.engine.features import CellFeatures, features_key
 from tlbench.engine.logistic import LinearHead, LogisticSearch
 from tlbench.engine.runtime import resolve_device, resolve_precision
 
-PROBE_VERSION = 3  # bump when what a cached probe holds, or how it is fit, changes
+PROBE_VERSION = 4  # bump when what a cached probe holds, or how it is fit, changes
 
 
 @dataclass(frozen=True)
