@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from tlbench.engine.runtime import resolve_device
 
