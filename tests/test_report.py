@@ -433,3 +433,37 @@ def test_records_without_a_run_id_take_the_run_directory_name(tmp_path):
     (run / "cells.jsonl").write_text(json.dumps(record) + "\n")
     frame = load_records([run])
     assert list(frame["run_id"]) == ["20261129-000000-abcd"]
+
+
+def test_tables_list_cells_in_suite_order_whatever_order_workers_finished_them(tmp_path):
+    run = run_with(
+        tmp_path / "run",
+        {
+            ("scratch", "digits", "linear-probe"): [50.0, 51.0],
+            ("imagenet", "digits", "linear-probe"): [60.0, 61.0],
+            ("imagenet", "fashion-mnist", "linear-probe"): [70.0, 71.0],
+            ("scratch", "fashion-mnist", "linear-probe"): [40.0, 41.0],
+        },
+    )
+    (run / "suite.toml").write_text(
+        'name = "quickstart"\nseeds = [0, 1]\n'
+        '[[models]]\nname = "efficientnet_lite0.in1k"\nid = "imagenet"\n'
+        '[[models]]\nname = "scratch:tf_efficientnet_lite0"\nid = "scratch"\n'
+        '[[datasets]]\nname = "fashion-mnist"\n[[datasets]]\nname = "digits"\n'
+        '[[strategies]]\nname = "linear-probe"\n'
+    )
+    lines = (run / "cells.jsonl").read_text().splitlines()
+    (run / "cells.jsonl").write_text("\n".join(reversed(lines)) + "\n")  # as two workers might
+
+    records = load_records(run)
+
+    assert list(zip(records["model"], records["dataset"], records["seed"], strict=True)) == [
+        ("imagenet", "fashion-mnist", 0),
+        ("imagenet", "fashion-mnist", 1),
+        ("imagenet", "digits", 0),
+        ("imagenet", "digits", 1),
+        ("scratch", "fashion-mnist", 0),
+        ("scratch", "fashion-mnist", 1),
+        ("scratch", "digits", 0),
+        ("scratch", "digits", 1),
+    ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,38 @@ def _read_run(run_dir: Path) -> list[dict]:
         raise UserError(
             f"{run_dir}: no results (expected {CELLS_FILE} with at least one cell record{left_out})"
         )
-    return rows
+    # Parallel workers record cells in the order they finish; tables list them as the suite does.
+    # The sort is stable, so a cell's retry still follows its failure (the last record wins).
+    order = _suite_order(run_dir)
+    return sorted(rows, key=order) if order else rows
+
+
+def _suite_order(run_dir: Path):
+    """Sort key: the row's model, dataset and strategy by their place in the run's suite.toml,
+    then its seed; ids the suite does not list sort after those it does. ``None`` when the run
+    has no readable suite.toml (records stay in their recorded order)."""
+    try:
+        suite = tomllib.loads((run_dir / "suite.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+    def places(section: str) -> dict[str, int]:
+        entries = [e for e in suite.get(section) or [] if isinstance(e, Mapping)]
+        return {str(e.get("id") or e.get("name")): i for i, e in reversed(list(enumerate(entries)))}
+
+    models, datasets, strategies = places("models"), places("datasets"), places("strategies")
+    last = math.inf
+
+    def key(row: dict) -> tuple:
+        seed = row.get("seed")
+        return (
+            models.get(str(row.get("model")), last),
+            datasets.get(str(row.get("dataset")), last),
+            strategies.get(str(row.get("strategy")), last),
+            seed if isinstance(seed, int) else last,
+        )
+
+    return key
 
 
 def _flatten_record(record: Any, where: str) -> dict | None:
