@@ -185,3 +185,56 @@ def test_a_suite_requiring_a_missing_plugin_fails_before_any_work(tmp_path):
     assert result.exit_code == 2
     assert "requires" in result.output and "tlbench-nonexistent" in result.output
     assert not (tmp_path / "run" / "cells.jsonl").exists()
+
+
+def test_layer_choice_and_frozen_feature_strategies_run_from_a_suite(tmp_path):
+    """surgical (one cell per block), partial-unfreeze by name, L2-SP, k-NN and NCM, as a user
+    writes them in a suite; every fine-tuning record names the groups it trained."""
+    suite = tmp_path / "choice.toml"
+    suite.write_text(
+        """
+name = "choice"
+[[models]]
+name = "efficientnet_lite0.in1k"
+input_size = 32
+[[datasets]]
+name = "digits"
+train_size = 300
+[[strategies]]
+name = "surgical"
+block = ["first", "last"]
+lr = 3e-3
+epochs = 1
+refit = false
+[[strategies]]
+name = "partial-unfreeze"
+groups = "blocks.6"
+unit = "stage"
+lr = 3e-3
+epochs = 1
+refit = false
+[[strategies]]
+name = "l2-sp"
+lr = 1e-2
+epochs = 1
+refit = false
+[[strategies]]
+name = "knn"
+[[strategies]]
+name = "ncm"
+"""
+    )
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(suite), "--out", str(run_dir), "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    records = {r["strategy"]: r for r in json.loads(result.stdout)}
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records.values())
+    first, last = (r for name, r in records.items() if name.startswith("surgical"))
+    assert first["hparams"]["trained_groups"][0] != last["hparams"]["trained_groups"][0]
+    unfrozen = records["partial-unfreeze"]
+    assert unfrozen["hparams"]["trained_groups"][0].startswith("blocks.6")
+    assert 0 < unfrozen["cost"]["trainable_pct"] < 100
+    assert records["l2-sp"]["cost"]["trainable_params"] == records["l2-sp"]["cost"]["total_params"]
+    assert {"knn", "ncm"} <= set(records)
+    top1 = {name: r["metrics"]["top1"] for name, r in records.items()}
+    assert all(value > 20 for value in top1.values()), top1  # twice chance: each one learns

@@ -1,5 +1,6 @@
 """Reports from run directories: loading records, tables, plots, formats and the report command."""
 
+import io
 import json
 import os
 import subprocess
@@ -467,3 +468,17 @@ def test_tables_list_cells_in_suite_order_whatever_order_workers_finished_them(t
         ("scratch", "digits", 0),
         ("scratch", "digits", 1),
     ]
+
+
+def test_piped_terminal_table_keeps_every_column_and_ids_with_brackets_whole(tmp_path):
+    strategies = ["linear-probe", "partial-unfreeze", "full-finetune", "surgical[block=first]"]
+    run = run_with(
+        tmp_path / "run",
+        {("lite0-imagenet", "fashion-mnist", s): [80.0 + i] for i, s in enumerate(strategies)},
+    )
+    out = io.StringIO()
+
+    render_terminal(load_records(run), Console(file=out, width=80))  # not a terminal: a pipe
+
+    header = next(line for line in out.getvalue().splitlines() if "linear-probe" in line)
+    assert all(s in header for s in strategies), header

@@ -359,6 +359,7 @@ def make_plan(request: RunRequest, host: PluginHost, suite: Suite) -> Plan:
 
 def render_plan(plan: Plan, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     data = plan.to_json()
     where = (
@@ -410,5 +411,7 @@ def render_plan(plan: Plan, console) -> None:
             if row["recorded_status"] is None
             else f"{row['state']} ({row['recorded_status']})"
         )
-        table.add_row(row["model"], row["dataset"], row["strategy"], str(row["seed"]), state)
+        table.add_row(
+            *(Text(str(row[key])) for key in ("model", "dataset", "strategy", "seed")), state
+        )
     console.print(table)

@@ -29,18 +29,27 @@ def render_terminal(records: pd.DataFrame, console: Console) -> None:
     for (model, dataset), part in summary.groupby(["model", "dataset"], sort=False):
         cells = part.set_index("strategy")
         best = cells["mean"].max()
-        rows.append((model, dataset, *(_cell(cells, strategy, best) for strategy in strategies)))
+        rows.append(
+            (Text(model), Text(dataset), *(_cell(cells, strategy, best) for strategy in strategies))
+        )
     # Labels never wrap; in a narrow terminal the strategy headers wrap instead, so the table
     # stays readable at 80 columns.
     for i, name in enumerate(("model", "dataset")):
-        table.add_column(name, no_wrap=True, min_width=max(len(str(r[i])) for r in rows))
+        table.add_column(name, no_wrap=True, min_width=max(len(r[i].plain) for r in rows))
+    # A terminal wraps the headers to fit; piped into a file or a log, the table keeps its
+    # natural width (whole headers) instead of losing the columns past 80.
+    wide = not console.is_terminal
     for j, strategy in enumerate(strategies, start=2):
+        widest = max(len(r[j].plain) for r in rows)
         table.add_column(
-            strategy, justify="right", overflow="fold", min_width=max(len(r[j].plain) for r in rows)
+            Text(strategy),  # ids such as surgical[block=first] are not markup
+            justify="right",
+            overflow="fold",
+            min_width=max(widest, len(strategy)) if wide else widest,
         )
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    console.print(table, width=None if not wide else 10_000, crop=not wide)
     _print_failures(records, console)
 
 
