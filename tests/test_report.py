@@ -482,3 +482,28 @@ def test_piped_terminal_table_keeps_every_column_and_ids_with_brackets_whole(tmp
 
     header = next(line for line in out.getvalue().splitlines() if "linear-probe" in line)
     assert all(s in header for s in strategies), header
+
+
+def test_cells_of_an_entry_with_axis_options_take_that_entrys_place_in_the_suite(tmp_path):
+    run = run_with(
+        tmp_path / "run",
+        {
+            ("imagenet", "digits", "linear-probe"): [60.0],
+            ("imagenet", "digits", "surgical[block=first]"): [61.0],
+            ("imagenet", "digits", "surgical[block=last]"): [62.0],
+        },
+    )
+    (run / "suite.toml").write_text(
+        'name = "quickstart"\n[[models]]\nname = "efficientnet_lite0.in1k"\nid = "imagenet"\n'
+        '[[datasets]]\nname = "digits"\n'
+        '[[strategies]]\nname = "surgical"\nblock = ["first", "last"]\n'
+        '[[strategies]]\nname = "linear-probe"\n'
+    )
+
+    records = load_records(run)
+
+    assert list(records["strategy"]) == [
+        "surgical[block=first]",
+        "surgical[block=last]",
+        "linear-probe",
+    ]

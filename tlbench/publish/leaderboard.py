@@ -21,7 +21,7 @@ import pandas as pd
 
 from tlbench.publish.variants import Group, SuiteView, Variant
 from tlbench.report.records import STATUSES
-from tlbench.report.stats import normal_interval
+from tlbench.report.stats import normal_interval, test_set_size
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ class Score:
         sampling noise (NaN for one seed of a metric without a known test-set size)."""
         if not self.n:
             return math.nan
-        interval = normal_interval([v for _, v in self.values], self.test_items)
-        return (interval.high - interval.low) / 2
+        return normal_interval([v for _, v in self.values], self.test_items).half_width
 
     @property
     def status(self) -> str:
@@ -102,14 +101,10 @@ def score(group: Group, metric: str) -> Score:
 
 
 def _test_items(group: Group) -> float | None:
-    """The mean test-split size of the group's ok seeds, from their split records."""
-    sizes = [
-        size
-        for e in group.entries
-        if e.metric("top1") is not None
-        and isinstance(size := (e.record.get("split") or {}).get("sizes", {}).get("test"), int)
-    ]
-    return sum(sizes) / len(sizes) if sizes else None
+    """The test-split size of the group's ok seeds, from their split records."""
+    return test_set_size(
+        e.record.get("split") for e in group.entries if e.metric("top1") is not None
+    )
 
 
 def baseline_model(view: SuiteView) -> Variant | None:

@@ -147,12 +147,18 @@ def _suite_order(run_dir: Path):
     models, datasets, strategies = places("models"), places("datasets"), places("strategies")
     last = math.inf
 
+    def place(ids: dict[str, int], value) -> float:
+        # An entry with axis options records one id per value, ``surgical[block=first]``
+        # (tlbench.suite names them so): those cells take their entry's place.
+        value = str(value)
+        return ids.get(value, ids.get(value.split("[", 1)[0], last))
+
     def key(row: dict) -> tuple:
         seed = row.get("seed")
         return (
-            models.get(str(row.get("model")), last),
-            datasets.get(str(row.get("dataset")), last),
-            strategies.get(str(row.get("strategy")), last),
+            place(models, row.get("model")),
+            place(datasets, row.get("dataset")),
+            place(strategies, row.get("strategy")),
             seed if isinstance(seed, int) else last,
         )
 

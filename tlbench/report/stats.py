@@ -17,7 +17,7 @@ comparisons are corrected with Holm's step-down method (Holm 1979).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +129,14 @@ def difference_interval(a: np.ndarray, b: np.ndarray) -> Interval:
     mean = 100.0 * float(diff.mean())
     method = "paired bootstrap: items x seeds" if a.shape[0] > 1 else "paired bootstrap: items"
     return _percentiles(_bootstrap(diff), mean, method)
+
+
+def test_set_size(splits: Iterable) -> float | None:
+    """The test-split size ``normal_interval`` takes, from records' ``split`` entries: the smallest
+    recorded (the widest binomial term when seeds differ), ``None`` when none records one."""
+    sizes = [split.get("sizes", {}).get("test") for split in splits if isinstance(split, Mapping)]
+    sizes = [size for size in sizes if isinstance(size, int) and size > 0]
+    return float(min(sizes)) if sizes else None
 
 
 def normal_interval(values: np.ndarray, test_items: float | None) -> Interval:

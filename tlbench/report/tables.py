@@ -101,7 +101,7 @@ def summarize(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
 
 
 def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) -> dict:
-    from tlbench.report.stats import accuracy_interval, normal_interval
+    from tlbench.report.stats import accuracy_interval, normal_interval, test_set_size
 
     ok = group[group["status"] == "ok"]
     values = ok[column].dropna()
@@ -112,7 +112,7 @@ def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) 
     if n and predictions is not None and len(predictions.correct) == n:
         interval = accuracy_interval(predictions.matrix(sorted(predictions.correct)))
     elif n:
-        interval = normal_interval(values.to_numpy(), _test_items(ok))
+        interval = normal_interval(values.to_numpy(), test_set_size(ok.get("split", ())))
     val = ok["metrics.val_top1"].dropna() if "metrics.val_top1" in ok else pd.Series(dtype=float)
     return {
         **dict(zip(GROUP_KEY, key, strict=True)),
@@ -134,16 +134,6 @@ def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) 
         "wall_s": group["cost.wall_s"].mean(),
         "peak_mem_mb": group["cost.peak_mem_mb"].max(),
     }
-
-
-def _test_items(ok: pd.DataFrame) -> float | None:
-    sizes = [
-        split.get("sizes", {}).get("test")
-        for split in ok.get("split", pd.Series(dtype=object))
-        if isinstance(split, Mapping)
-    ]
-    sizes = [size for size in sizes if isinstance(size, int) and size > 0]
-    return float(min(sizes)) if sizes else None
 
 
 def _trivial(group: pd.DataFrame) -> bool:

@@ -49,7 +49,7 @@ def render_terminal(records: pd.DataFrame, console: Console) -> None:
         )
     for row in rows:
         table.add_row(*row)
-    console.print(table, width=None if not wide else 10_000, crop=not wide)
+    console.print(table, width=10_000 if wide else None, crop=not wide)
     _print_failures(records, console)
 
 
