@@ -143,6 +143,22 @@ def test_shuffled_batches_are_a_seeded_permutation_with_matching_labels(digits, 
     assert torch.equal(xa, plain[order]) and torch.equal(ya, labels[order])
 
 
+def test_batches_come_in_the_requested_memory_format_with_the_same_values(digits, tmp_path):
+    # digits is grayscale under RGB stats: the normalisation itself replicates the channel.
+    data = prepare(digits, source(16), {"train_size": 100}, {}, seed=0, cache=Cache(tmp_path))
+    for augment in (False, True):
+        plain, nhwc = (
+            torch.cat([x for x, _ in data.batches("train", 32, augment=augment, seed=3, **fmt)])
+            for fmt in ({}, {"memory_format": torch.channels_last})
+        )
+        first = next(
+            data.batches("train", 32, augment=augment, seed=3, memory_format=torch.channels_last)
+        )[0]
+        assert first.shape == (32, 3, 16, 16)
+        assert first.is_contiguous(memory_format=torch.channels_last)
+        assert plain.is_contiguous() and torch.equal(plain, nhwc)
+
+
 def test_augmentation_is_deterministic_per_seed_and_independent_of_batch_size(digits, tmp_path):
     data = prepare(digits, source(24), {"train_size": 100}, {}, seed=0, cache=Cache(tmp_path))
     random.seed(123)

@@ -120,12 +120,15 @@ class PreparedData:
         seed: int = 0,
         device: torch.device | str | None = None,
         positions: torch.Tensor | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(float32 NCHW normalised images, int64 labels), deterministic for a given seed.
 
         ``augment`` applies timm's train transform; each image's randomness derives from
         (seed, image index), so it does not depend on batch size or order. ``positions`` (int64,
         into the split) yields only those images, in that order (``shuffle`` is then ignored).
+        Images come in ``memory_format`` (the model's, e.g. channels-last), written so by the
+        normalisation itself rather than by a second copy.
         """
         labels = self.labels(split)
         n = len(labels)
@@ -144,15 +147,23 @@ class PreparedData:
             else:
                 stream = self._eval_stream(split, order, batch_size)
         for images, y in stream:
-            yield self._normalise(images, device), y.to(device) if device is not None else y
+            images = self._normalise(images, device, memory_format)
+            yield images, y.to(device) if device is not None else y
 
-    def _normalise(self, images: torch.Tensor, device) -> torch.Tensor:
+    def _normalise(self, images: torch.Tensor, device, memory_format) -> torch.Tensor:
         if device is not None:
             images = images.to(device, non_blocking=True)  # move uint8: 4x fewer bytes than float
         std = torch.tensor(self.transforms.std, device=images.device).view(1, -1, 1, 1)
         mean = torch.tensor(self.transforms.mean, device=images.device).view(1, -1, 1, 1)
-        # One fused pass; broadcasting a 1-channel batch against 3-channel stats replicates it.
-        return torch.addcmul(-mean / std, images.float(), 1.0 / (255.0 * std))
+        # One fused pass from uint8 straight into the model's layout; broadcasting a 1-channel
+        # batch against 3-channel stats replicates it.
+        out = torch.empty(
+            torch.broadcast_shapes(images.shape, std.shape),
+            dtype=torch.float32,
+            device=images.device,
+            memory_format=memory_format,
+        )
+        return torch.addcmul(-mean / std, images, 1.0 / (255.0 * std), out=out)
 
     # -- eval preprocessing, computed once ------------------------------------------------------
     def stored(self, split: str) -> torch.Tensor | None:

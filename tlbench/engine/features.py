@@ -55,11 +55,15 @@ def _run_frozen(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     chunks, labels = [], []
     for images, targets in data.batches(
-        split, batch_size, augment=False, shuffle=False, seed=0, device=device, positions=positions
+        split,
+        batch_size,
+        augment=False,
+        shuffle=False,
+        seed=0,
+        device=device,
+        positions=positions,
+        memory_format=memory_format(device),
     ):
-        images = images.to(device, non_blocking=True).contiguous(
-            memory_format=memory_format(device)
-        )
         with autocast(device, precision):
             out = module(images)
         chunks.append(out.float().cpu())

@@ -137,20 +137,15 @@ class _ImageFeeder:
     def batches(
         self, split: str, batch_size: int, *, shuffle: bool, seed: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.data.batches(
+        yield from self.data.batches(
             split,
             batch_size,
             augment=self.augment and shuffle,
             shuffle=shuffle,
             seed=seed,
             device=self.device,
-        ):
-            yield (
-                x.to(self.device, non_blocking=True).contiguous(
-                    memory_format=memory_format(self.device)
-                ),
-                y.to(self.device),
-            )
+            memory_format=memory_format(self.device),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
