@@ -81,22 +81,31 @@ def test_large_maps_frozen_weights_and_no_grad_use_atens_own_path(monkeypatch):
     assert len(calls) == 1
 
 
-def test_a_routed_network_takes_the_same_training_steps():
+def test_a_routed_network_takes_the_same_training_step(monkeypatch):
+    # One step, compared right after the one backward: the routed gradient equals ATen's up to float
+    # summation order. Several float32 steps would amplify the kernels' rounding, which differs
+    # between AVX2 and AVX-512 oneDNN builds (issue 26), so the test takes exactly one.
+    from tlbench.engine import depthwise
+
+    routed_calls = []
+    apply = depthwise._DepthwiseConv.apply
+    monkeypatch.setattr(
+        depthwise._DepthwiseConv, "apply", lambda *a: routed_calls.append(1) or apply(*a)
+    )
     torch.manual_seed(0)
     plain = timm.create_model("tf_efficientnet_lite0", num_classes=5).eval()
     routed = copy.deepcopy(plain)
     accelerate_depthwise(routed)
     x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.arange(8) % 5
-    losses = {}
-    for name, model in (("plain", plain), ("routed", routed)):
+    for model in (plain, routed):
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for _ in range(3):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        losses[name] = loss.item()
-    assert losses["routed"] == pytest.approx(losses["plain"], rel=1e-4)
-    for p, q in zip(routed.parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert routed_calls, "no convolution took the routed path"
+    for (name, p), q in zip(routed.named_parameters(), plain.parameters(), strict=True):
+        scale = q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
