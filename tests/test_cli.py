@@ -47,6 +47,47 @@ def test_cheap_commands_do_not_import_torch(args, repo_root):
     assert result.stdout.strip().endswith("HEAVY:"), result.stdout[-500:]
 
 
+MISTAKE = """
+import sys
+from tlbench.cli import cli
+try:
+    cli.main(args={args!r}, prog_name="tlbench", standalone_mode=True)
+except SystemExit as exc:
+    code = exc.code
+loaded = sorted(m for m in ("torch", "timm", "tlbench.engine") if m in sys.modules)
+print("EXIT:" + str(code) + " LOADED:" + ",".join(loaded))
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "no-such-suite.toml"],
+        ["run", "quickstart", "--device", "banana"],
+        ["run", "quickstart", "--no-such-option"],
+        ["--no-such-option"],
+    ],
+    ids=["missing-suite", "bad-device", "bad-run-option", "bad-option"],
+)
+def test_mistakes_are_answered_before_torch_or_the_engine_load(args, repo_root):
+    result = subprocess.run(
+        [sys.executable, "-c", MISTAKE.format(args=args)],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
+    assert result.stdout.strip().endswith("EXIT:2 LOADED:"), (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_device_forms_are_spelled_alike_by_the_cli_and_the_resolver():
+    from tlbench import cli as cli_module
+    from tlbench.engine import runtime
+
+    assert cli_module.DEVICE_FORMS == runtime.DEVICE_FORMS
+
+
 def test_missing_suite_exits_2_with_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "missing.toml")])
     assert result.exit_code == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 
 from tlbench import __version__
-from tlbench.errors import TlbenchError
+from tlbench.errors import TlbenchError, UserError
 
 PLURALS = ("models", "datasets", "strategies", "estimators")  # the order `tlbench list` shows
 EXIT_CODES = """Exit codes:
@@ -33,6 +34,7 @@ EXIT_CODES = """Exit codes:
   143  terminated by SIGTERM (resume with --resume RUN_DIR)
 
 See docs/running.md (Exit codes) and docs/cli.md."""
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"  # as tlbench.engine.runtime.DEVICE_FORMS
 LAZY_COMMANDS = {
     "report": "tlbench.report.commands:report_command",
     "compare": "tlbench.report.commands:compare_command",
@@ -279,6 +281,11 @@ def run(
     second one stops at once. A full or read-only disk stops the run with exit code 3.
     Resume later with --resume RUN_DIR (or --resume latest). A cell whose plugin code fails is
     recorded as failed and the others run (exit code 1). With --json, stdout holds only JSON."""
+    from tlbench.suite import find_suite
+
+    _check_device_form(device)
+    find_suite(suite)  # a missing suite is named before plugins, numpy, torch or the engine load
+
     from rich.console import Console
 
     from tlbench.executors import ExecutorConfig
@@ -301,7 +308,7 @@ def run(
         executor, workers, ray_address, cpus_per_cell, gpus_per_cell, slurm
     )
     executor_config.check()  # before anything loads: a bad option costs nothing
-    if not dry_run or device != "auto":
+    if dry_run and device != "auto":  # a real run resolves it once the suite is validated
         from tlbench.engine.runtime import resolve_device
 
         resolve_device(device)
@@ -345,6 +352,13 @@ def run(
         sys.stderr.flush()
         os._exit(outcome.exit_code)
     ctx.exit(outcome.exit_code)
+
+
+def _check_device_form(device: str) -> None:
+    """The spelling of ``--device``, checked without torch; whether this machine has that
+    device is ``resolve_device``'s question, asked once the suite is known to be valid."""
+    if not re.fullmatch(r"auto|(cpu|cuda|mps)(:\d+)?", device):
+        raise UserError(f"--device {device!r}: expected one of {DEVICE_FORMS}")
 
 
 def _print_plan(plan, as_json: bool) -> None:
