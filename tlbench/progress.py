@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,7 +20,7 @@ class RunProgress:
         self.console = console
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # ids like surgical[block=first]
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -66,7 +67,8 @@ class RunProgress:
         style = "green" if record["status"] == "ok" else "red"
         wall = (record.get("cost") or {}).get("wall_s", 0) or 0
         self.progress.console.print(
-            f"[{style}]{record['status']:>11}[/] {label}  {outcome}  ({wall:.1f}s)"
+            f"[{style}]{record['status']:>11}[/] {escape(label)}  {outcome}  ({wall:.1f}s)",
+            highlight=False,
         )
         self.progress.advance(self.grid)
         self._note = ""
