@@ -1,7 +1,8 @@
 """tlbench: which pretrained source model, adapted with which strategy, transfers best?
 
-Plugin authors need only ``tlbench.hookimpl`` and the spec classes in ``tlbench.specs``;
-everything that imports torch lives behind lazily loaded factories.
+Plugin authors need only ``tlbench.api`` (``hookimpl``, the spec classes, the component base
+classes and helpers; docs/plugins/api.md): what it exports is covered by the compatibility
+promise (docs/plugins/compatibility.md). Importing tlbench does not import torch.
 """
 
 import pluggy

@@ -1,7 +1,11 @@
 """The training engine strategies share: cached features and prefix activations, logistic-regression
 heads, the fine-tuning loop with sweeps and refits, and cost accounting.
 
-Public API (stable for strategy and estimator authors)::
+Not covered by the compatibility promise (docs/plugins/compatibility.md): these helpers are
+offered to strategy and estimator authors for convenience and may change between minor
+releases; pin ``tlbench~=X.Y`` if you rely on them. What the promise covers is ``tlbench.api``.
+
+Helpers::
 
     extract_features(backbone, data, split, *, device, precision, batch_size, cache, weights_fingerprint)
     cell_features(ctx, splits, *, precision, batch_size)
