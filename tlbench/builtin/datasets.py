@@ -10,6 +10,7 @@ import functools
 import importlib.util
 
 from tlbench import hookimpl
+from tlbench.datasetlib import hf, wds
 from tlbench.datasetlib.catalog import TV_SETS, fashion_availability, tv_probe
 from tlbench.datasetlib.local import TEST_SHIFTS
 from tlbench.specs import DatasetSpec, Option
@@ -91,6 +92,7 @@ def register_datasets(register):
             available=fashion_availability,
         )
     )
+    _register_blended(register)
     register(
         DatasetSpec(
             name="imagefolder",
@@ -152,6 +154,7 @@ def register_datasets(register):
                 card={"source": "user files"},
             )
         )
+    _register_families(register)
     for spec in TV_SETS.values():
         register(
             DatasetSpec(
@@ -172,3 +175,138 @@ def register_datasets(register):
                 available=functools.partial(tv_probe, spec.name),
             )
         )
+
+
+def _register_blended(register) -> None:
+    """MNIST-M-style targets: the offline glyphs blended into natural photos (see blended.py)."""
+    size = Option(
+        "size",
+        int,
+        default=32,
+        help="Side of the blended RGB images in pixels (glyphs are resized to it, photo patches too).",
+        minimum=8,
+    )
+    register(
+        DatasetSpec(
+            name="fashion-mnist-m",
+            factory="tlbench.datasetlib.blended:fashion_mnist_m",
+            description="Fashion-MNIST blended into patches of natural colour photos, |patch - garment| per channel (MNIST-M's recipe): a target where ImageNet features can show.",
+            options=(
+                Option("root", str, default=None, help="Folder with the Fashion-MNIST IDX files."),
+                size,
+            ),
+            tags=("rgb", "offline", "shift"),
+            card={"classes": 10, "splits": {"train": 60000, "test": 10000}, "channels": 3},
+            available=blended_availability,
+        )
+    )
+    register(
+        DatasetSpec(
+            name="digits-m",
+            factory="tlbench.datasetlib.blended:digits_m",
+            description="scikit-learn's digits blended into patches of natural colour photos (MNIST-M's recipe).",
+            options=(size,),
+            tags=("rgb", "offline", "small"),
+            card={"classes": 10, "images": 1797, "channels": 3},
+            available=blended_availability,
+        )
+    )
+
+
+def blended_availability(options: dict | None = None) -> bool | str:
+    # scikit-learn ships two of the photos; scikit-image, when installed, adds nine more.
+    if not importlib.util.find_spec("sklearn"):
+        return (
+            "needs scikit-learn's sample photos (pip install scikit-learn; scikit-image adds more)"
+        )
+    return True
+
+
+def _register_families(register) -> None:
+    """``hf:`` (Hugging Face datasets) and ``wds:`` (WebDataset shards): their libraries are
+    imported only when a cell reads the data."""
+    register(
+        DatasetSpec(
+            name="hf",
+            factory="tlbench.datasetlib.hf:hf_dataset",
+            description="A Hugging Face datasets table: a hub dataset from the local cache, or a parquet/arrow or save_to_disk directory (path); images read lazily from memory-mapped Arrow.",
+            takes_argument=True,
+            argument_help="hub id with '--' for '/', e.g. ylecun--mnist; or any name with path = DIR",
+            options=(
+                Option(
+                    "path",
+                    str,
+                    default=None,
+                    help="A local directory of parquet/arrow files or a save_to_disk directory (instead of the hub).",
+                ),
+                Option("config", str, default=None, help="The dataset's configuration name."),
+                Option("revision", str, default=None, help="Hub revision (branch, tag or commit)."),
+                Option(
+                    "train_split",
+                    str,
+                    default=None,
+                    help="Splits forming the training pool, joined by '+' (default: train plus validation when present).",
+                ),
+                Option(
+                    "test_split",
+                    str,
+                    default=None,
+                    help="The official test split(s), joined by '+' (default: test when present); 'none' carves one from the pool.",
+                ),
+                Option(
+                    "image_column",
+                    str,
+                    default=None,
+                    help="Column of images (default: the first Image feature).",
+                ),
+                Option(
+                    "label_column",
+                    str,
+                    default=None,
+                    help="Column of labels (default: the first ClassLabel feature, else 'label').",
+                ),
+            ),
+            tags=("hub", "local", "lazy"),
+            card={"source": "Hugging Face datasets"},
+            available=hf.available,
+        )
+    )
+    register(
+        DatasetSpec(
+            name="wds",
+            factory="tlbench.datasetlib.wds:wds_dataset",
+            description="WebDataset tar shards (brace patterns) under root, read with the webdataset library; labels from each sample's cls entry.",
+            takes_argument=True,
+            argument_help="shard file pattern under root, e.g. train-{000000..000009}.tar",
+            options=(
+                Option(
+                    "root",
+                    str,
+                    default=None,
+                    help="Folder holding the shards (default: $TLBENCH_DATA or ~/.cache/tlbench/datasets).",
+                ),
+                Option(
+                    "test",
+                    str,
+                    default=None,
+                    help="Shard pattern of the official test split, under root (default: none, carved).",
+                ),
+                Option(
+                    "classes",
+                    str,
+                    default=None,
+                    help="Class names: a sidecar file under root (JSON list, or one name per line), or names joined by ','. Default: classes.json or classes.txt next to the shards, else the cls numbers.",
+                ),
+                Option(
+                    "workers",
+                    int,
+                    default=None,
+                    help="Processes reading shards when the dataset is first indexed (default: up to one per shard and core).",
+                    minimum=0,
+                ),
+            ),
+            tags=("local", "shards", "lazy"),
+            card={"source": "WebDataset shards"},
+            available=wds.available,
+        )
+    )
