@@ -1,7 +1,10 @@
 """Third-party failures cost exactly their own cells: a plugin that raises anywhere (a factory,
 ``check()``, ``run()``) or returns what the contract does not allow fails its cells with one line
 naming the cell, the component and the plugin; the other cells run, nothing computed is lost,
-and the exit code is 1. A ``UserError`` from ``check()`` still stops the run before training.
+and the exit code is 1. A ``UserError`` from ``check()`` fails its cells before training, and a
+plugin that calls ``sys.exit()`` or raises any ``BaseException`` fails its cell like any other.
+What a plugin returns is checked where it returns it and blamed on it: a dataset's labels and
+images, a model's feature width, a strategy's top-1 against its own predictions.
 
 This module is also the small broken plugin the tests load (``--plugin test_isolation``), on top
 of ``test_runner``'s cheap real one (digits, a fixed projection, a ridge probe).
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from test_runner import Ridge
 
 from tlbench import hookimpl
 from tlbench.errors import UserError
-from tlbench.specs import DatasetSpec, ModelSpec, Option, StrategySpec
+from tlbench.specs import DatasetSpec, EstimatorSpec, ModelSpec, Option, StrategySpec
 
 PLUGIN = "test_isolation"
 MISSING_WEIGHTS = "/nonexistent/tlbench-test/weights.pt"
@@ -37,6 +41,75 @@ def broken_dataset(argument, options, context):
 def missing_weights_model(argument, options, context):
     with open(MISSING_WEIGHTS, "rb"):  # the OSError a real loader meets
         pass
+
+
+def damaged_digits(argument, options, context):
+    """tiny-digits with one thing wrong, as ``options['damage']`` says."""
+    import dataclasses
+
+    import numpy as np
+
+    target = test_runner.tiny_digits(argument, options, context)
+    images, labels = target.train.images, target.train.labels.copy()
+    damage = options["damage"]
+    if damage == "label-10":
+        labels[5] = 10
+    elif damage == "negative-label":
+        labels[7] = -1
+    elif damage == "short-labels":
+        labels = labels[:-3]
+    elif damage == "float-images":
+        images = images.astype(np.float32) / 255
+    elif damage == "float-labels":
+        labels = labels.astype(np.float64)
+    train = dataclasses.replace(target.train, images=images, labels=labels)
+    return dataclasses.replace(target, train=train)
+
+
+def wide_projection(argument, options, context):
+    """tiny-proj whose headless build returns what ``options['features']`` says."""
+    import dataclasses
+
+    from torch import nn
+
+    source = test_runner.tiny_projection(argument, {"width": 16}, context)
+    build = source.build
+
+    def odd_build(num_classes, in_chans=3, seed=0):
+        model = build(num_classes, in_chans, seed)
+        if num_classes:
+            return model
+        if options["features"] == "mismatch":
+            model.num_features = 32  # says 32, returns 16
+        elif options["features"] == "3d":
+            model.append(nn.Unflatten(1, (4, 4)))
+        return model
+
+    classes = tuple(f"c{i}" for i in range(16)) if options["features"] == "logits" else None
+    return dataclasses.replace(source, build=odd_build, source_classes=classes)
+
+
+class Exits(Ridge):
+    """The ridge probe that ends its run() with what ``options['raises']`` names."""
+
+    def run(self, ctx):
+        raises = self.options["raises"]
+        if raises == "exit-0":
+            sys.exit(0)
+        if raises == "exit-3":
+            sys.exit(3)
+        if raises == "keyboard":
+            raise KeyboardInterrupt
+        if raises == "generator-exit":
+            raise GeneratorExit
+        raise type("Custom", (BaseException,), {})("a BaseException of its own")
+
+
+class RaisingEstimator:
+    needs_source_head = False
+
+    def score(self, features, labels, source_logits):
+        raise RuntimeError("k must be smaller than the class size")
 
 
 class CheckedRidge(Ridge):
@@ -78,11 +151,26 @@ RIDGE_OPTIONS = (
 @hookimpl
 def register_models(register):
     register(ModelSpec("missing-weights", factory=missing_weights_model))
+    register(
+        ModelSpec(
+            "odd-proj", factory=wide_projection, options=(Option("features", str, default=""),)
+        )
+    )
 
 
 @hookimpl
 def register_datasets(register):
     register(DatasetSpec("broken-data", factory=broken_dataset))
+    register(
+        DatasetSpec(
+            "damaged-digits", factory=damaged_digits, options=(Option("damage", str, default=""),)
+        )
+    )
+
+
+@hookimpl
+def register_estimators(register):
+    register(EstimatorSpec("raising", factory=lambda options: RaisingEstimator()))
 
 
 @hookimpl
@@ -97,6 +185,11 @@ def register_strategies(register):
     register(StrategySpec("typo", factory=typo_strategy, options=RIDGE_OPTIONS))
     register(
         StrategySpec(
+            "exits", factory=Exits, options=RIDGE_OPTIONS + (Option("raises", str, default=""),)
+        )
+    )
+    register(
+        StrategySpec(
             "bad-result",
             factory=BadResult,
             options=RIDGE_OPTIONS + (Option("returns", str, default="dict"),),
@@ -108,15 +201,19 @@ def register_strategies(register):
 
 
 def suite(tmp_path: Path, models, datasets, strategies, seeds=(0,)) -> Path:
-    """A suite file: every dataset capped at 300 training images; strategies are names or
-    tables of options."""
+    """A suite file: every dataset capped at 300 training images; models, datasets and
+    strategies are names or tables of options."""
     lines = [
         'name = "isolation"',
         f"seeds = {list(seeds)}",
-        f"models = {json.dumps(models)}",
     ]
+    for model in models:
+        table = {"name": model} if isinstance(model, str) else model
+        lines += ["[[models]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     for dataset in datasets:
-        lines += ["[[datasets]]", f"name = {json.dumps(dataset)}", "train_size = 300"]
+        table = {"name": dataset} if isinstance(dataset, str) else dataset
+        lines += ["[[datasets]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        lines.append("train_size = 300")
     for strategy in strategies:
         table = {"name": strategy} if isinstance(strategy, str) else strategy
         lines += ["[[strategies]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
@@ -276,25 +373,180 @@ def test_numpy_and_torch_scalars_in_a_result_are_stored_as_numbers():
     assert not math.isnan(fields["metrics"]["top1"])
 
 
+def test_a_top1_that_disagrees_with_its_own_predictions_breaks_the_contract():
+    import numpy as np
+
+    from tlbench.cell import result_fields
+    from tlbench.components import StrategyResult
+    from tlbench.contracts import ContractError
+    from tlbench.predictions import Predictions
+
+    label = np.arange(100) % 10
+    pred = np.where(np.arange(100) < 19, label, (label + 1) % 10)  # 19 of 100 right
+    predictions = Predictions(
+        np.arange(100), label, pred, np.full(100, 0.5, dtype=np.float16), "split"
+    )
+
+    def fields(top1, test_size=100):
+        result = StrategyResult({"top1": top1}, {}, {}, predictions=predictions)
+        return result_fields(result, test_size=test_size)
+
+    assert fields(19.0)["metrics"] == {"top1": 19.0}
+    with pytest.raises(ContractError, match=r"top1'\] = 0.19, but its predictions give 19.00% "):
+        fields(0.19)
+    with pytest.raises(ContractError, match="a fraction"):
+        fields(0.19)
+    with pytest.raises(
+        ContractError, match="predictions for 100 test items; the test split has 90"
+    ):
+        fields(19.0, test_size=90)
+
+
+# -- what a dataset or a model returns ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("label-10", "train label 10 at position 5 is outside 0..9 (10 class names)"),
+        ("negative-label", "train label -1 at position 7 is outside 0..9 (10 class names)"),
+        ("short-labels", "train has 1797 images and 1794 labels; expected one label per image"),
+        ("float-images", "train images have dtype float32; expected uint8 (0..255)"),
+        ("float-labels", "train labels have dtype float64; expected integers in 0..9"),
+    ],
+)
+def test_a_dataset_that_breaks_its_contract_is_blamed_for_it_and_the_others_run(
+    tmp_path, damage, problem
+):
+    datasets = ["tiny-digits", {"name": "damaged-digits", "damage": damage}]
+    outcome, _ = run(tmp_path, suite(tmp_path, ["tiny-proj"], datasets, ["ridge"]))
+
+    records = stored(outcome)
+    assert records[("tiny-proj", "tiny-digits", "ridge", 0)]["status"] == "ok"
+    bad = records[("tiny-proj", "damaged-digits", "ridge", 0)]
+    assert bad["status"] == "failed" and bad["error"]["type"] == "ContractError"
+    assert bad["error"]["message"].startswith(
+        "cell tiny-proj x damaged-digits x ridge (seed 0): dataset 'damaged-digits' "
+        f"(plugin 'test_isolation'): {problem}"
+    )
+    assert outcome.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("features", "problem"),
+    [
+        ("mismatch", "returned shape (N, 16); expected features (N, 32) with no classifier"),
+        ("3d", "returned shape (N, 4, 4); expected features (N, num_features) with no classifier"),
+    ],
+)
+def test_a_model_with_the_wrong_feature_width_is_blamed_not_the_strategy(
+    tmp_path, features, problem
+):
+    models = ["tiny-proj", {"name": "odd-proj", "features": features}]
+    outcome, _ = run(tmp_path, suite(tmp_path, models, ["tiny-digits"], ["ridge"]))
+
+    records = stored(outcome)
+    assert records[("tiny-proj", "tiny-digits", "ridge", 0)]["status"] == "ok"
+    bad = records[("odd-proj", "tiny-digits", "ridge", 0)]
+    assert bad["status"] == "failed" and bad["error"]["type"] == "ContractError"
+    message = re.sub(r"shape \(\d+, ", "shape (N, ", bad["error"]["message"])  # N: the batch
+    assert message == (
+        "cell odd-proj x tiny-digits x ridge (seed 0): model 'odd-proj' (plugin 'test_isolation') "
+        f"build(0) made a module whose forward {problem} (end the body with pooling and "
+        "flattening)"
+    )
+
+
+def test_features_as_wide_as_the_source_classes_are_warned_about_as_logits(tmp_path, caplog):
+    models = [{"name": "odd-proj", "features": "logits"}]
+    outcome, _ = run(tmp_path, suite(tmp_path, models, ["tiny-digits"], ["ridge"]))
+
+    assert outcome.exit_code == 0
+    assert [m for m in caplog.messages if "logits" in m] == [
+        "model 'odd-proj' (plugin 'test_isolation'): build(0) returns 16 columns, the "
+        "source's class count: these look like classifier logits, not features (remove or "
+        "replace the classifier when num_classes is 0)"
+    ]
+
+
+# -- exits and interrupts from plugin code ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raises", "error_type", "says"),
+    [
+        ("exit-0", "SystemExit", "called sys.exit(0) in run(); a plugin cannot end the run"),
+        ("exit-3", "SystemExit", "called sys.exit(3) in run(); a plugin cannot end the run"),
+        ("keyboard", "KeyboardInterrupt", "raised KeyboardInterrupt in run()"),
+        ("generator-exit", "GeneratorExit", "raised GeneratorExit in run()"),
+        ("custom", "Custom", "raised Custom in run(): a BaseException of its own"),
+    ],
+)
+def test_a_plugin_that_exits_or_raises_a_base_exception_fails_only_its_cell(
+    tmp_path, raises, error_type, says
+):
+    strategies = [{"name": "exits", "raises": raises}, "ridge"]
+    path = suite(tmp_path, ["tiny-proj"], ["tiny-digits"], strategies)
+
+    result = cli("run", str(path), "--out", str(tmp_path / "run"), "--json")
+
+    assert result.exit_code == 1, result.output
+    records = by_cell(json.loads(result.stdout))
+    assert records[("tiny-proj", "tiny-digits", "ridge", 0)]["status"] == "ok"
+    bad = records[("tiny-proj", "tiny-digits", "exits", 0)]
+    assert bad["status"] == "failed" and bad["error"]["type"] == error_type
+    assert bad["error"]["message"] == (
+        f"cell tiny-proj x tiny-digits x exits (seed 0): strategy 'exits' "
+        f"(plugin 'test_isolation') {says}"
+    )
+
+
+# -- estimators --------------------------------------------------------------------------------
+
+
+def test_a_failed_estimate_is_shown_naming_its_estimator_and_plugin_and_exits_1(tmp_path):
+    path = suite(tmp_path, ["tiny-proj"], ["tiny-digits"], ["ridge"])
+    path.write_text('estimators = ["raising", "logme"]\n' + path.read_text())
+
+    result = cli("run", str(path), "--out", str(tmp_path / "run"), "--json")
+
+    assert result.exit_code == 1, result.output
+    assert [r["status"] for r in json.loads(result.stdout)] == ["ok"]
+    line = (
+        "estimate failed: estimate tiny-proj x tiny-digits (seed 0): estimator 'raising' "
+        "(plugin 'test_isolation') raised RuntimeError in score(): k must be smaller than the "
+        "class size"
+    )
+    stderr = " ".join(result.stderr.split())  # the terminal wraps long lines
+    assert stderr.count(line) == 2  # when it failed, and again after the table
+    estimates = (tmp_path / "run" / "estimates.jsonl").read_text().splitlines()
+    assert sorted(json.loads(e)["status"] for e in estimates) == ["failed", "ok"]
+
+
 # -- check() -----------------------------------------------------------------------------------
 
 
-def test_a_user_error_from_check_stops_the_run_before_training_naming_the_cells(tmp_path):
-    ran = tmp_path / "a-cell-ran"
-    strategies = [
-        {"name": "ridge", "touch": str(ran)},
-        {"name": "ridge-checked", "reject": True},
-    ]
+def test_a_user_error_from_check_fails_its_cells_before_training_and_the_others_run(tmp_path):
+    strategies = ["ridge", {"name": "ridge-checked", "reject": True}]
     path = suite(tmp_path, ["tiny-proj"], ["tiny-digits"], strategies, seeds=(0, 1))
 
-    result = cli("run", str(path), "--out", str(tmp_path / "run"), "-q")
+    result = cli("run", str(path), "--out", str(tmp_path / "run"), "--json")
 
-    assert result.exit_code == 2, result.output
-    assert result.stderr.splitlines() == [
-        "error: cell tiny-proj x tiny-digits x ridge-checked (seed 0) (and 1 more cells): "
-        "strategy 'ridge-checked' (plugin 'test_isolation'): reject = true, so this cell cannot run"
-    ]
-    assert not ran.exists() and not (tmp_path / "run" / "cells.jsonl").exists()
+    assert result.exit_code == 1, result.output
+    records = by_cell(json.loads(result.stdout))
+    assert {k: r["status"] for k, r in records.items()} == {
+        ("tiny-proj", "tiny-digits", "ridge", 0): "ok",
+        ("tiny-proj", "tiny-digits", "ridge", 1): "ok",
+        ("tiny-proj", "tiny-digits", "ridge-checked", 0): "failed",
+        ("tiny-proj", "tiny-digits", "ridge-checked", 1): "failed",
+    }
+    rejected = records[("tiny-proj", "tiny-digits", "ridge-checked", 1)]
+    assert rejected["error"]["type"] == "UserError"
+    assert rejected["error"]["message"] == (
+        "cell tiny-proj x tiny-digits x ridge-checked (seed 1): strategy 'ridge-checked' "
+        "(plugin 'test_isolation'): reject = true, so this cell cannot run"
+    )
+    assert "metrics" not in rejected or rejected["metrics"] == {}
 
 
 # -- the command line --------------------------------------------------------------------------

@@ -181,8 +181,10 @@ def test_a_pair_that_cannot_load_fails_its_estimates_and_the_others_go_on(host, 
     }
     for estimator in ("logme", "leep"):
         failed = records[("broken", estimator)]
-        assert (
-            failed["status"] == "failed" and failed["error"]["message"] == "checkpoint is truncated"
+        assert failed["status"] == "failed"
+        assert failed["error"]["message"] == (
+            "estimate broken x digits (seed 0): model 'broken' (plugin 'BrokenComponents') "
+            "raised RuntimeError in its factory: checkpoint is truncated"
         )
         assert failed["error"]["type"] == "RuntimeError"
     assert records[("scratch", "logme")]["status"] == "ok"
@@ -195,7 +197,11 @@ def test_a_source_head_that_fails_fails_only_the_estimators_reading_it(host, cac
     }
     assert records["logme"]["status"] == "ok"
     assert records["nce"]["status"] == "failed"
-    assert records["nce"]["error"]["message"] == "classifier weights missing from the checkpoint"
+    assert records["nce"]["error"]["message"] == (
+        "estimate broken-head x digits (seed 0): model 'broken-head' (plugin 'BrokenComponents') "
+        "raised RuntimeError computing its source logits: classifier weights missing from the "
+        "checkpoint"
+    )
 
 
 def test_pairs_follow_the_suite_grid_and_ignore_strategy_filters(host):

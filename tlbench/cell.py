@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 import traceback
 from collections import OrderedDict
@@ -33,6 +34,13 @@ from tlbench.components import (
     SourceModel,
     StrategyResult,
     TargetData,
+)
+from tlbench.contracts import (
+    ContractError,
+    check_target,
+    check_top1_against_predictions,
+    checked_source,
+    kind_of,
 )
 from tlbench.errors import Diverged, UserError
 from tlbench.leakage import check_disjoint
@@ -61,18 +69,28 @@ class CellFailure(Exception):
         super().__init__(f"{cell.label}: {problem}")
         self.label, self.problem, self.cause = cell.label, problem, cause
 
-    @property
-    def is_user_error(self) -> bool:
-        """The plugin raised ``UserError``: the user can fix it, so a check stops the run."""
-        return isinstance(self.cause, UserError)
-
     def entry(self) -> dict:
         return error_entry(self.cause, str(self))
 
 
-class ContractError(TypeError):
-    """Plugin code returned what its contract does not allow (docs/plugins/reference.md).
-    The message continues the component's name: ``returned a dict from run(); expected ...``."""
+class StopRun(KeyboardInterrupt):
+    """Raised by the run's signal handler (Ctrl-C, SIGTERM): the run stops, unlike a
+    ``KeyboardInterrupt`` that plugin code raises itself, which fails only its cell."""
+
+
+def escapes_cell(exc: BaseException) -> bool:
+    """Whether ``exc`` belongs to the run rather than to the cell it was raised in: a signal.
+
+    ``SystemExit``, ``GeneratorExit`` and any other ``BaseException`` raised by plugin code fail
+    the cell (a plugin cannot end a run, least of all as a success). A bare
+    ``KeyboardInterrupt`` is a signal only where Python's own Ctrl-C handler is installed (a
+    library caller without the run's handler); under the run's handler signals arrive as
+    ``StopRun``, and in a worker process Ctrl-C is ignored, so it was raised by code."""
+    if isinstance(exc, StopRun):
+        return True
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    return False
 
 
 @dataclass
@@ -148,10 +166,14 @@ class CellRunner:
             yield
         except (CellFailure, Diverged):
             raise
-        except Exception as exc:
-            raise CellFailure(
-                cell, _problem(cell, self.culprit(cell, kind), where, exc), exc
-            ) from exc
+        except BaseException as exc:
+            if escapes_cell(exc):
+                raise
+            # A value that broke its contract is the fault of the component that returned it
+            # (a model's wrong output width, met inside the strategy's run()).
+            returner = getattr(exc, "kind", None) if isinstance(exc, ContractError) else None
+            culprit = self.culprit(cell, returner or kind)
+            raise CellFailure(cell, _problem(cell, culprit, where, exc), exc) from exc
 
     def build_context(self, seed: int) -> BuildContext:
         return BuildContext(
@@ -161,17 +183,23 @@ class CellRunner:
     def source_model(self, cell: Cell):
         _, argument, factory = self.component("model", cell.model_ref)
         key = stable_hash([cell.model_ref, dict(cell.model_options), cell.seed])
-        return self._models.get_or_make(
-            key, lambda: factory(argument, dict(cell.model_options), self.build_context(cell.seed))
-        )
+
+        def make():
+            source = factory(argument, dict(cell.model_options), self.build_context(cell.seed))
+            return checked_source(_returned(source, SourceModel), self.culprit(cell, "model"))
+
+        return self._models.get_or_make(key, make)
 
     def target_data(self, cell: Cell):
         _, argument, factory = self.component("dataset", cell.dataset_ref)
         key = stable_hash([cell.dataset_ref, dict(cell.dataset_options)])
-        return self._targets.get_or_make(
-            key,
-            lambda: factory(argument, dict(cell.dataset_options), self.build_context(cell.seed)),
-        )
+
+        def make():
+            target = factory(argument, dict(cell.dataset_options), self.build_context(cell.seed))
+            check_target(_returned(target, TargetData))  # once per load, before any split
+            return target
+
+        return self._targets.get_or_make(key, make)
 
     def prepared_data(self, cell: Cell, target, source):
         from tlbench.data import prepare
@@ -201,14 +229,14 @@ class CellRunner:
             strategy = self.strategy(cell)
             if not callable(getattr(strategy, "run", None)):
                 raise ContractError(
-                    f"factory returned {_kind_of(strategy)}, which has no run(ctx) method"
+                    f"factory returned {kind_of(strategy)}, which has no run(ctx) method"
                 )
         return strategy
 
     def check(self, cell: Cell) -> None:
         """Let the cell's strategy reject the cell before any training (its ``check(ctx)``,
-        when it has one). Raises ``CellFailure``; ``is_user_error`` when the plugin says the
-        cell's options cannot work; ``UserError`` when the cell's source trained on its target's
+        when it has one). Raises ``CellFailure`` when plugin code raised (a ``UserError``
+        saying the cell's options cannot work included); ``UserError`` when the cell's source trained on its target's
         images (building the context checks that, so it is built for every cell)."""
         strategy = self.checked_strategy(cell)
         ctx = self.context(cell)
@@ -256,17 +284,17 @@ class CellRunner:
             strategy = self.checked_strategy(cell)
             with self.blame(cell, "strategy", "in run()"):
                 result = strategy.run(ctx)
-                record.update(result_fields(result))
+                record.update(result_fields(result, test_size=_test_size(ctx.data)))
             predictions = result.predictions
         except Diverged as exc:
             record.update(
                 status="diverged", error={"type": "Diverged", "message": str(exc), "step": exc.step}
             )
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except CellFailure as failure:  # one broken cell never stops the run
             record.update(status="failed", error=failure.entry())
-        except Exception as exc:  # the core refused the cell, or failed: still this cell's alone
+        except BaseException as exc:  # the core refused the cell, or failed: this cell's alone
+            if escapes_cell(exc):  # a signal belongs to the run
+                raise
             record.update(status="failed", error=error_entry(exc, core_problem(cell, exc)))
         self._finish(record, ctx, started)
         return CellResult(record, predictions)
@@ -358,19 +386,20 @@ def interrupted_result(cell: Cell) -> CellResult:
 # What plugin code may return, and how its failures read.
 
 
-def result_fields(result) -> dict:
+def result_fields(result, test_size: int | None = None) -> dict:
     """The record fields of a strategy's result, once it keeps the contract: a
-    ``StrategyResult`` whose ``metrics['top1']`` is a percentage (when ``ok``) and whose
+    ``StrategyResult`` whose ``metrics['top1']`` is a percentage (when ``ok``), agreeing with
+    its predictions (when it has any; ``test_size`` items of them, when given), and whose
     mappings can be stored as JSON. Raises ``ContractError`` saying what was expected."""
     if not isinstance(result, StrategyResult):
         raise ContractError(
-            f"returned {_kind_of(result)} from run(); expected a tlbench.api.StrategyResult"
+            f"returned {kind_of(result)} from run(); expected a tlbench.api.StrategyResult"
         )
     fields = {}
     for name in ("metrics", "hparams", "cost"):
         value = getattr(result, name)
         if not isinstance(value, Mapping):
-            raise ContractError(f"returned {name} = {_kind_of(value)}; expected a dict")
+            raise ContractError(f"returned {name} = {kind_of(value)}; expected a dict")
         fields[name] = _storable(name, value)
     if result.status not in RESULT_STATUSES:
         raise ContractError(
@@ -380,12 +409,14 @@ def result_fields(result) -> dict:
     if result.status == "ok":
         _check_top1(fields["metrics"])
     if result.detail is not None and not isinstance(result.detail, str):
-        raise ContractError(f"returned detail = {_kind_of(result.detail)}; expected a string")
+        raise ContractError(f"returned detail = {kind_of(result.detail)}; expected a string")
     if result.predictions is not None and not isinstance(result.predictions, Predictions):
         raise ContractError(
-            f"returned predictions = {_kind_of(result.predictions)}; "
+            f"returned predictions = {kind_of(result.predictions)}; "
             "expected a tlbench.api.Predictions or None"
         )
+    if result.status == "ok" and result.predictions is not None:
+        check_top1_against_predictions(fields["metrics"]["top1"], result.predictions, test_size)
     fields["status"] = result.status
     if result.detail:
         fields["detail"] = result.detail
@@ -419,25 +450,34 @@ def _plain(value):
     return str(value)
 
 
+def _test_size(data) -> int | None:
+    try:
+        return int(data.size("test"))
+    except Exception:  # a context without the core's PreparedData (a test double)
+        return None
+
+
 def _returned(value, expected: type):
     if not isinstance(value, expected):
         raise ContractError(
-            f"factory returned {_kind_of(value)}; expected a tlbench.api.{expected.__name__}"
+            f"factory returned {kind_of(value)}; expected a tlbench.api.{expected.__name__}"
         )
     return value
 
 
-def _problem(cell: Cell, culprit: str, where: str, exc: Exception) -> str:
+def _problem(cell: Cell, culprit: str, where: str, exc: BaseException) -> str:
     """The line a failure reads as, without the cell's label."""
     if isinstance(exc, ContractError):
-        return f"{culprit} {exc}"
+        return f"{culprit}{exc.sep}{exc}"
+    if isinstance(exc, SystemExit):
+        return f"{culprit} called sys.exit({exc.code!r}) {where}; a plugin cannot end the run"
     if isinstance(exc, UserError):  # written for the user already; say the cell only once
         return f"{culprit}: {_first_line(exc).removeprefix(cell.label + ': ')}"
     text = _first_line(exc)
     return f"{culprit} raised {type(exc).__name__} {where}" + (f": {text}" if text else "")
 
 
-def core_problem(cell: Cell, exc: Exception) -> str:
+def core_problem(cell: Cell, exc: BaseException) -> str:
     """The line for what tlbench's own code raised for a cell (no plugin to name)."""
     if isinstance(exc, UserError):
         return f"{cell.label}: {_first_line(exc).removeprefix(cell.label + ': ')}"
@@ -451,11 +491,3 @@ def _first_line(exc: BaseException) -> str:
     if isinstance(exc, UserError) or len(lines) < 2:
         return "; ".join(lines)
     return lines[0] + " ..."
-
-
-def _kind_of(value) -> str:
-    """``a dict``, ``an int``, ``None``: what a value is, for a message."""
-    if value is None:
-        return "None"
-    name = type(value).__name__
-    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"

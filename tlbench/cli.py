@@ -339,6 +339,9 @@ def run(
             )
             for problem in host.observer_problems():
                 click.echo(f"warning: {problem}", err=True)
+        for estimate in outcome.failed_estimates:  # exit code 1, like a failed cell
+            message = (estimate.get("error") or {}).get("message", "failed")
+            click.echo(f"estimate failed: {message}", err=True)
     if as_json:
         click.echo(json.dumps(outcome.records, indent=2, default=str))
     if outcome.interrupted:

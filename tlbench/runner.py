@@ -23,11 +23,18 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlbench.cache import Cache, atomic_write_bytes
-from tlbench.cell import CellFailure, CellResult, CellRunner, core_problem, failure_result
+from tlbench.cell import (
+    CellFailure,
+    CellResult,
+    CellRunner,
+    StopRun,
+    core_problem,
+    failure_result,
+)
 from tlbench.components import Cell
 from tlbench.errors import TlbenchError, UserError
 from tlbench.executors import Sink, WorkerConfig, dispatch, make_executor
@@ -65,6 +72,7 @@ class RunOutcome:
     interrupted: bool = False
     signal: str | None = None  # "SIGINT" or "SIGTERM": what interrupted the run
     interrupted_cells: int = 0  # recorded ``interrupted`` (stopped at once), not counted in ran
+    failed_estimates: list[dict] = field(default_factory=list)  # this session's, to show
 
     @property
     def failed(self) -> list[dict]:
@@ -74,7 +82,8 @@ class RunOutcome:
     def exit_code(self) -> int:
         if self.interrupted:
             return 143 if self.signal == "SIGTERM" else 130
-        return 1 if any(r.get("status") == "failed" for r in self.records) else 0
+        failed = any(r.get("status") == "failed" for r in self.records)
+        return 1 if failed or self.failed_estimates else 0
 
 
 def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
@@ -109,20 +118,19 @@ def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, C
     """Let each strategy reject what it cannot do with its cell's model and data (k larger than
     the model's layer groups, a LoRA target that matches nothing, ...) before any training.
 
-    A ``UserError`` stops the run: every such problem is raised at once, one line each, naming
-    its cells. Any other failure of plugin code (a factory that raises, a strategy with a bug)
-    costs only its cell: it comes back as that cell's failed result, to be recorded instead of
-    run. The contexts built here are the ones the cells then run on (the runner keeps them)."""
+    Whatever plugin code raises here, a ``UserError`` from ``check()`` included, costs only its
+    cell: it comes back as that cell's failed result, to be recorded instead of run, and the
+    healthy cells run. Only a mistake in the suite itself stops the run (a source paired with a
+    target it trained on): every such problem is raised at once as one ``UserError``, one line
+    each, naming its cells. The contexts built here are the ones the cells then run on (the
+    runner keeps them)."""
     problems: dict[str, list[str]] = {}
     rejected = []
     for cell in cells:
         try:
             runner.check(cell)
         except CellFailure as failure:
-            if failure.is_user_error:
-                problems.setdefault(failure.problem, []).append(failure.label)
-            else:
-                rejected.append((cell, failure_result(cell, failure)))
+            rejected.append((cell, failure_result(cell, failure)))
         except UserError as exc:  # the core refused the cell (its source trained on the target)
             problem = core_problem(cell, exc).removeprefix(f"{cell.label}: ")
             problems.setdefault(problem, []).append(cell.label)
@@ -188,7 +196,9 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                     progress.console.print(f"checking {len(todo)} cells before any training")
                 rejected = check_cells(todo, runner)
                 if suite.estimators:
-                    _estimate(suite, request, runner, run_dir, progress, log)
+                    outcome.failed_estimates = _estimate(
+                        suite, request, runner, run_dir, progress, log
+                    )
             except KeyboardInterrupt:
                 _stopped_before_cells(outcome, interrupts, log)
                 outcome.records = final_records(cells, store)
@@ -235,9 +245,10 @@ def _stopped_before_cells(outcome: RunOutcome, interrupts: Interrupts, log: RunL
     )
 
 
-def _estimate(suite, request, runner, run_dir, progress, log) -> None:
+def _estimate(suite, request, runner, run_dir, progress, log) -> list[dict]:
     """Transferability estimates run before the cells, on a cold feature cache, so their
-    recorded feature-extraction time is what an estimator really costs."""
+    recorded feature-extraction time is what an estimator really costs. Returns the failed
+    estimates, each shown as one line now (and again after the run's table)."""
     from tlbench.transferability import run_estimators
 
     if progress:
@@ -249,6 +260,12 @@ def _estimate(suite, request, runner, run_dir, progress, log) -> None:
     )
     failed = [r for r in records if r.get("status") == "failed"]
     log.write(f"estimates: {len(records)} recorded, {len(failed)} failed")
+    for record in failed:
+        message = (record.get("error") or {}).get("message", "failed")
+        log.write(f"estimate failed: {message}")
+        if progress:
+            progress.console.print(f"estimate failed: {message}", style="red", markup=False)
+    return failed
 
 
 def _record_environment(
@@ -454,7 +471,7 @@ class Interrupts:
         if first:
             self.signal_name = signal.Signals(signum).name
         if not first or self.immediate:
-            raise KeyboardInterrupt
+            raise StopRun  # a KeyboardInterrupt the cells let through (plugin code's do not)
         self.on_first(self.signal_name)
 
     def __exit__(self, *exc) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 
 from tlbench import __version__
 from tlbench.cache import stable_hash
+from tlbench.cell import escapes_cell
 from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.results import SCHEMA_VERSION, ResultsStore, now_iso, read_records
@@ -106,11 +107,33 @@ def base_estimate(cell: Cell, estimator: Entry) -> dict:
     }
 
 
-def _error(exc: BaseException, kind: str | None = None) -> dict:
+def pair_label(cell: Cell) -> str:
+    """How messages name one estimate's (model, dataset, seed)."""
+    return f"estimate {cell.model} x {cell.dataset} (seed {cell.seed})"
+
+
+def estimator_culprit(registry, entry: Entry) -> str:
+    """``estimator 'logme' (plugin 'tlbench.builtin.estimators')``, for a message."""
+    try:
+        registered, _ = registry.lookup("estimator", entry.ref)
+    except UserError:
+        return f"estimator {entry.ref!r}"
+    return f"estimator {entry.ref!r} (plugin {registered.plugin!r})"
+
+
+def _error(exc: BaseException, label: str, culprit: str | None = None, where: str = "") -> dict:
+    """An ``error`` entry whose message is one line: the pair, who failed, what it raised."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, UserError):
+        said = f"{culprit}: {text}" if culprit else text
+    else:
+        said = f"{culprit or 'tlbench'} raised {type(exc).__name__}{where}" + (
+            f": {text}" if text else ""
+        )
     return {
-        "type": kind or type(exc).__name__,
-        "message": str(exc),
-        "traceback": traceback.format_exc(),
+        "type": type(exc).__name__,
+        "message": f"{label}: {said}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     }
 
 
@@ -198,24 +221,41 @@ def estimate_pair(cell: Cell, estimators: Sequence[Entry], runner) -> list[dict]
     """Records for ``estimators`` on one pair; a failure to load or extract fails them all, a
     failing estimator fails alone."""
     loaded, records = [], []
+    label = pair_label(cell)
     for entry in estimators:
         record = {**base_estimate(cell, entry), "device": str(runner.device)}
+        culprit = estimator_culprit(runner.registry, entry)
         try:
             loaded.append((entry, record, load_estimator(runner.registry, entry)))
-        except Exception as exc:
-            records.append(_finish(record, "failed", error=_error(exc)))
+        except BaseException as exc:
+            if escapes_cell(exc):
+                raise
+            error = _error(exc, label, culprit, " in its factory")
+            records.append(_finish(record, "failed", error=error))
     if not loaded:
         return records
     needs_head = any(bool(getattr(est, "needs_source_head", False)) for _, _, est in loaded)
     try:
         inputs = gather_inputs(cell, runner, needs_head)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # one broken pair never stops the others
-        return records + [_finish(record, "failed", error=_error(exc)) for _, record, _ in loaded]
+    except BaseException as exc:  # one broken pair never stops the others
+        if escapes_cell(exc):
+            raise
+        error = _inputs_error(exc, label)
+        return records + [_finish(record, "failed", error=error) for _, record, _ in loaded]
     return records + [
-        score_one(entry, record, estimator, inputs) for entry, record, estimator in loaded
+        score_one(entry, record, estimator, inputs, label, runner.registry)
+        for entry, record, estimator in loaded
     ]
+
+
+def _inputs_error(exc: BaseException, label: str) -> dict:
+    """A pair whose features could not be made: the model's or dataset's failure (a
+    ``CellFailure`` already names the component), or tlbench's."""
+    from tlbench.cell import CellFailure
+
+    if isinstance(exc, CellFailure):
+        return {**_error(exc.cause, label), "message": f"{label}: {exc.problem}"}
+    return _error(exc, label, where=" while computing the pair's features")
 
 
 def load_estimator(registry, entry: Entry):
@@ -223,7 +263,8 @@ def load_estimator(registry, entry: Entry):
     estimator = registered.spec.load_factory()(dict(entry.options))
     if not callable(getattr(estimator, "score", None)):
         raise UserError(
-            f"estimator {entry.ref!r} (plugin {registered.plugin!r}): its factory returned {estimator!r}, which has no score(features, labels, source_logits) method"
+            f"its factory returned {estimator!r}, which has no "
+            "score(features, labels, source_logits) method"
         )
     return estimator
 
@@ -231,8 +272,8 @@ def load_estimator(registry, entry: Entry):
 def gather_inputs(cell: Cell, runner, needs_head: bool) -> PairInputs:
     """Train-split features (engine cache, namespace ``features``) and, when asked for and the
     model has a source classifier, its logits (namespace ``source-logits``)."""
-    source = runner.source_model(cell)
-    data = runner.prepared_data(cell, runner.target_data(cell), source)
+    ctx = runner.context(cell)  # a failure names the model or the dataset at fault
+    source, data = ctx.source, ctx.data
     features, labels, features_s, features_cached = _features(cell, runner, source, data)
     inputs = PairInputs(features, labels, features_s, features_cached)
     if not needs_head:
@@ -242,10 +283,11 @@ def gather_inputs(cell: Cell, runner, needs_head: bool) -> PairInputs:
         return inputs
     try:
         logits, inputs.logits_s, inputs.logits_cached = _source_logits(cell, runner, source, data)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # fails the estimators that read logits, not LogME or H-score
-        inputs.logits_error = _error(exc)
+    except BaseException as exc:  # fails the estimators that read logits, not LogME or H-score
+        if escapes_cell(exc):
+            raise
+        model = runner.culprit(cell, "model")
+        inputs.logits_error = _error(exc, pair_label(cell), model, " computing its source logits")
         return inputs
     inputs.logits, inputs.source_classes = logits, int(logits.shape[1])
     return inputs
@@ -302,7 +344,9 @@ def _source_logits(cell: Cell, runner, source, data):
     return logits, time.perf_counter() - started, cached
 
 
-def score_one(entry: Entry, record: dict, estimator, inputs: PairInputs) -> dict:
+def score_one(
+    entry: Entry, record: dict, estimator, inputs: PairInputs, label: str = "", registry=None
+) -> dict:
     needs_head = bool(getattr(estimator, "needs_source_head", False))
     record.update(
         n=int(inputs.labels.shape[0]),
@@ -333,12 +377,13 @@ def score_one(entry: Entry, record: dict, estimator, inputs: PairInputs) -> dict
             estimator.score(inputs.features, inputs.labels, inputs.logits if needs_head else None)
         )
         if not math.isfinite(score):
-            raise UserError(f"estimator {entry.id!r} returned a non-finite score ({score})")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:
+            raise UserError(f"score() returned a non-finite score ({score}); expected a number")
+    except BaseException as exc:
+        if escapes_cell(exc):
+            raise
         record["wall_s"] = round(time.perf_counter() - started, 4)
-        return _finish(record, "failed", error=_error(exc))
+        culprit = estimator_culprit(registry, entry) if registry else f"estimator {entry.ref!r}"
+        return _finish(record, "failed", error=_error(exc, label, culprit, " in score()"))
     record["wall_s"] = round(time.perf_counter() - started, 4)
     return _finish(record, "ok", score=score)
 

@@ -455,7 +455,7 @@ def _error_line(row: pd.Series) -> str:
     message = row.get("error.message")
     if not isinstance(message, str) or not message:
         return ""
-    line = message.strip().splitlines()[0][:200]
+    line = " ".join(message.split())  # whole: the terminal wraps it, a page too
     error_type, step = row.get("error.type"), row.get("error.step")
     if isinstance(error_type, str) and error_type:
         line = f"{error_type}: {line}"
