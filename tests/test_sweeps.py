@@ -1,5 +1,5 @@
-"""Sweep schedules: successive halving picks on validation only, prunes the worse half at each
-rung, records what it pruned and when, does not depend on the order candidates are listed in,
+"""Sweep schedules: successive halving picks on validation only, cuts nobody before its grace
+period, prunes the worse half at each rung, records what it pruned and when, does not depend on the order candidates are listed in,
 and leaves a continued candidate exactly as the exhaustive grid trains it. The scheduler is
 checked on scripted candidates; the engine on real digits with efficientnet-lite0 at 32 px."""
 
@@ -14,7 +14,7 @@ import torch
 
 from tlbench.cache import Cache
 from tlbench.components import Cell, CellContext
-from tlbench.engine.sweeps import run_sweep, rungs, successive_halving
+from tlbench.engine.sweeps import grace_period, run_sweep, rungs, successive_halving
 from tlbench.specs import resolve_options
 
 
@@ -46,20 +46,51 @@ class Scripted:
                 self.stopped = True
 
 
-def test_rungs_double_from_one_epoch_below_the_budget():
-    assert rungs(3) == (1, 2)
-    assert rungs(5) == (1, 2, 4)
-    assert rungs(1) == ()  # one epoch: nothing to compare early, the grid it is
+def test_rungs_double_from_the_grace_period_below_the_budget():
+    assert rungs(3, 1) == (1, 2)
+    assert rungs(5, 1) == (1, 2, 4)
+    assert rungs(1, 1) == ()  # one epoch: nothing to compare early, the grid it is
+    assert rungs(15) == (3, 6, 12)  # the default grace period is 3 epochs
 
 
-def test_the_worse_half_is_pruned_after_one_epoch_and_the_best_trains_to_its_end():
+def test_the_grace_period_is_three_epochs_or_a_quarter_of_the_budget_never_above_it():
+    assert grace_period(8) == 3
+    assert grace_period(15) == 4
+    assert grace_period(45) == 12
+    assert grace_period(2) == 2
+    assert grace_period(15, grace_epochs=5) == 5
+    assert grace_period(4, grace_epochs=9) == 4
+
+
+def test_the_grace_period_keeps_a_slow_starter_whose_curve_crosses_the_leaders():
+    # The higher learning rate starts worse and ends better: cut after one epoch it would go.
+    def curves():
+        return Scripted([80, 85, 86, 87, 88, 89]), Scripted([70, 75, 90, 95, 96, 97])
+
+    steady, slow = curves()
+    plan = run_sweep([steady, slow], "asha")
+    assert plan.grace_epochs == 3 and plan.rungs == (3,)
+    assert plan.pruned_at == {0: 3} and slow.epochs_trained == 6
+    steady, slow = curves()
+    assert run_sweep([steady, slow], "asha", grace_epochs=1).pruned_at == {1: 1}
+
+
+def test_no_candidate_is_cut_before_the_grace_period():
+    candidates = [Scripted([90, 10, 10, 10, 10, 10, 10, 10]), Scripted([10, 20, 30, 40] * 2)]
+    plan = run_sweep(candidates, "asha", grace_epochs=4)
+    assert plan.rungs == (4,) and min(plan.pruned_at.values()) >= 4
+    assert all(c.epochs_trained >= 4 for c in candidates)
+
+
+def test_the_worse_half_is_pruned_at_the_first_rung_and_the_best_trains_to_its_end():
     good, bad = Scripted([80, 85, 90]), Scripted([70, 95, 96])
-    plan = run_sweep([good, bad], "asha")
+    plan = run_sweep([good, bad], "asha", grace_epochs=1)
     assert plan.pruned_at == {1: 1}  # chosen on what val said after one epoch, not on the future
     assert (good.epochs_trained, bad.epochs_trained) == (3, 1)
     assert plan.describe([good, bad]) | {"eta": None} == {
         "schedule": "asha",
         "eta": None,
+        "grace_epochs": 1,
         "rungs": [1],
         "pruned": 1,
         "epochs_trained": 4,
@@ -87,7 +118,7 @@ def test_four_candidates_halve_twice_then_the_last_one_finishes():
         [20, 21, 22, 23, 24],
     ]
     candidates = [Scripted(c) for c in curves]
-    plan = successive_halving(candidates)
+    plan = successive_halving(candidates, min_epochs=1)
     # epoch 1: 40 and 30 go on; epoch 2: 60 beats 41; the winner trains to 5.
     assert plan.pruned_at == {0: 1, 3: 1, 1: 2}
     assert [c.epochs_trained for c in candidates] == [1, 2, 5, 1]
@@ -104,7 +135,7 @@ def test_the_outcome_does_not_depend_on_the_order_candidates_are_listed_in():
     outcomes = set()
     for order in itertools.permutations(range(4)):
         candidates = [Scripted(curves[i]) for i in order]
-        plan = successive_halving(candidates)
+        plan = successive_halving(candidates, min_epochs=1)
         outcomes.add(
             (
                 frozenset((order[i], at) for i, at in plan.pruned_at.items()),
@@ -116,7 +147,7 @@ def test_the_outcome_does_not_depend_on_the_order_candidates_are_listed_in():
 
 def test_ties_go_to_the_candidate_listed_first():
     first, second = Scripted([50, 60]), Scripted([50, 90])
-    plan = run_sweep([first, second], "asha")
+    plan = run_sweep([first, second], "asha", grace_epochs=1)
     assert plan.pruned_at == {1: 1}
 
 
@@ -129,7 +160,7 @@ def test_diverged_candidates_rank_last_and_are_not_counted_as_pruned():
 def test_a_candidate_early_stopped_before_a_rung_competes_with_its_best_score_unpruned():
     stopping = Scripted([50, 40, 40, 40, 40], patience=1)
     candidates = [stopping, Scripted([45, 70, 71, 72, 73]), Scripted([10] * 5), Scripted([20] * 5)]
-    plan = successive_halving(candidates)
+    plan = successive_halving(candidates, min_epochs=1)
     assert plan.pruned_at == {2: 1, 3: 1}
     assert stopping.stopped and stopping.epochs_trained == 2
     assert candidates[1].epochs_trained == 5
@@ -143,7 +174,15 @@ def test_an_unknown_schedule_is_refused():
 # ------------------------------------------------------------------------------ the engine
 
 PX = 32
-QUICK = {"k": 1, "epochs": 2, "lr": [3e-3, 3e-2], "batch_size": 32, "refit": False}
+# grace_epochs = 1: the pruning machinery at a test's cost (the default grace period is 3 epochs).
+QUICK = {
+    "k": 1,
+    "epochs": 2,
+    "lr": [3e-3, 3e-2],
+    "batch_size": 32,
+    "refit": False,
+    "grace_epochs": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +256,8 @@ def test_a_continued_candidate_trains_exactly_as_in_the_exhaustive_grid(run):
 
 def test_same_seed_same_choices(run):
     first, again = run("partial-unfreeze", **QUICK), run("partial-unfreeze", **QUICK)
+    for result in (first, again):
+        del result.hparams["tuning"]["train_s"]  # wall time
     assert first.hparams == again.hparams and first.metrics == again.metrics
 
 

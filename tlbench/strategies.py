@@ -29,13 +29,41 @@ __all__ = [
 def training_options(
     *, lr: list[float], epochs: int, weight_decay: float = 0.05, batch_size: int = 64
 ) -> tuple[Option, ...]:
-    """The options every gradient-trained strategy accepts (a plugin may reuse them)."""
+    """The options every gradient-trained strategy accepts (a plugin may reuse them).
+
+    ``lr`` and ``epochs`` are the strategy's fine-tuning recipe (a learning-rate grid of at least
+    three values, option ``finetune_lr``, and an epoch budget that early stopping cuts short); a
+    randomly initialised model trains under the from-scratch recipe instead (``scratch_lr``,
+    ``scratch_epochs``, BatchNorm on batch statistics, augmentation), see docs/strategies.md."""
     return (
+        Option(
+            "recipe",
+            str,
+            default="auto",
+            help="Training recipe: auto = from-scratch for a randomly initialised model (weights 'random'), fine-tune otherwise.",
+            choices=("auto", "fine-tune", "from-scratch"),
+        ),
         Option(
             "lr",
             float,
+            default=None,
+            help="Peak learning rate, a list is swept on val; given, it applies under either recipe (default: the recipe's own grid, finetune_lr or scratch_lr).",
+            exclusive_minimum=0.0,
+            sweep=True,
+        ),
+        Option(
+            "finetune_lr",
+            float,
             default=lr,
-            help="Peak learning rate; a list is swept on val.",
+            help="The fine-tune recipe's learning rates (swept on val) when 'lr' is not given.",
+            exclusive_minimum=0.0,
+            sweep=True,
+        ),
+        Option(
+            "scratch_lr",
+            float,
+            default=[1e-3, 3e-3, 1e-2],
+            help="The from-scratch recipe's learning rates (swept on val) when 'lr' is not given.",
             exclusive_minimum=0.0,
             sweep=True,
         ),
@@ -51,15 +79,29 @@ def training_options(
             "epochs",
             int,
             default=epochs,
-            help="Maximum epochs per candidate; the refit uses the best epoch found on val.",
+            help="Budget: maximum epochs per candidate under the fine-tune recipe (early stopping on val usually ends sooner); the refit uses the best epoch found on val.",
+            minimum=1,
+        ),
+        Option(
+            "scratch_epochs",
+            int,
+            default=None,
+            help="Budget under the from-scratch recipe (default: 3 x epochs, He et al. 2019).",
             minimum=1,
         ),
         Option(
             "sweep",
             str,
             default="asha",
-            help="How a sweep spends epochs: asha = successive halving (every candidate 1 epoch, the better half on val continues, and so on); grid = every candidate to its end.",
+            help="How a sweep spends epochs: asha = successive halving (every candidate trains the grace period, the better half on val continues, and so on); grid = every candidate to its end.",
             choices=("asha", "grid"),
+        ),
+        Option(
+            "grace_epochs",
+            int,
+            default=None,
+            help="Successive halving's grace period: epochs every candidate trains before the first cut (default: max(3, a quarter of the budget)).",
+            minimum=1,
         ),
         Option(
             "batch_size",
@@ -93,7 +135,7 @@ def training_options(
         Option(
             "patience",
             int,
-            default=2,
+            default=3,
             help="Early stopping: epochs without val improvement before a candidate stops.",
             minimum=1,
         ),
@@ -107,8 +149,8 @@ def training_options(
         Option(
             "augment",
             bool,
-            default=False,
-            help="Train-time augmentation (disables prefix caching).",
+            default=None,
+            help="Train-time augmentation (disables prefix caching); default: off under fine-tune, on under from-scratch.",
         ),
         Option(
             "label_smoothing",
@@ -127,8 +169,8 @@ def training_options(
         Option(
             "bn",
             str,
-            default="frozen",
-            help="BatchNorm statistics while training: frozen running statistics, or batch statistics (train; re-estimated after each epoch).",
+            default=None,
+            help="BatchNorm statistics while training: frozen running statistics, or batch statistics (train; re-estimated after each epoch); default: frozen under fine-tune, train under from-scratch (which refuses frozen).",
             choices=("frozen", "train"),
         ),
     )
@@ -136,13 +178,20 @@ def training_options(
 
 def check_training_options(ctx, options: Mapping[str, Any]) -> None:
     """Raise ``UserError`` naming the cell when a training option is out of its range."""
-    for name in ("lr", "weight_decay"):
+    for name in ("lr", "finetune_lr", "scratch_lr", "weight_decay"):
         for value in options.get(name) or ():
-            if not value >= 0 or (name == "lr" and value == 0):
+            if not value >= 0 or (name != "weight_decay" and value == 0):
                 raise UserError(
-                    f"{ctx.cell.label}: strategy option {name!r} must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}"
+                    f"{ctx.cell.label}: strategy option {name!r} must be {'>= 0' if name == 'weight_decay' else '> 0'}, got {value!r}"
                 )
-    for name in ("epochs", "batch_size", "patience"):
+    if options.get("bn") == "frozen":
+        from tlbench.engine.training import training_recipe
+
+        if training_recipe(ctx, options) == "from-scratch":
+            raise UserError(
+                f"{ctx.cell.label}: strategy option 'bn' = 'frozen' under the from-scratch recipe would train {ctx.source.name} with BatchNorm frozen at its initial statistics; drop 'bn' (from-scratch uses 'train') or set recipe = 'fine-tune'"
+            )
+    for name in ("epochs", "scratch_epochs", "grace_epochs", "batch_size", "patience"):
         if name in options and options[name] is not None and options[name] < 1:
             raise UserError(
                 f"{ctx.cell.label}: strategy option {name!r} must be >= 1, got {options[name]!r}"

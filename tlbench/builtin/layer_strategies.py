@@ -261,8 +261,9 @@ STRATEGIES = (
             ),
             _unit_option("stage"),
         )
-        + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=5),
+        + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("layers", "study"),
+        version="2",  # 2: converging recipe (15-epoch budget, patience 3, asha grace period)
     ),
     StrategySpec(
         "surgical",
@@ -278,8 +279,9 @@ STRATEGIES = (
             ),
             _unit_option("stage"),
         )
-        + training_options(lr=[1e-3, 3e-3], epochs=5),
+        + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("layers", "partial", "cached"),
+        version="2",  # 2: converging recipe (3-lr grid, 15-epoch budget, patience 3, grace period)
     ),
     StrategySpec(
         "l2-sp",
@@ -301,8 +303,9 @@ STRATEGIES = (
                 minimum=0.0,
             ),
         )
-        + _sgd(training_options(lr=[3e-3, 1e-2], epochs=3, weight_decay=0.0)),
+        + _sgd(training_options(lr=[1e-3, 3e-3, 1e-2], epochs=15, weight_decay=0.0)),
         tags=("full", "regularised"),
+        version="2",  # 2: converging recipe (3-lr grid, 15-epoch budget, patience 3, grace period)
     ),
 )
 

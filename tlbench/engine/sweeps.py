@@ -1,7 +1,9 @@
 """How a sweep spends its epochs: every candidate to the end (``grid``), or successive halving
-(``asha``): all candidates train a short budget, the better half by validation top-1 continues,
+(``asha``): all candidates train a grace period, the better half by validation top-1 continues,
 and so on until one is left, which trains to its end (Jamieson & Talwalkar 2016; ASHA, Li et al.
-2020, is the asynchronous form of the same rule).
+2018/2020, is the asynchronous form of the same rule). The grace period (ASHA's minimum resource
+r) is several epochs, not one: early learning curves cross, and a higher learning rate that
+starts worse and ends better would otherwise be pruned after its first epoch.
 
 The candidate list is small and known in advance (2-4 points), so the halving is synchronous:
 every candidate reaches a rung before any is dropped, which makes the outcome independent of the
@@ -11,13 +13,15 @@ Nothing here knows about models; a candidate is anything with the ``Candidate`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 SCHEDULES = ("asha", "grid")
 ETA = 2  # keep the better 1/ETA at every rung
-MIN_EPOCHS = 1  # the first rung: every candidate gets at least this many epochs
+MIN_GRACE = 3  # the first rung is never below this many epochs (or the budget, if smaller)
+GRACE_FRACTION = 0.25  # ... nor below this share of the budget
 
 
 class Candidate(Protocol):
@@ -40,12 +44,14 @@ class SweepPlan:
     schedule: str
     rungs: tuple[int, ...]
     pruned_at: dict[int, int]  # candidate index -> epochs trained when pruned
+    grace_epochs: int | None = None
 
     def describe(self, candidates: Sequence[Candidate]) -> dict:
         trained = sum(c.epochs_trained for c in candidates)
         return {
             "schedule": self.schedule,
             "eta": ETA if self.schedule == "asha" else None,
+            "grace_epochs": self.grace_epochs,
             "rungs": list(self.rungs),
             "pruned": len(self.pruned_at),
             "epochs_trained": trained,
@@ -53,7 +59,15 @@ class SweepPlan:
         }
 
 
-def rungs(max_epochs: int, min_epochs: int = MIN_EPOCHS, eta: int = ETA) -> tuple[int, ...]:
+def grace_period(max_epochs: int, grace_epochs: int | None = None) -> int:
+    """Epochs every candidate trains before the first cut: ``grace_epochs`` when given, else
+    ``max(MIN_GRACE, ceil(GRACE_FRACTION * max_epochs))``; never more than ``max_epochs``."""
+    if grace_epochs is None:
+        grace_epochs = max(MIN_GRACE, math.ceil(GRACE_FRACTION * max_epochs))
+    return max(1, min(grace_epochs, max_epochs))
+
+
+def rungs(max_epochs: int, min_epochs: int = MIN_GRACE, eta: int = ETA) -> tuple[int, ...]:
     """Epoch budgets at which candidates are compared: min_epochs, x eta, ... below max_epochs."""
     out, budget = [], max(min_epochs, 1)
     while budget < max_epochs:
@@ -70,23 +84,28 @@ def ranked(candidates: Sequence[Candidate], alive: Sequence[int]) -> list[int]:
     )
 
 
-def run_sweep(candidates: Sequence[Candidate], schedule: str) -> SweepPlan:
-    """Train ``candidates`` under ``schedule`` (``asha`` or ``grid``)."""
+def run_sweep(
+    candidates: Sequence[Candidate], schedule: str, grace_epochs: int | None = None
+) -> SweepPlan:
+    """Train ``candidates`` under ``schedule`` (``asha`` or ``grid``); ``grace_epochs`` is the
+    first rung of ``asha`` (default: ``grace_period``)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"sweep schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "grid" or len(candidates) < 2:
         for candidate in candidates:
             candidate.advance(candidate.max_epochs)
         return SweepPlan("grid" if len(candidates) > 1 else schedule, (), {})
-    return successive_halving(candidates)
+    grace = grace_period(max(c.max_epochs for c in candidates), grace_epochs)
+    return successive_halving(candidates, min_epochs=grace)
 
 
 def successive_halving(
-    candidates: Sequence[Candidate], *, eta: int = ETA, min_epochs: int = MIN_EPOCHS
+    candidates: Sequence[Candidate], *, eta: int = ETA, min_epochs: int = MIN_GRACE
 ) -> SweepPlan:
-    """At each rung every live candidate trains up to the rung's budget; the best
-    ``max(1, live // eta)`` by score go on. A candidate that stopped on its own (early stopping,
-    divergence) still competes with its score but is not counted as pruned."""
+    """Every live candidate trains ``min_epochs`` (the grace period), then at each rung the best
+    ``max(1, live // eta)`` by score go on to ``eta`` times the budget. A candidate that stopped
+    on its own (early stopping, divergence) still competes with its score but is not counted as
+    pruned."""
     budgets = rungs(max(c.max_epochs for c in candidates), min_epochs, eta)
     alive, pruned, used = list(range(len(candidates))), {}, []
     for budget in budgets:
@@ -102,4 +121,4 @@ def successive_halving(
         alive = [i for i in alive if i in keep]
     for i in alive:
         candidates[i].advance(candidates[i].max_epochs)
-    return SweepPlan("asha", tuple(used), pruned)
+    return SweepPlan("asha", tuple(used), pruned, grace_epochs=min_epochs)

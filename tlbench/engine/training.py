@@ -3,8 +3,10 @@ evaluate on test once.
 
 A strategy declares a ``Recipe`` (which parameters train, an optional model set-up, whether a
 frozen prefix may be cached); ``finetune`` does the rest: seeding, optimiser and schedule from
-timm, bf16 autocast, early stopping, the sweep schedule (successive halving by default,
-``tlbench.engine.sweeps``), divergence detection, out-of-memory retry, cost accounting.
+timm, bf16 autocast, early stopping, the sweep schedule (successive halving with a grace period
+by default, ``tlbench.engine.sweeps``), divergence detection, out-of-memory retry, cost
+accounting, and the training recipe (``fine-tune``, or ``from-scratch`` for a randomly
+initialised network: ``recipe_options``). Every record states its convergence and tuning effort.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import copy
 import itertools
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -47,6 +50,11 @@ from tlbench.errors import Diverged, UserError
 
 # Swept by default when a strategy declares them as lists; see docs/strategies.md.
 SWEEPABLE = ("lr", "weight_decay")
+RECIPES = ("fine-tune", "from-scratch")
+# The from-scratch recipe (He, Girshick & Dollar 2019; Kornblith et al. 2019): its own, higher
+# learning rates, about 3x the fine-tuning budget, BatchNorm on batch statistics, augmentation.
+SCRATCH_LR = (1e-3, 3e-3, 1e-2)
+SCRATCH_EPOCHS_FACTOR = 3
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 # Below this batch size BatchNorm batch statistics are too noisy to train with; use running ones.
 SMALL_BATCH = 16
@@ -56,14 +64,14 @@ SMALL_BATCH = 16
 class TrainConfig:
     """One training configuration (one point of a sweep)."""
 
-    epochs: int = 3
+    epochs: int = 15
     lr: float = 1e-3
     weight_decay: float = 0.05
     optimizer: str = "adamw"
     warmup_epochs: float = 0.5
     layer_decay: float | None = None
     batch_size: int = 64
-    patience: int = 2
+    patience: int = 3
     precision: str = "auto"
     augment: bool = False
     label_smoothing: float = 0.0
@@ -116,6 +124,37 @@ class TrainOutcome:
     epochs_trained: int = 0
     early_stopped: bool = False  # stopped by patience before its last epoch
     optimizer: Any = None  # kept so a paused sweep candidate can be moved off the device
+
+
+def training_recipe(ctx: CellContext, options: Mapping[str, Any]) -> str:
+    """``fine-tune`` or ``from-scratch``: the ``recipe`` option, or with ``auto`` (the default)
+    from the model: a randomly initialised network (``SourceModel.weights == "random"``) trains
+    from scratch."""
+    chosen = options.get("recipe") or "auto"
+    if chosen != "auto":
+        return chosen
+    return "from-scratch" if getattr(ctx.source, "weights", None) == "random" else "fine-tune"
+
+
+def recipe_options(ctx: CellContext, options: Mapping[str, Any]) -> tuple[str, dict]:
+    """The training options with the recipe's defaults filled in. ``lr``, when given, applies
+    under either recipe; otherwise it is ``finetune_lr`` or ``scratch_lr``. From scratch the
+    budget is ``scratch_epochs`` (default 3x ``epochs``). ``bn`` and ``augment`` left unset
+    (None) become frozen / off for fine-tuning and train / on from scratch."""
+    recipe = training_recipe(ctx, options)
+    resolved = dict(options)
+    scratch = recipe == "from-scratch"
+    if not options.get("lr"):
+        grid = options.get("scratch_lr") if scratch else options.get("finetune_lr")
+        resolved["lr"] = list(grid or (SCRATCH_LR if scratch else [TrainConfig.lr]))
+    if scratch:
+        epochs = options.get("epochs") or TrainConfig.epochs
+        resolved["epochs"] = options.get("scratch_epochs") or SCRATCH_EPOCHS_FACTOR * epochs
+    if resolved.get("bn") is None:
+        resolved["bn"] = "train" if scratch else "frozen"
+    if resolved.get("augment") is None:
+        resolved["augment"] = scratch
+    return recipe, resolved
 
 
 def cell_label(ctx: CellContext) -> str:
@@ -223,12 +262,13 @@ def _feeder(
 
 def freeze_bn_stats(cfg: TrainConfig) -> bool:
     """Whether BatchNorm layers use their running statistics while training (affine parameters
-    still train). ``frozen`` (the default) keeps the function being fine-tuned the same one the
-    linear probe and evaluation see: with batch statistics, a few dozen steps leave running
-    statistics that wreck eval-mode accuracy, and LP-FT's probed head meets features it was not
-    fit on. Measured on the quickstart's from-scratch lite0: full-finetune 72 -> 98% (digits),
-    LP-FT 16 -> 94%. ``train`` uses batch statistics (re-estimated after every epoch, see
-    ``recalibrate_bn``), except below ``SMALL_BATCH`` images per batch."""
+    still train). ``frozen`` (the fine-tune recipe's default) keeps the function being
+    fine-tuned the same one the linear probe and evaluation see: with batch statistics, a few
+    dozen steps leave running statistics that wreck eval-mode accuracy, and LP-FT's probed head
+    meets features it was not fit on. ``train`` (the from-scratch recipe's, and the only one it
+    accepts: a random network's running statistics are its initial mean 0 / variance 1, i.e. no
+    normalisation) uses batch statistics, re-estimated after every epoch (``recalibrate_bn``),
+    except below ``SMALL_BATCH`` images per batch."""
     return cfg.bn == "frozen" or cfg.batch_size < SMALL_BATCH
 
 
@@ -621,12 +661,32 @@ def _candidate_record(candidate: _Candidate, swept: Iterable[str], pruned_at: in
     return record
 
 
+def convergence(candidate: _Candidate) -> dict:
+    """Whether the chosen candidate's validation curve reached a plateau within its budget.
+
+    ``stopped`` is ``early`` when patience ran out before the budget, else ``budget``;
+    ``still_improving`` is true when the budget ran out while the best val epoch lay within the
+    last ``patience`` epochs (``epochs_run - best_epoch < patience``): early stopping would not
+    have fired yet, so more epochs might still have helped."""
+    outcome, patience = candidate.outcome, candidate.cfg.patience
+    stopped = "early" if outcome.early_stopped else "budget"
+    return {
+        "best_epoch": int(outcome.best_epoch),
+        "epochs_run": int(candidate.epochs_trained),
+        "budget_epochs": int(candidate.max_epochs),
+        "stopped": stopped,
+        "still_improving": stopped == "budget"
+        and candidate.epochs_trained - outcome.best_epoch < patience,
+    }
+
+
 def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> StrategyResult:
     """Sweep the list-valued options on val (``sweep``: successive halving by default, or every
     candidate to its end; early stopping per candidate either way), refit the best on trainval for
     its best epoch count (``refit=True``, the VTAB protocol) or keep its best-epoch weights, and
     evaluate on test once."""
     device = resolve_device(ctx.device)
+    recipe_name, options = recipe_options(ctx, options)
     configs = TrainConfig.sweep(options)
     swept = [k for k, v in options.items() if isinstance(v, list) and k in SWEEPABLE]
     precision = resolve_precision(configs[0].precision, device)
@@ -648,7 +708,14 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         )
 
     candidates = [candidate(cfg, "search", "train", cfg.epochs, "val") for cfg in configs]
-    plan = run_sweep(candidates, options.get("sweep") or "asha")
+    started = time.perf_counter()
+    plan = run_sweep(candidates, options.get("sweep") or "asha", options.get("grace_epochs"))
+    tuning = {
+        "configurations": len(candidates),
+        "epochs": float(sum(c.epochs_trained for c in candidates)),
+        "train_s": round(time.perf_counter() - started, 3),
+        "schedule": plan.schedule,
+    }
     for c in candidates:
         if c.diverged is not None:
             ctx.log(
@@ -685,7 +752,13 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         "epochs_max": best_cfg.epochs,
         "precision": precision,
     }
-    hparams = chosen | {"sweep": records, "sweep_schedule": plan.describe(candidates)}
+    hparams = chosen | {
+        "recipe": recipe_name,
+        "convergence": convergence(best_candidate),
+        "tuning": tuning,
+        "sweep": records,
+        "sweep_schedule": plan.describe(candidates),
+    }
     trainable, total = count_params(final.model)
     return StrategyResult(
         metrics={"top1": round(top1, 3), "val_top1": round(best.best_val, 3)},

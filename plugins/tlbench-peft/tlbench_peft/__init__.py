@@ -118,7 +118,7 @@ LORA_OPTIONS = (
         default="auto",
         help="'auto' (linear layers and 1x1 convs) or a regex over full module names.",
     ),
-) + training_options(lr=[1e-3, 3e-3], epochs=3, weight_decay=0.0)
+) + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15, weight_decay=0.0)
 
 
 @hookimpl
@@ -130,6 +130,7 @@ def register_strategies(register):
             description="Low-rank adapters (peft) on linear layers and 1x1 convs; the new head trains fully.",
             options=LORA_OPTIONS,
             tags=("parameter-efficient",),
+            version="2",  # 2: converging recipe (3-lr grid, 15-epoch budget, patience 3, grace period)
             card={"paper": "Hu et al. 2021, LoRA", "library": "peft"},
         )
     )
