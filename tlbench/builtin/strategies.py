@@ -8,6 +8,7 @@ from are documented in docs/strategies.md.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,7 @@ class LinearProbe:
                 scaling="feature",
                 precision=precision,
             ).value
+            search_s = time.perf_counter() - started
             head = (
                 probe_fit(
                     ctx, feats, "trainval", l2=search.l2, scaling="feature", precision=precision
@@ -204,6 +206,14 @@ class LinearProbe:
                 "refit": self.options["refit"],
                 "precision": precision,
                 "sweep": search.tried,
+                # The strengths tried, each solved to its optimum (no epochs), beside the
+                # trained strategies' "tuning" so reports can show tuning effort side by side.
+                "tuning": {
+                    "configurations": len(search.tried),
+                    "epochs": 0.0,
+                    "train_s": round(search_s, 3),
+                    "schedule": "solver",
+                },
             },
             cost=meter.as_dict(trainable=trainable, total=feats.backbone_params + trainable)
             | {"prefix_cache": True}
@@ -309,16 +319,19 @@ SPECS = (
                 choices=UNITS,
             ),
         )
-        + training_options(lr=[1e-3, 3e-3], epochs=5),
+        + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("partial", "cached"),
-        version="2",  # v2: default is ~25% of parameters by whole blocks, not timm's last 2 stages
+        # 2: default is ~25% of parameters by whole blocks, not timm's last 2 stages;
+        # 3: converging recipe (3-lr grid, 15-epoch budget, patience 3, asha grace period, from-scratch recipe)
+        version="3",
     ),
     StrategySpec(
         "full-finetune",
         factory=_FACTORY + "make_full_finetune",
         description="Every parameter trains: AdamW, warmup + cosine, early stopping on val, refit on train+val.",
-        options=training_options(lr=[3e-4, 1e-3], epochs=3),
+        options=training_options(lr=[1e-4, 3e-4, 1e-3], epochs=15),
         tags=("full",),
+        version="2",  # 2: converging recipe (see partial-unfreeze's 3)
     ),
     StrategySpec(
         "lp-ft",
@@ -333,16 +346,18 @@ SPECS = (
                 choices=("global", "feature"),
             ),
         )
-        + training_options(lr=[1e-4, 3e-4], epochs=3),
+        + training_options(lr=[3e-5, 1e-4, 3e-4], epochs=15),
         tags=("full",),
-        version="3",  # 2, 3: its probe is solved as the linear probe's versions 2 and 3
+        # 2, 3: its probe is solved as the linear probe's versions 2 and 3; 4: converging recipe
+        version="4",
     ),
     StrategySpec(
         "bitfit",
         factory=_FACTORY + "make_bitfit",
         description="Only biases and the new head train (Ben Zaken et al. 2022).",
-        options=training_options(lr=[3e-3, 1e-2], epochs=3, weight_decay=0.0),
+        options=training_options(lr=[1e-3, 3e-3, 1e-2], epochs=15, weight_decay=0.0),
         tags=("parameter-efficient",),
+        version="2",  # 2: converging recipe (see partial-unfreeze's 3)
     ),
 )
 
