@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -90,8 +89,10 @@ class TlbenchGroup(click.Group):
 @click.pass_context
 def cli(ctx, plugin_modules, plugins_dir):
     """tlbench: which pretrained source model, adapted with which strategy, transfers best to your data, and at what cost."""
+    from tlbench import log
     from tlbench.plugins import PluginConfig
 
+    log.configure()  # the library logs to the "tlbench" logger; the CLI shows it as lines on stderr
     ctx.obj = PluginConfig(
         modules=tuple(plugin_modules), plugins_dir=str(plugins_dir) if plugins_dir else None
     )
@@ -118,26 +119,6 @@ def _line(*fields) -> str:
     from tlbench.describe import one_field
 
     return "\t".join(one_field(f) for f in fields)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Everything written to stdout inside goes to stderr, even by plugin code, C libraries or
-    worker processes (file descriptor 1 is pointed at 2), so ``--json`` output stays pure."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-        os.dup2(2, 1)
-    except OSError:  # no real descriptors (an embedding host): Python-level redirect only
-        saved = None
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stderr.flush()
-        if saved is not None:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 @cli.command()
@@ -328,9 +309,15 @@ def run(
     if dry_run:
         _print_plan(plan_run(request, host), as_json)
         return
+    if quiet:
+        from tlbench import log
+
+        log.configure(quiet=True)
     console = Console(stderr=True)
     progress = None if quiet else RunProgress(console)
-    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+    # tlbench itself logs to stderr; a plugin's own print() in this process is kept off a
+    # --json stdout too.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_suite(request, host, progress)
         if not quiet:
             _print_table(outcome.run_dir, console if as_json else Console())

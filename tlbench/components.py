@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tlbench.log import log_status
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -34,7 +36,7 @@ class BuildContext:
     device: str
     registry: Registry | None = None
     seed: int = 0
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = log_status
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ class CellContext:
     device: torch.device
     cache: Cache
     seed: int
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = log_status
     run_dir: Path | None = None
 
 

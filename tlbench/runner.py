@@ -62,6 +62,8 @@ from tlbench.suite import Suite, config_hash, find_suite, load_suite, suite_hash
 
 __all__ = ["RunOutcome", "RunRequest", "Selection", "plan_run", "run_suite"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class RunOutcome:
@@ -182,7 +184,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
         check_run_owner(run_dir, suite)  # again, now that no other run can change it
         changed = suite_changed(run_dir, suite)
         if changed:
-            print(f"note: {changed}", file=sys.stderr, flush=True)
+            logger.warning(changed, extra={"prefix": "note: "})
         store = ResultsStore(run_dir)
         store.check_schema()
         _record_environment(run_dir, request, host, suite, device)
@@ -361,7 +363,7 @@ class _Recorder(Sink):
                     f"cannot store records: {exc}; finishing the cells in flight, starting no more"
                 )
                 self.log.write(message)
-                print(f"error: {message}", file=sys.stderr, flush=True)
+                logger.error(message)
         self.unstored.append(record)
         return False
 
@@ -498,7 +500,7 @@ class _LogHandler(logging.StreamHandler):
         if not self.failed:
             self.failed = True
             cause = describe(sys.exc_info()[1] or OSError("unknown error"))
-            print(f"warning: {self.path}: cannot write the run log: {cause}", file=sys.stderr)
+            logger.warning("%s: cannot write the run log: %s", self.path, cause)
 
 
 class RunLog:
@@ -529,7 +531,7 @@ class RunLog:
         else:
             message = f"interrupt: {signal_name} received; finishing the cells in flight, starting no more (a second signal stops at once)"
         self.write(message)
-        print(message, file=sys.stderr, flush=True)
+        logger.warning(message, extra={"prefix": ""})
 
     def __exit__(self, *exc) -> bool:
         self.write("run stopped" if exc[0] is None else f"run stopped: {exc[0].__name__}")

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
-import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tlbench.errors import TlbenchError, UserError
+from tlbench.errors import TlbenchError, UserError, first_line
 
 STORAGE_EXIT_CODE = 3
 # Faults of the place, not of what the user asked for: another disk, more space, or other
@@ -64,8 +64,7 @@ def describe(exc: BaseException) -> str:
     """The cause of an I/O error in a few words, without the path the caller already names."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return text or type(exc).__name__
+    return first_line(exc)
 
 
 def is_environment_fault(exc: BaseException) -> bool:
@@ -180,15 +179,24 @@ def warn_once(message: str, stacklevel: int = 2) -> None:
 
 @contextlib.contextmanager
 def warnings_as_lines(stream=None) -> Iterator[None]:
-    """Show each ``TlbenchWarning`` raised inside as one ``warning: ...`` line on stderr, once;
-    other warnings keep Python's own display."""
+    """Log each ``TlbenchWarning`` raised inside once, as a warning of the ``tlbench.warnings``
+    logger (the CLI shows it as one ``warning: ...`` line on stderr), or print it as that line
+    on ``stream``; other warnings keep Python's own display."""
     with warnings.catch_warnings():
-        show_warnings_as_lines(stream)
+        _show_as_lines(stream)
         yield
 
 
 def show_warnings_as_lines(stream=None) -> None:
-    """For the rest of this process (a worker tlbench started): ``TlbenchWarning`` as lines."""
+    """For the rest of this process (a worker tlbench started): ``TlbenchWarning`` as lines,
+    shown as the parent shows them."""
+    from tlbench.log import ensure_configured
+
+    ensure_configured()
+    _show_as_lines(stream)
+
+
+def _show_as_lines(stream=None) -> None:
     shown: set[str] = set()
     original = warnings.showwarning
 
@@ -198,7 +206,10 @@ def show_warnings_as_lines(stream=None) -> None:
         text = str(message)
         if text not in shown:
             shown.add(text)
-            print(f"warning: {text}", file=stream or sys.stderr, flush=True)
+            if stream is None:
+                logging.getLogger("tlbench.warnings").warning(text)
+            else:
+                print(f"warning: {text}", file=stream, flush=True)
 
     warnings.simplefilter("always", TlbenchWarning)
     warnings.showwarning = show
