@@ -559,14 +559,19 @@ def env_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "env.json").read_text())
 
 
-@pytest.mark.parametrize("case", ["other suite", "damaged env.json", "no env.json"])
+@pytest.mark.parametrize(
+    "case", ["other suite", "damaged env.json", "no env.json", "env.json emptied"]
+)
 def test_a_run_directory_is_adopted_only_by_its_own_suite(tmp_path, clean, case):
     run_dir = tmp_path / "run"
     shutil.copytree(clean[0], run_dir)
-    suite = write_suite(tmp_path / "suite.toml")
+    suite = write_suite(
+        tmp_path / "suite.toml", name="other" if case == "env.json emptied" else "faults"
+    )
     env = run_dir / "env.json"
     expected = {
         "other suite": f"run directory {str(run_dir)!r} holds suite 'other', not 'faults'; choose another --out",
+        "env.json emptied": f"run directory {str(run_dir)!r} holds records of suite 'faults', not 'other'; choose another --out",
         "damaged env.json": f"{env}: damaged, not the JSON tlbench writes",
         "no env.json": f"run directory {str(run_dir)!r} holds cells.jsonl but no env.json: tlbench cannot tell which suite produced them",
     }[case]
@@ -574,6 +579,8 @@ def test_a_run_directory_is_adopted_only_by_its_own_suite(tmp_path, clean, case)
         env.write_text(json.dumps({**env_of(run_dir), "suite_name": "other"}))
     elif case == "damaged env.json":
         env.write_text('{"suite_name": "faults", ')
+    elif case == "env.json emptied":  # the directory's own say-so erased: the records still tell
+        env.write_text("{}")
     else:
         env.unlink()
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}

@@ -141,3 +141,42 @@ def test_dry_run_of_any_suite_file_never_shows_a_traceback(tmp_path, text):
     assert "Traceback" not in result.output
     if result.exit_code == 2:
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_suite_nested_3000_arrays_deep_is_one_line(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")
+    try:
+        load_suite(path, HOST.registry)
+    except UserError as exc:
+        assert str(exc) == f"{path}: values nested too deeply (at most 32 levels)"
+    else:
+        raise AssertionError("a 3000-deep suite was accepted")
+
+
+def test_an_id_with_a_bidirectional_override_is_refused_naming_its_field(tmp_path):
+    path = tmp_path / "bidi.toml"
+    path.write_text(
+        'seeds = [0]\nmodels = ["tiny-proj"]\ndatasets = ["tiny-digits"]\n'
+        '[[strategies]]\nname = "ridge"\nid = "ridge\u202egpj.exe"\n'
+    )
+    try:
+        load_suite(path, HOST.registry)
+    except UserError as exc:
+        assert "strategies[0]" in str(exc) and "U+202E" in str(exc), str(exc)
+    else:
+        raise AssertionError("an id holding U+202E was accepted")
+
+
+def test_a_split_size_beyond_any_dataset_is_refused_naming_the_option(tmp_path):
+    path = tmp_path / "huge.toml"
+    path.write_text(
+        'seeds = [0]\nmodels = ["tiny-proj"]\nstrategies = ["ridge"]\n'
+        '[[datasets]]\nname = "tiny-digits"\ntrain_size = 1000000000000000000000000000000\n'
+    )
+    try:
+        load_suite(path, HOST.registry)
+    except UserError as exc:
+        assert "'train_size': expected an integer in [1, 1000000000]" in str(exc), str(exc)
+    else:
+        raise AssertionError("train_size = 1e30 was accepted")

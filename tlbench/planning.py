@@ -179,6 +179,33 @@ def check_run_owner(run_dir: Path, suite: Suite) -> None:
     owner = env.get("suite_name")
     if owner is not None and owner != suite.name:
         raise UserError(f"{where} holds suite {owner!r}, not {suite.name!r}; choose another --out")
+    # env.json is the directory's own say-so (an edit to {} erases it): the records must agree
+    others = sorted(_recorded_suites(run_dir) - {suite.name})
+    if others:
+        shown = ", ".join(repr(name) for name in others[:3])
+        raise UserError(
+            f"{where} holds records of suite {shown}, not {suite.name!r}; choose another --out"
+        )
+
+
+def _recorded_suites(run_dir: Path) -> set[str]:
+    """The suite names the records of ``run_dir/cells.jsonl`` carry (garbled lines skipped:
+    the results store reports those)."""
+    import json
+
+    names: set[str] = set()
+    try:
+        with open(run_dir / CELLS_FILE, "rb") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(record, dict) and "suite" in record:
+                    names.add(str(record["suite"]))
+    except OSError:  # absent, or unreadable: the results store says so with its own line
+        pass
+    return names
 
 
 def suite_changed(run_dir: Path, suite: Suite) -> str | None:

@@ -125,6 +125,65 @@ def read_bytes_nofollow(path: os.PathLike | str) -> bytes:
         os.close(fd)
 
 
+class TooLarge(UserError):
+    """A file larger than its reader accepts (a hostile or damaged input)."""
+
+
+def read_inside(directory: os.PathLike | str, relative: str, limit: int) -> bytes:
+    """The file at ``directory/relative``, at most ``limit`` bytes, never leaving ``directory``.
+
+    No component of ``relative`` may be a symbolic link, ``..`` or absolute, and the file must
+    be a regular one (not ``/dev/zero``, not a FIFO): a submitted run directory cannot point a
+    reader at the publisher's files. Absent: ``FileNotFoundError``; too large: ``TooLarge``
+    (read up to ``limit`` only, so the size check allocates nothing the file chose).
+    """
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or ".." in parts:
+        raise UserError(f"{relative}: names a path outside its run directory")
+    shown = Path(directory) / relative
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts[:-1], start=1):
+            try:
+                inner = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
+                    Path(directory, *parts[:depth])
+                ):
+                    raise link_refused(Path(directory, *parts[:depth])) from None
+                raise
+            os.close(dir_fd)
+            dir_fd = inner
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(parts[-1], flags, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise link_refused(shown) from None
+            if exc.errno == errno.ENXIO:
+                raise UserError(f"{shown}: is not a regular file") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise UserError(f"{shown}: is {kind}")
+        if info.st_size > limit:
+            raise TooLarge(f"{shown}: is {info.st_size} bytes, more than the {limit} accepted")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while being read
+        raise TooLarge(f"{shown}: is more than the {limit} bytes accepted")
+    return data
+
+
 def refuse_links(directory: Path, names: Iterable[str]) -> None:
     """Refuse a run directory in which any of ``names`` is a symbolic link."""
     for name in names:
@@ -162,6 +221,37 @@ def probe_writable(
 def _unwritable(directory: Path, what: str, exc: OSError, hint: str) -> TlbenchError:
     cls = StorageError if exc.errno in ENVIRONMENT_ERRNOS else UserError
     return cls(f"{what} {str(directory)!r} is not writable: {describe(exc)}{hint}")
+
+
+# -------------------------------------------------------------------------------- CSV
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe to open in a spreadsheet: text that starts like a formula (``=``, ``+``,
+    ``-``, ``@``, a tab or carriage return) gets a leading ``'``, so a model id such as
+    ``=HYPERLINK(...)`` is shown, never evaluated. Numbers, negative ones included, pass."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+        return value  # "-0.5": a number written as text
+    except ValueError:
+        return "'" + value
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_frame(frame):
+    """A copy of the ``pandas.DataFrame`` ``frame`` with every text cell passed through
+    ``csv_cell``, ready for ``to_csv``."""
+    text = frame.select_dtypes(include=["object", "string"]).columns
+    if not len(text):
+        return frame
+    frame = frame.copy()
+    for column in text:
+        frame[column] = frame[column].map(csv_cell)
+    return frame
 
 
 # -------------------------------------------------------------------------------- warnings

@@ -12,6 +12,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 _MISSING = object()
+SPLIT_SIZE_LIMIT = 10**9  # images in a split: larger values are typos, never a real dataset
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -282,6 +283,7 @@ COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
             default=None,
             help="Cap the training split at this many examples (stratified).",
             minimum=1,
+            maximum=SPLIT_SIZE_LIMIT,
         ),
         Option(
             "val_size",
@@ -289,6 +291,7 @@ COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
             default=None,
             help="Validation examples carved from training data (default: 20% of train, at most 10000).",
             minimum=1,
+            maximum=SPLIT_SIZE_LIMIT,
         ),
         Option(
             "test_size",
@@ -296,6 +299,7 @@ COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
             default=None,
             help="Cap the test split (stratified); default uses all of it.",
             minimum=1,
+            maximum=SPLIT_SIZE_LIMIT,
         ),
         Option(
             "shots",
@@ -303,6 +307,7 @@ COMMON_OPTIONS: dict[str, tuple[Option, ...]] = {
             default=None,
             help="n-shot: this many training examples per class.",
             minimum=1,
+            maximum=SPLIT_SIZE_LIMIT,
         ),
         Option(
             "protocol",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,7 +137,29 @@ def load_suite(path: Path, registry: Registry) -> Suite:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise UserError(
+            f"{path}: values nested too deeply (at most {NESTING_LIMIT} levels)"
+        ) from None
+    if _nesting(raw) > NESTING_LIMIT:
+        raise UserError(f"{path}: values nested too deeply (at most {NESTING_LIMIT} levels)")
     return parse_suite(raw, path, registry, text)
+
+
+NESTING_LIMIT = 32  # tables and arrays; a suite needs four or five
+
+
+def _nesting(value: Any) -> int:
+    """How deeply ``value`` nests tables and arrays (iterative: any depth is safe)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping | list):
+            deepest = max(deepest, level + 1)
+            stack.extend(
+                (v, level + 1) for v in (item.values() if isinstance(item, Mapping) else item)
+            )
+    return deepest
 
 
 def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry, text: str = "") -> Suite:
@@ -193,9 +216,14 @@ def name_error(value: str) -> str | None:
         return f"expected a name of at most {NAME_LIMIT} characters"
     if value in (".", "..") or "/" in value or "\\" in value:
         return "expected a name, not a path (no '/', '\\', '.' or '..')"
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        return "expected a name without control characters"
+    for char in value:
+        if not char.isprintable() or unicodedata.bidirectional(char) in BIDI_CONTROLS:
+            # bidirectional overrides make an id read differently from what it is (U+202E)
+            return f"expected a name of printable characters, without control character U+{ord(char):04X}"
     return None
+
+
+BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
 
 
 def _seeds(value, problems) -> tuple[int, ...]:

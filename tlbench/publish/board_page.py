@@ -16,6 +16,7 @@ from tlbench.publish.paths import (
     model_path,
 )
 from tlbench.publish.variants import Variant
+from tlbench.safeio import csv_cell
 
 
 def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) -> str:
@@ -171,23 +172,26 @@ def board_csv(board: Leaderboard) -> str:
             if score is None:
                 continue
             writer.writerow(
-                [
-                    row.position,
-                    row.model.label,
-                    row.model.ref,
-                    dataset.label,
-                    board.strategy.label,
-                    board.metric,
-                    _number(score.mean),
-                    _number(score.ci95),
-                    score.n,
-                    " ".join(str(e.seed) for e in score.group.entries),
-                    score.status,
-                    _number(score.rank),
-                    _number(score.gain),
-                    _number(row.average_rank),
-                    _number(row.mean_gain),
-                ]
+                map(
+                    csv_cell,
+                    [
+                        row.position,
+                        row.model.label,
+                        row.model.ref,
+                        dataset.label,
+                        board.strategy.label,
+                        board.metric,
+                        _number(score.mean),
+                        _number(score.ci95),
+                        score.n,
+                        " ".join(str(e.seed) for e in score.group.entries),
+                        score.status,
+                        _number(score.rank),
+                        _number(score.gain),
+                        _number(row.average_rank),
+                        _number(row.mean_gain),
+                    ],
+                )
             )
     return out.getvalue()
 

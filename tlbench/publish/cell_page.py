@@ -245,7 +245,7 @@ def _environment(entry: Entry, page: str) -> str:
         if isinstance(value, dict):
             pairs += [(f"{key}.{k}", v) for k, v in flatten(value)]
         elif value is not None:
-            pairs.append((key, " ".join(value) if isinstance(value, list) else value))
+            pairs.append((key, " ".join(map(str, value)) if isinstance(value, list) else value))
     pairs += [(f"plugin {name}", version) for name, version in entry.run.plugins]
     if not env:
         pairs.append(("env.json", "not in the run directory"))
@@ -302,17 +302,11 @@ def _evidence(evidence: Evidence | None, page: str) -> str:
 
 def confusion_html(evidence: Evidence) -> str:
     matrix, names = evidence.confusion, evidence.class_names
-    classes = len(matrix)
+    classes = evidence.classes
     label = lambda c: names[c] if c < len(names) else str(c)  # noqa: E731
-    if classes > CONFUSION_MAX_CLASSES:
-        pairs = [
-            (int(matrix[t, p]), t, p)
-            for t in range(classes)
-            for p in range(classes)
-            if t != p and matrix[t, p]
-        ]
-        pairs.sort(reverse=True)
-        rows = [[esc(label(t)), esc(label(p)), td(str(n), n)] for n, t, p in pairs[:TOP_CONFUSIONS]]
+    if classes > CONFUSION_MAX_CLASSES or matrix is None:
+        pairs = evidence.confusions[:TOP_CONFUSIONS]
+        rows = [[esc(label(t)), esc(label(p)), td(str(n), n)] for n, t, p in pairs]
         return f"<h4>Most frequent confusions ({classes} classes)</h4>" + table(
             ["true class", "predicted as", "test items"], rows, "sortable"
         )

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from tlbench.errors import UserError
-from tlbench.predictions import Predictions, read_predictions
+from tlbench.predictions import CLASS_LIMIT, Predictions, read_predictions
 from tlbench.publish.merge import Entry
 from tlbench.publish.targets import Targets, TestSource
 
 GALLERY_SIZE = 48
+DENSE_CLASSES = 1000  # beyond this the page lists the top confusions, without a full matrix
 THUMB_PX = 64  # longest side; small images (8x8 digits, 28x28 MNIST) keep their size
 THUMBS_DIR = "thumbs"
 
@@ -37,13 +38,16 @@ class Evidence:
     """What the stored predictions of one entry show, and why anything is missing."""
 
     predictions: Predictions | None = None
-    confusion: np.ndarray | None = None
+    confusion: np.ndarray | None = None  # [true, predicted] counts, up to DENSE_CLASSES
+    confusions: list[tuple[int, int, int]] = field(default_factory=list)  # (count, true, pred)
+    classes: int = 0
     class_names: tuple[str, ...] = ()
     mistakes: list[Mistake] = field(default_factory=list)
     errors: int = 0  # misclassified test items in all
     missing: str = ""  # why there are no predictions
     caveats: list[str] = field(default_factory=list)  # checks that failed
     no_gallery: str = ""  # why there are no images (the dataset cannot be shown here)
+    refused: str = ""  # a predictions file that is not one tlbench wrote: one note
 
 
 class Thumbnails:
@@ -79,10 +83,14 @@ def evidence(
         else:
             why = "the run that recorded it did not store them"
         return Evidence(missing=f"Per-example predictions were not stored ({why}).")
+    carded = (record.get("dataset_card") or {}).get("classes")
     try:
-        predictions = read_predictions(entry.run.path, record)
+        predictions = read_predictions(entry.run.path, record, carded)
     except UserError as exc:
-        return Evidence(missing=f"Per-example predictions are not shown: {exc}.")
+        return Evidence(
+            missing=f"Per-example predictions are not shown: {exc} (run {entry.run.label}).",
+            refused=f"run {entry.run.label}: {exc}; its predictions are not shown",
+        )
     if predictions is None:
         name = record["predictions"].get("file")
         return Evidence(
@@ -91,8 +99,14 @@ def evidence(
     found = Evidence(predictions=predictions, caveats=_checks(entry, predictions, metric))
     source, reason = targets.test_source(record)
     classes = _class_count(predictions, record, source)
-    found.class_names = source.class_names if source else tuple(str(c) for c in range(classes))
-    found.confusion = confusion_matrix(predictions, max(classes, len(found.class_names)))
+    found.classes = classes
+    if source:
+        found.class_names = source.class_names
+    elif classes <= DENSE_CLASSES:
+        found.class_names = tuple(str(c) for c in range(classes))
+    found.confusions = top_confusions(predictions)
+    if classes <= DENSE_CLASSES:
+        found.confusion = confusion_matrix(predictions, classes)
     found.errors = int((~predictions.correct).sum())
     found.no_gallery = reason if source is None else _source_mismatch(predictions, source)
     if found.no_gallery:
@@ -107,6 +121,18 @@ def confusion_matrix(predictions: Predictions, classes: int) -> np.ndarray:
     pred = predictions.pred.astype(np.int64)
     counts = np.bincount(label * classes + pred, minlength=classes * classes)
     return counts.reshape(classes, classes)
+
+
+def top_confusions(predictions: Predictions, top: int = 20) -> list[tuple[int, int, int]]:
+    """The ``top`` most frequent ``(count, true, predicted)`` errors, computed over the errors
+    only, so a thousand-class dataset costs no class-by-class matrix."""
+    wrong = ~predictions.correct
+    pairs = np.stack([predictions.label[wrong], predictions.pred[wrong]], axis=1).astype(np.int64)
+    if not len(pairs):
+        return []
+    unique, counts = np.unique(pairs, axis=0, return_counts=True)
+    order = np.lexsort((-unique[:, 1], -unique[:, 0], -counts))[:top]
+    return [(int(counts[i]), int(unique[i, 0]), int(unique[i, 1])) for i in order]
 
 
 def scored_split_hash(record: dict) -> str | None:
@@ -139,6 +165,7 @@ def _class_count(predictions: Predictions, record: dict, source: TestSource | No
     largest = int(max(predictions.label.max(initial=0), predictions.pred.max(initial=0))) + 1
     carded = (record.get("dataset_card") or {}).get("classes")
     known = len(source.class_names) if source else carded if isinstance(carded, int) else 0
+    largest = min(largest, CLASS_LIMIT)
     return max(largest, known)
 
 

@@ -15,11 +15,20 @@ ASSETS = "assets"
 
 
 def slug(text: str) -> str:
-    """``digits`` -> ``digits``; ``timm:ResNet 50`` -> ``timm-resnet-50-3f2a1c``."""
+    """``digits`` -> ``digits``; ``timm:ResNet 50`` -> ``timm-resnet-50-3f2a1c``.
+
+    One id, one name: an id is kept only when it is already a plain name that does not end
+    like a hash suffix; every other id gets the hash of its exact text, so ``Pixels`` and
+    ``pixels-48b027`` can never share a file (``_Writer`` still refuses a second page of the
+    same name, should two hashes ever collide).
+    """
     cleaned = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")[:60] or "x"
-    if cleaned != text:
+    if cleaned != text or _HASHED.search(text):
         cleaned += "-" + hashlib.sha256(text.encode()).hexdigest()[:6]
     return cleaned
+
+
+_HASHED = re.compile(r"-[0-9a-f]{6}$")
 
 
 def relative(page: str, target: str) -> str:

@@ -1,8 +1,10 @@
 """Reading one run directory: its valid cell records, its environment and its suite text.
 
 Nothing here raises for bad content: a garbled line, a record that is not a tlbench cell record
-or an unreadable ``env.json`` is reported through ``Notes`` and left out, so one damaged run never
-stops a site from being built from the others.
+or a field of the wrong type (``tlbench.publish.validate``), an unreadable ``env.json`` is
+reported through ``Notes`` and left out, so one damaged run never stops a site from being built
+from the others. Files are read only inside the run directory: a symbolic link, a special file
+or a file larger than its bound is refused (``tlbench.safeio.read_inside``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlbench.errors import UserError
 from tlbench.publish.notes import Notes
-from tlbench.results import CELLS_FILE, ENV_FILE, SCHEMA_VERSION
+from tlbench.publish.validate import MAX_DEPTH, depth, env_problems, id_problem, record_problem
+from tlbench.results import CELLS_FILE, ENV_FILE
+from tlbench.safeio import describe, read_inside
 
-REQUIRED = ("suite", "config_hash", "model", "dataset", "strategy", "seed", "status")
 SUITE_FILE = "suite.toml"
+MAX_CELLS_BYTES = 512 * 2**20  # a cells.jsonl of 100 000 cells is about 500 MB
+MAX_RECORD_CHARS = 4 * 2**20
+MAX_ENV_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,11 @@ def load_run(path: Path, notes: Notes, order: int = 0) -> Run | None:
     env = _read_env(path, notes)
     ids = [str(r["run_id"]) for r in records if r.get("run_id")]
     run_id = max(set(ids), key=ids.count) if ids else path.name
-    suite_text = _suite_text(path, env)
+    if id_problem(run_id):
+        run_id = "run"
+    suite_text = _suite_text(path, env, notes)
     parsed = _parse_suite(suite_text)
+    description = parsed.get("description")
     return Run(
         path=path,
         label=run_id,
@@ -79,27 +89,35 @@ def load_run(path: Path, notes: Notes, order: int = 0) -> Run | None:
         suite_text=suite_text,
         order=order,
         suite_order=_suite_order(parsed),
-        suite_description=str(parsed.get("description") or ""),
+        suite_description=description if isinstance(description, str) else "",
     )
 
 
 def read_cell_records(path: Path, notes: Notes) -> list[dict]:
     """Valid records of a ``cells.jsonl``; every other line is one note naming file and line."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        notes.warn(f"{path}: cannot read ({exc.strerror or exc}); run skipped")
+        text = read_inside(path.parent, path.name, MAX_CELLS_BYTES).decode("utf-8", "replace")
+    except (OSError, UserError) as exc:
+        notes.warn(f"{path}: cannot read ({describe(exc)}); run skipped")
         return []
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if len(line) > MAX_RECORD_CHARS:
+            notes.warn(
+                f"{path}:{number}: a record longer than {MAX_RECORD_CHARS} characters; skipped"
+            )
+            continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except RecursionError:
+            notes.warn(f"{path}:{number}: a record nested too deeply; skipped")
+            continue
+        except ValueError:  # JSONDecodeError, and integers too long to convert
             notes.warn(f"{path}:{number}: truncated or garbled record; skipped")
             continue
-        problem = _problem(record)
+        problem = record_problem(record)
         if problem:
             notes.warn(f"{path}:{number}: {problem}; skipped")
             continue
@@ -107,49 +125,55 @@ def read_cell_records(path: Path, notes: Notes) -> list[dict]:
     return records
 
 
-def _problem(record) -> str | None:
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    schema = record.get("schema", SCHEMA_VERSION)
-    if schema != SCHEMA_VERSION:
-        return f"record schema {schema!r}, this tlbench reads schema {SCHEMA_VERSION}"
-    missing = [key for key in REQUIRED if key not in record]
-    if missing:
-        return f"lacks {', '.join(missing)} (not a tlbench cell record)"
-    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
-        return f"seed {record['seed']!r} is not an integer"
-    return None
-
-
 def _read_env(path: Path, notes: Notes) -> dict:
     env_path = path / ENV_FILE
-    if not env_path.exists():
+    try:
+        data = read_inside(path, ENV_FILE, MAX_ENV_BYTES)
+    except FileNotFoundError:
         notes.warn(f"{path}: no {ENV_FILE}; its environment is unknown")
         return {}
+    except (OSError, UserError) as exc:
+        notes.warn(f"{env_path}: unreadable ({describe(exc)}); its environment is unknown")
+        return {}
     try:
-        env = json.loads(env_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        notes.warn(f"{env_path}: unreadable ({exc}); its environment is unknown")
+        env = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        notes.warn(f"{env_path}: nested too deeply; its environment is unknown")
+        return {}
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, integers too long
+        notes.warn(f"{env_path}: unreadable ({describe(exc)}); its environment is unknown")
         return {}
     if not isinstance(env, dict):
         notes.warn(f"{env_path}: expected a JSON object; its environment is unknown")
         return {}
+    while problems := env_problems(env):  # each round drops at least one field
+        for key, why in problems:
+            notes.warn(f"{env_path}: {key} {why}; left out")
+            env.pop(key, None)
+    if depth(env) > MAX_DEPTH:
+        notes.warn(f"{env_path}: nests deeper than {MAX_DEPTH} levels; its environment is unknown")
+        return {}
     return env
 
 
-def _suite_text(path: Path, env: dict) -> str:
+def _suite_text(path: Path, env: dict, notes: Notes) -> str:
+    """The suite file as the run recorded it (``env.json``'s copy, else ``suite.toml`` in the
+    run directory itself: a link out of the run is refused, never followed)."""
     if isinstance(env.get("suite"), str):
         return env["suite"]
     try:
-        return (path / SUITE_FILE).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_inside(path, SUITE_FILE, MAX_ENV_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        return ""
+    except (OSError, UserError, UnicodeDecodeError) as exc:
+        notes.warn(f"{path / SUITE_FILE}: not shown ({describe(exc)})")
         return ""
 
 
 def _parse_suite(text: str) -> dict:
     try:
         return tomllib.loads(text) if text else {}
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
         return {}
 
 
@@ -158,7 +182,8 @@ def _suite_order(parsed: dict) -> dict:
     order = {}
     for key, kind in (("models", "model"), ("datasets", "dataset"), ("strategies", "strategy")):
         ids = []
-        for item in parsed.get(key) or []:
+        items = parsed.get(key)
+        for item in items if isinstance(items, list) else []:
             if isinstance(item, str):
                 ids.append(item)
             elif isinstance(item, dict) and isinstance(item.get("id", item.get("name")), str):

@@ -41,6 +41,7 @@ from tlbench.publish.site_pages import index_page, run_page
 from tlbench.publish.targets import Targets
 from tlbench.publish.variants import SuiteView, Variant, suite_views
 from tlbench.results import git_revision, now_iso
+from tlbench.safeio import StorageError, fault
 
 MANIFEST = "tlbench-site.json"
 ASSET_FILES = ("site.css", "site.js")
@@ -99,14 +100,20 @@ def build_site(
         metric=metric,
     )
     target = _check_out(Path(out))
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
-        writer = _Writer(building)
+        building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    except OSError as exc:
+        raise fault(target.parent, exc, "write the site") from None
+    try:
+        writer = _Writer(building, notes)
         thumbs = Thumbnails(building)
         _write_site(
             writer, views, runs, defaults, site, notes, thumbs, targets or Targets(), gallery_size
         )
         _swap(building, target)
+    except OSError as exc:  # the disk filled up or went read-only while writing
+        shutil.rmtree(building, ignore_errors=True)
+        raise fault(exc.filename or target, exc, "write the site") from None
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -124,12 +131,21 @@ def build_site(
 
 
 class _Writer:
-    def __init__(self, root: Path):
+    """Writes each page once: a second page under a name already written (two ids whose
+    hashed names collide) is left out with a note, never written over the first."""
+
+    def __init__(self, root: Path, notes: Notes | None = None):
         self.root = root
         self.pages = 0
         self.files = 0
+        self.notes = notes if notes is not None else Notes()
+        self.written: set[str] = set()
 
     def write(self, relative: str, text: str) -> None:
+        if relative in self.written:
+            self.notes.warn(f"{relative}: two pages map to this name; the second was left out")
+            return
+        self.written.add(relative)
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -182,6 +198,8 @@ def _write_cells(
                 e.id: evidence(e, site.metric, targets, thumbs, gallery_size) for e in group.entries
             }
             for shown in found.values():
+                if shown.refused:
+                    notes.warn(shown.refused)
                 if shown.no_gallery:  # once per reason: usually a dataset not installed here
                     notes.warn(f"no images for {group.dataset.label} cells: {shown.no_gallery}")
             target = cell_path(view.name, group.model.key, group.dataset.key, group.strategy.key)
@@ -237,10 +255,10 @@ def _check_out(out: Path) -> Path:
         )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    except OSError as exc:  # read-only or full: exit code 3; a file in the way: 2
+        raise fault(out.parent, exc, "create the folder") from None
     if not os.access(out.parent, os.W_OK):
-        raise UserError(f"{out.parent}: not writable")
+        raise StorageError(f"{out.parent}: not writable")
     return out
 
 

@@ -50,6 +50,11 @@ def report_command(
 
     with _warnings_to_stderr():
         records = load_records(run_dirs)
+    if f"metrics.{metric}" not in records:  # the terminal table shows top1, but a typo is a typo
+        known = sorted(c.removeprefix("metrics.") for c in records if c.startswith("metrics."))
+        raise UserError(
+            f"--metric {metric!r} is in no record; recorded metrics: {', '.join(known) or 'none'}"
+        )
     envs = {str(run_dir): load_env(run_dir) for run_dir in run_dirs}
     fmt = fmt or (format_from_path(output) if output is not None else None)
     plots = None
@@ -77,7 +82,15 @@ def report_command(
         else:
             click.echo(f"wrote {write_text(output, text)}")
     if plots_dir is not None:
-        for path in save_plots(plots, plots_dir):
+        from tlbench.safeio import fault
+
+        if plots_dir.exists() and not plots_dir.is_dir():
+            raise UserError(f"{plots_dir}: exists and is not a folder; --plots expects a folder")
+        try:
+            written = save_plots(plots, plots_dir)
+        except OSError as exc:
+            raise fault(exc.filename or plots_dir, exc, "write the plots") from None
+        for path in written:
             click.echo(f"wrote {path}")
 
 
@@ -166,11 +179,13 @@ def compare_command(
 
 
 def write_text(path: Path, text: str) -> Path:
+    from tlbench.safeio import fault
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the output file ({exc.strerror or exc})") from None
+    except OSError as exc:  # a full or read-only disk is exit code 3, a bad path 2
+        raise fault(path, exc, "write the output file") from None
     return path
 
 

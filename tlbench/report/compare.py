@@ -24,6 +24,7 @@ import pandas as pd
 from tlbench.errors import UserError
 from tlbench.report.records import CELL_KEY, GROUP_KEY, PathLike, load_records
 from tlbench.report.tables import Table, cell_text, latex_escape, summarize
+from tlbench.safeio import csv_frame
 
 ALPHA = 0.05
 DEFAULT_THRESHOLD = 0.0
@@ -299,7 +300,7 @@ def render_comparison(comparison: Comparison, fmt: str) -> str:
     ]
     numbers = comparison.cells[columns]
     if fmt == "csv":
-        return numbers.to_csv(index=False)
+        return csv_frame(numbers).to_csv(index=False)
     if fmt == "json":
         document = {
             "suite": comparison.suite,

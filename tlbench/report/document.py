@@ -23,6 +23,7 @@ from tlbench.report.tables import (
     summarize,
     with_comparisons,
 )
+from tlbench.safeio import csv_frame
 
 FORMATS = {"md": ".md", "html": ".html", "latex": ".tex", "csv": ".csv", "json": ".json"}
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,7 +147,7 @@ def _html(
 
 
 def _csv(records: pd.DataFrame, envs: Envs, metric: str) -> str:
-    return _numbers(records, metric).to_csv(index=False)
+    return csv_frame(_numbers(records, metric)).to_csv(index=False)
 
 
 def _json(records: pd.DataFrame, envs: Envs, metric: str) -> str:
