@@ -68,6 +68,9 @@ class TlbenchGroup(click.Group):
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 click.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:  # not click's "Aborted!" and exit 1: the documented 130
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(
@@ -317,18 +320,26 @@ def run(
     progress = None if quiet else RunProgress(console)
     # tlbench itself logs to stderr; a plugin's own print() in this process is kept off a
     # --json stdout too.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        outcome = run_suite(request, host, progress)
-        if not quiet:
-            _print_table(outcome.run_dir, console if as_json else Console())
-            console.print(
-                f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)"
-            )
-            for problem in host.observer_problems():
-                click.echo(f"warning: {problem}", err=True)
-        for estimate in outcome.failed_estimates:  # exit code 1, like a failed cell
-            message = (estimate.get("error") or {}).get("message", "failed")
-            click.echo(f"estimate failed: {message}", err=True)
+    outcome = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            outcome = run_suite(request, host, progress)
+            if outcome.interrupted:  # a further signal must not cut the summary short
+                _ignore_signals()
+            if not quiet and (outcome.records or not outcome.interrupted):
+                _print_table(outcome.run_dir, console if as_json else Console())
+                console.print(
+                    f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)"
+                )
+                for problem in host.observer_problems():
+                    click.echo(f"warning: {problem}", err=True)
+            for estimate in outcome.failed_estimates:  # exit code 1, like a failed cell
+                message = (estimate.get("error") or {}).get("message", "failed")
+                click.echo(f"estimate failed: {message}", err=True)
+    except KeyboardInterrupt:  # Ctrl-C after the run loop ended, while the table is printed
+        if outcome is None:
+            raise
+        outcome.interrupted, outcome.signal = True, outcome.signal or "SIGINT"
     if as_json:
         click.echo(json.dumps(outcome.records, indent=2, default=str))
     if outcome.interrupted:
@@ -342,6 +353,13 @@ def run(
         sys.stderr.flush()
         os._exit(outcome.exit_code)
     ctx.exit(outcome.exit_code)
+
+
+def _ignore_signals() -> None:
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _check_device_form(device: str) -> None:
