@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# tlbench's test kit is opt-in (no pytest11 entry point): a project loads it like this.
+pytest_plugins = ["tlbench.testing"]
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

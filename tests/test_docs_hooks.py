@@ -77,6 +77,10 @@ class Spy:
         self.calls["register_estimators"].append(register)
 
     @hookimpl
+    def register_commands(self, cli):
+        self.calls["register_commands"].append(cli)
+
+    @hookimpl
     def on_cell_finished(self, record):
         self.calls["on_cell_finished"].append(record)
 
@@ -104,7 +108,11 @@ def test_the_spy_implements_every_hook(hook):
     )
 
 
-@pytest.mark.parametrize("hook", HOOK_NAMES)
+# Hooks a run does not call; each has its own test (tests/test_plugins.py for the commands).
+NOT_IN_A_RUN = ("register_commands",)
+
+
+@pytest.mark.parametrize("hook", [h for h in HOOK_NAMES if h not in NOT_IN_A_RUN])
 def test_every_hook_is_called_in_a_real_run(spied_run, hook):
     spy, _ = spied_run
     assert spy.calls[hook], f"a real run of a tiny suite never called the hook {hook!r}"
@@ -113,8 +121,19 @@ def test_every_hook_is_called_in_a_real_run(spied_run, hook):
 def test_registration_hooks_are_called_once_with_a_register_callback(spied_run):
     spy, _ = spied_run
     for hook in HOOK_NAMES:
-        if hook.startswith("register_"):
+        if hook.startswith("register_") and hook not in NOT_IN_A_RUN:
             assert len(spy.calls[hook]) == 1 and callable(spy.calls[hook][0]), hook
+
+
+def test_register_commands_is_called_with_a_click_group():
+    import click
+
+    from tlbench.testing import make_host
+
+    spy = Spy()
+    make_host(spy).plugin_commands()
+    ((group,),) = [spy.calls["register_commands"]]
+    assert isinstance(group, click.Group)
 
 
 def test_on_cell_finished_sees_every_record_once_in_order(spied_run):

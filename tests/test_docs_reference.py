@@ -129,10 +129,11 @@ def test_documented_methods_have_the_documented_parameters():
 
 
 def test_documented_dataset_helpers_have_the_documented_parameters():
-    rows = tables(sections(REFERENCE)["Dataset helpers (`tlbench.datasetlib.common`)"])["function"]
+    rows = tables(sections(REFERENCE)["Dataset helpers"])["function"]
     assert {row[0] for row in rows} >= {"decode_once", "decode_files", "make_target"}
     for name, signature, _meaning in rows:
         assert signature == call_form(name, getattr(common, name))
+        assert getattr(api, name) is getattr(common, name), f"tlbench.api does not export {name}"
 
 
 def test_table_cells_keep_escaped_pipes_inside_types():

@@ -382,3 +382,50 @@ def test_check_requirements_skips_requirements_whose_marker_does_not_apply():
 def test_check_requirements_reports_an_unparseable_requirement_on_one_line():
     [problem] = check_requirements(["not a requirement!"])
     assert problem.startswith("invalid requirement 'not a requirement!': ") and "\n" not in problem
+
+
+# -- register_commands ---------------------------------------------------------------------------
+
+COMMANDS = """
+import click
+from tlbench.api import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command(name="{name}")
+    @click.argument("who")
+    def greet(who):
+        '''Greet WHO.'''
+        click.echo("{greeting} " + who)
+"""
+
+
+def test_a_plugin_adds_a_subcommand_and_the_first_registration_of_a_name_wins(tmp_path):
+    from click.testing import CliRunner
+
+    from tlbench.cli import cli
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "a_greeter.py").write_text(COMMANDS.format(name="greet", greeting="hello"))
+    (plugins / "b_greeter.py").write_text(COMMANDS.format(name="greet", greeting="hi"))
+    (plugins / "c_hijacker.py").write_text(COMMANDS.format(name="run", greeting="hijacked"))
+
+    result = CliRunner().invoke(cli, ["--plugins-dir", str(plugins), "greet", "you"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "hello you\n"
+    assert sorted(line for line in result.stderr.splitlines() if line.startswith("warning")) == [
+        "warning: plugin 'b_greeter': command 'greet' is already registered by plugin "
+        "'a_greeter'; the first registration wins",
+        "warning: plugin 'c_hijacker': command 'run' is one of tlbench's own; ignored",
+    ]
+
+
+def test_an_unknown_command_is_still_refused_with_plugins_loaded():
+    from click.testing import CliRunner
+
+    from tlbench.cli import cli
+
+    result = CliRunner().invoke(cli, ["no-such-command"])
+    assert result.exit_code == 2 and "No such command 'no-such-command'" in result.output

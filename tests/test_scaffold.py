@@ -41,6 +41,7 @@ def test_writes_a_package_with_code_tests_readme_and_suite(tmp_path):
         "README.md",
         "pyproject.toml",
         "suite.toml",
+        "tests/conftest.py",
         "tests/test_plugin.py",
         "tlbench_acme_vision/__init__.py",
         "tlbench_acme_vision/components.py",
@@ -220,3 +221,40 @@ def test_new_plugin_installs_lists_runs_a_suite_and_passes_its_own_tests(tmp_pat
         -1
     ]
     assert re.match(r"5 passed in ", summary), summary
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+TAUGHT = [*sorted((DOCS / "plugins").glob("*.md")), DOCS / "strategies.md", DOCS / "datasets.md"]
+IMPORT = re.compile(r"^\s*(?:from (tlbench[\w.]*) import|import (tlbench[\w.]*))", re.M)
+
+
+def _tlbench_imports(text: str) -> set[str]:
+    """tlbench modules imported (a plugin's own ``tlbench_acme`` is not tlbench's)."""
+    found = {a or b for a, b in IMPORT.findall(text)}
+    return {m for m in found if m == "tlbench" or m.startswith("tlbench.")}
+
+
+@pytest.mark.parametrize("path", TAUGHT, ids=lambda p: p.name)
+def test_the_plugin_docs_teach_only_the_public_api(path):
+    code = "\n".join(re.findall(r"```python\n(.*?)```", path.read_text(), re.S))
+    assert _tlbench_imports(code) <= {"tlbench.api"}, path
+
+
+def test_the_scaffold_imports_only_the_public_api(tmp_path):
+    root = create_plugin("acme", tmp_path)
+    imported = set()
+    for path in root.rglob("*.py"):
+        imported |= _tlbench_imports(path.read_text())
+    assert imported <= {"tlbench.api"}
+    assert (
+        (root / "tests" / "conftest.py").read_text().count('pytest_plugins = ["tlbench.testing"]')
+    )
+
+
+def test_the_scaffolded_model_is_recognised_as_trained_from_scratch(generated):
+    from tlbench_acme.components import tiny_model
+
+    from tlbench.report.records import is_baseline
+
+    source = tiny_model(None, {}, None)
+    assert source.card["weights"] == "random" and is_baseline("acme-tiny", source.card)

@@ -21,7 +21,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +186,22 @@ class CellRunner:
 
         def make():
             source = factory(argument, dict(cell.model_options), self.build_context(cell.seed))
-            return checked_source(_returned(source, SourceModel), self.culprit(cell, "model"))
+            source = checked_source(_returned(source, SourceModel), self.culprit(cell, "model"))
+            return replace(source, fingerprint=self.cache_fingerprint(cell, source))
 
         return self._models.get_or_make(key, make)
+
+    def cache_fingerprint(self, cell: Cell, source: SourceModel) -> str:
+        """The fingerprint every cache built from ``source`` is keyed on: the plugin's own
+        (the weights), plus the registering plugin's version and the model's recipe version
+        (``ModelSpec.version``), so changed model code behind an unchanged weights fingerprint
+        never reuses stale features once either version moves (docs/plugins/reference.md)."""
+        registered, _, _ = self.component("model", cell.model_ref)
+        version = getattr(self.host, "plugin_version", lambda _name: "-")(registered.plugin)
+        return (
+            f"{source.fingerprint}|plugin {registered.plugin}=={version}"
+            f"|recipe {registered.spec.version}"
+        )
 
     def target_data(self, cell: Cell):
         _, argument, factory = self.component("dataset", cell.dataset_ref)

@@ -51,7 +51,8 @@ class TlbenchGroup(click.Group):
     """Turns tlbench's own errors into one line and an exit code, and loads heavy commands lazily."""
 
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+        own = set(super().list_commands(ctx)) | set(LAZY_COMMANDS)
+        return sorted(own | set(self._plugin_commands(ctx)))
 
     def get_command(self, ctx, name):
         if name in LAZY_COMMANDS:
@@ -59,7 +60,29 @@ class TlbenchGroup(click.Group):
 
             module, _, attr = LAZY_COMMANDS[name].partition(":")
             return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
+        command = super().get_command(ctx, name)
+        if command is None:  # perhaps a plugin's (register_commands)
+            command = self._plugin_commands(ctx).get(name)
+        return command
+
+    def _plugin_commands(self, ctx) -> dict:
+        """Commands plugins add, loaded once per invocation, with the --plugin and
+        --plugins-dir given before the command name."""
+        root = ctx.find_root()
+        if "tlbench.plugin_commands" not in root.meta:
+            from tlbench.plugins import PluginConfig
+
+            dirs = root.params.get("plugins_dir")
+            config = PluginConfig(
+                modules=tuple(root.params.get("plugin_modules") or ()),
+                plugins_dir=str(dirs) if dirs else None,
+            )
+            reserved = set(super().list_commands(ctx)) | set(LAZY_COMMANDS)
+            commands, problems = config.load().plugin_commands(reserved)
+            for problem in problems:
+                click.echo(f"warning: {problem}", err=True)
+            root.meta["tlbench.plugin_commands"] = commands
+        return root.meta["tlbench.plugin_commands"]
 
     def invoke(self, ctx):
         try:

@@ -16,7 +16,7 @@ def register_models(register):
     Call ``register(ModelSpec(...))`` once per model. Registering must be cheap: no torch
     import, no disk or network access. The spec's ``factory`` (a callable or a lazy
     ``"module:attr"`` string) is called only when a cell needs the model, as
-    ``factory(argument, options, context)`` and must return a ``tlbench.components.SourceModel``.
+    ``factory(argument, options, context)`` and must return a ``tlbench.api.SourceModel``.
     """
 
 
@@ -25,7 +25,7 @@ def register_datasets(register):
     """Register target datasets.
 
     Call ``register(DatasetSpec(...))`` once per dataset. The factory is called as
-    ``factory(argument, options, context)`` and returns a ``tlbench.components.TargetData``.
+    ``factory(argument, options, context)`` and returns a ``tlbench.api.TargetData``.
     """
 
 
@@ -35,7 +35,7 @@ def register_strategies(register):
 
     Call ``register(StrategySpec(...))`` once per strategy. The factory is called as
     ``factory(options)`` and returns an object with ``run(cell_context) -> StrategyResult``
-    (see ``tlbench.components.Strategy``).
+    (see ``tlbench.api.Strategy``).
     """
 
 
@@ -45,7 +45,20 @@ def register_estimators(register):
 
     Call ``register(EstimatorSpec(...))`` once per estimator. The factory is called as
     ``factory(options)`` and returns an object with
-    ``score(features, labels, source_logits) -> float`` (see ``tlbench.components.Estimator``).
+    ``score(features, labels, source_logits) -> float`` (see ``tlbench.api.Estimator``).
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add subcommands to ``tlbench``.
+
+    ``cli`` is a ``click.Group``: decorate functions with ``@cli.command()`` (or call
+    ``cli.add_command``). Plugins are loaded, and this hook called, only when the command line
+    names a command tlbench does not have itself, or asks for ``tlbench --help``; a built-in
+    command keeps its name (the plugin's is ignored with a warning), and between plugins the
+    first registration wins. Keep imports inside the command's body so ``tlbench --help`` stays
+    fast. A command that needs the plugin host calls ``tlbench.api.load_plugins()``.
     """
 
 

@@ -113,6 +113,42 @@ class PluginHost:
             for (plugin, hook, error), n in counts.items()
         ]
 
+    def plugin_version(self, name: str) -> str:
+        """The version of the plugin registered as ``name`` ("-" when it has none)."""
+        return _plugin_version(self.manager, name, self.manager.get_plugin(name))
+
+    def plugin_commands(self, reserved: Iterable[str] = ()) -> tuple[dict, list[str]]:
+        """The subcommands plugins add through ``register_commands``: ({name: click command},
+        warnings). A name in ``reserved`` (tlbench's own commands) or already taken by an
+        earlier plugin is ignored with a warning naming both; a plugin whose hook raises is
+        reported and skipped."""
+        import click
+
+        commands: dict = {}
+        owners: dict[str, str] = {}
+        problems: list[str] = []
+        # In registration order, as components are: the first registration keeps a name.
+        for plugin, caller in reversed(list(self.hook_callers("register_commands"))):
+            group = click.Group()
+            try:
+                caller(cli=group)
+            except Exception as exc:
+                problems.append(f"plugin {plugin!r}: register_commands failed: {exc}")
+                continue
+            for name, command in group.commands.items():
+                if name in reserved:
+                    problems.append(
+                        f"plugin {plugin!r}: command {name!r} is one of tlbench's own; ignored"
+                    )
+                elif name in commands:
+                    problems.append(
+                        f"plugin {plugin!r}: command {name!r} is already registered by plugin "
+                        f"{owners[name]!r}; the first registration wins"
+                    )
+                else:
+                    commands[name], owners[name] = command, plugin
+        return commands, problems
+
     def plugin_rows(self) -> list[dict]:
         """One row per loaded plugin: name, version, source, hooks implemented."""
         rows = []

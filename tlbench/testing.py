@@ -1,7 +1,9 @@
 """tlbench's pytest plugin: fixtures for people who write tlbench plugins (and for tlbench itself).
 
-pytest loads it automatically wherever tlbench is installed (the ``pytest11`` entry point), so
-importing it must stay cheap: no torch, no numpy at import time.
+It is opt-in, so it never crowds the pytest sessions of other projects installed beside tlbench:
+a plugin's tests load it with ``pytest_plugins = ["tlbench.testing"]`` in their ``conftest.py``
+(the ``tlbench new-plugin`` scaffold writes that line) or ``pytest -p tlbench.testing``.
+Importing it must stay cheap: no torch, no numpy at import time.
 
 Fixtures:
     make_tlbench_host(*plugins, builtins=True, entrypoints=False) -> PluginHost
@@ -10,9 +12,8 @@ Fixtures:
     tlbench_digits_images   scikit-learn's 1797 handwritten digits as a uint8 ``ImageSet`` (8x8)
     tlbench_digits_target   the same as a ``TargetData`` without a test split
 
-Every fixture name carries ``tlbench`` because pytest offers them to every test session of the
-environment, not only to tlbench plugins'. ``digits_images`` and ``digits_target`` are deprecated
-aliases of the two digits fixtures (they warn) and go away in the next minor release.
+Every fixture name carries ``tlbench``, so a session that loads the kit keeps its own generic
+names (``digits_images``, say) free.
 
 The plain functions ``make_host`` and ``run_tiny_suite`` do the same outside pytest.
 """
@@ -20,7 +21,6 @@ The plain functions ``make_host`` and ``run_tiny_suite`` do the same outside pyt
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,21 +169,3 @@ def tlbench_digits_target(tlbench_digits_images):
         fingerprint=digest.hexdigest(),
         card={"source": "sklearn.datasets.load_digits"},
     )
-
-
-def _deprecated_alias(old: str, new: str):
-    def alias(request):
-        warnings.warn(
-            f"tlbench's {old!r} fixture is deprecated and goes away in the next minor release; "
-            f"use {new!r}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return request.getfixturevalue(new)
-
-    alias.__doc__ = f"Deprecated alias of ``{new}`` (warns)."
-    return pytest.fixture(scope="session", name=old)(alias)
-
-
-_digits_images_alias = _deprecated_alias("digits_images", "tlbench_digits_images")
-_digits_target_alias = _deprecated_alias("digits_target", "tlbench_digits_target")
