@@ -101,16 +101,18 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def layer_groups(model: torch.nn.Module) -> list[list[str]]:
-    """Parameter names in ordered groups, input side first, from timm's ``group_matcher(coarse=True)``.
+def layer_groups(model: torch.nn.Module, coarse: bool = True) -> list[list[str]]:
+    """Parameter names in ordered groups, input side first, from timm's ``group_matcher``:
+    stages with ``coarse=True``, blocks with ``coarse=False`` where the model offers them.
 
-    Strategies use it for "train all but the last k groups". Models without a ``group_matcher``
-    fall back to one group per top-level child module, in registration order.
+    Strategies use it for "train all but the last k groups" and to name layer groups. Models
+    without a ``group_matcher`` fall back to one group per top-level child module, in
+    registration order.
     """
     matcher = getattr(model, "group_matcher", None)
     if matcher is not None:
         try:
-            groups = group_parameters(model, matcher(coarse=True))
+            groups = group_parameters(model, matcher(coarse=coarse))
             return [groups[i] for i in sorted(groups) if groups[i]]
         except NotImplementedError:
             pass

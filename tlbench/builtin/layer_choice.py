@@ -43,27 +43,13 @@ def model_groups(model, unit: str = "block") -> list[LayerGroup]:
     sizes = {name: p.numel() for name, p in model.named_parameters()}
     head = set(head_names(model))
     groups = []
-    for names in _param_groups(model, coarse=unit == "stage"):
+    from tlbench.weights import layer_groups  # deferred: imports torch and timm
+
+    for names in layer_groups(model, coarse=unit == "stage"):
         kept = tuple(n for n in names if n not in head)
         if kept:
             groups.append(LayerGroup(group_name(kept), kept, sum(sizes[n] for n in kept)))
     return groups
-
-
-def _param_groups(model, coarse: bool) -> list[list[str]]:
-    from timm.models._manipulate import group_parameters
-
-    matcher = getattr(model, "group_matcher", None)
-    if matcher is not None:
-        try:
-            groups = group_parameters(model, matcher(coarse=coarse))
-            return [groups[i] for i in sorted(groups) if groups[i]]
-        except NotImplementedError:
-            pass
-    by_child: dict[str, list[str]] = {}
-    for name, _ in model.named_parameters():
-        by_child.setdefault(name.split(".", 1)[0], []).append(name)
-    return list(by_child.values())
 
 
 def group_name(params: Sequence[str]) -> str:
