@@ -84,6 +84,14 @@ class Spy:
     def on_cell_finished(self, record):
         self.calls["on_cell_finished"].append(record)
 
+    @hookimpl
+    def on_run_started(self, run_dir, suite):
+        self.calls["on_run_started"].append((run_dir, suite))
+
+    @hookimpl
+    def on_run_finished(self, run_dir, records, interrupted):
+        self.calls["on_run_finished"].append((run_dir, records, interrupted))
+
 
 TINY_SUITE = {
     "name": "every-hook",
@@ -141,3 +149,12 @@ def test_on_cell_finished_sees_every_record_once_in_order(spied_run):
     assert len(records) == 2
     seen = [(r["config_hash"], r["status"]) for r in spy.calls["on_cell_finished"]]
     assert seen == [(r["config_hash"], r["status"]) for r in records]
+
+
+def test_run_hooks_frame_the_cells_once_with_the_run_directory(spied_run):
+    spy, records = spied_run
+    ((started_dir, suite),) = spy.calls["on_run_started"]
+    ((finished_dir, final, interrupted),) = spy.calls["on_run_finished"]
+    assert suite == "every-hook" and started_dir == finished_dir
+    assert (started_dir / "env.json").is_file() and not interrupted
+    assert [r["config_hash"] for r in final] == [r["config_hash"] for r in records]

@@ -252,6 +252,12 @@ def _line(*fields) -> str:
     is_flag=True,
     help="Print the run's records (or, with --dry-run, the plan) as JSON on stdout.",
 )
+@click.option(
+    "--track",
+    multiple=True,
+    type=click.Choice(["mlflow", "wandb", "tensorboard"]),
+    help="Send each cell to this experiment tracker (repeatable; the tlbench-trackers plugin, docs/tracking.md).",
+)
 @click.pass_context
 def run(
     ctx,
@@ -281,6 +287,7 @@ def run(
     dry_run,
     quiet,
     as_json,
+    track,
 ):
     """Run every cell of SUITE (a path, or a name under suites/).
 
@@ -291,6 +298,7 @@ def run(
     from tlbench.suite import find_suite
 
     _check_device_form(device)
+    _choose_trackers(track)
     find_suite(suite)  # a missing suite is named before plugins, numpy, torch or the engine load
 
     from rich.console import Console
@@ -390,6 +398,25 @@ def _check_device_form(device: str) -> None:
     device is ``resolve_device``'s question, asked once the suite is known to be valid."""
     if not re.fullmatch(r"auto|(cpu|cuda|mps)(:\d+)?", device):
         raise UserError(f"--device {device!r}: expected one of {DEVICE_FORMS}")
+
+
+def _choose_trackers(track: tuple[str, ...]) -> None:
+    """--track, checked before anything heavy loads; the tlbench-trackers plugin reads the
+    choice from TLBENCH_TRACK (which a user may also set instead)."""
+    if not track:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tlbench_trackers") is None:
+        raise UserError(
+            "--track needs the tlbench-trackers plugin: pip install -e plugins/tlbench-trackers"
+        )
+    for name in dict.fromkeys(track):
+        if importlib.util.find_spec(name) is None:
+            raise UserError(
+                f"--track {name}: the {name} library is not installed: pip install 'tlbench-trackers[{name}]'"
+            )
+    os.environ["TLBENCH_TRACK"] = ",".join(dict.fromkeys(track))
 
 
 def _print_plan(plan, as_json: bool) -> None:

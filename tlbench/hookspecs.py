@@ -69,3 +69,23 @@ def on_cell_finished(record):
     Observers (loggers, dashboards, notifiers) use this. Exceptions raised here are reported
     and ignored: an observer never breaks a run.
     """
+
+
+@hookspec
+def on_run_started(run_dir, suite):
+    """Called once when ``tlbench run`` has recorded the run's environment, before any cell runs.
+
+    ``run_dir`` is the run directory (a ``pathlib.Path``; its ``env.json`` is written), ``suite``
+    the suite's name. Observers that group a run's cells (experiment trackers) open their parent
+    run here. Exceptions raised here are reported and ignored, as for ``on_cell_finished``.
+    """
+
+
+@hookspec
+def on_run_finished(run_dir, records, interrupted):
+    """Called once when ``tlbench run`` ends, after every record has been written.
+
+    ``records`` are the run's final records (dicts, one per cell of the selection that has one),
+    ``interrupted`` is True when a signal stopped the run early. Observers close what
+    ``on_run_started`` opened. Exceptions raised here are reported and ignored.
+    """

@@ -188,6 +188,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
         store = ResultsStore(run_dir)
         store.check_schema()
         _record_environment(run_dir, request, host, suite, device)
+        _notify_run(host, "on_run_started", run_dir=run_dir, suite=suite.name)
         todo, skipped = pending_cells(cells, store, request.retry_failed)
         status = progress.status if progress else lambda _m: None
         runner = CellRunner(host, cache, device, run_dir, log=status)
@@ -204,6 +205,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
             except KeyboardInterrupt:
                 _stopped_before_cells(outcome, interrupts, log)
                 outcome.records = final_records(cells, store)
+                _run_finished(host, outcome)
                 return outcome
             interrupts.cells_started()
             base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
@@ -234,6 +236,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                     f"run interrupted by {outcome.signal}: {outcome.ran} cells finished, {outcome.interrupted_cells} recorded interrupted, {not_run} not run; resume with --resume {run_dir}"
                 )
     outcome.records = final_records(cells, store)
+    _run_finished(host, outcome)
     return outcome
 
 
@@ -434,6 +437,26 @@ def _notify(host: PluginHost, record: dict) -> None:
             caller(record=record)
         except Exception as exc:  # an observer never breaks a run
             host.observer_failed(name, record, exc)
+
+
+def _notify_run(host: PluginHost, hook: str, **kwargs) -> None:
+    """Call every observer of a run-level hook (``on_run_started``, ``on_run_finished``) on its
+    own, as ``_notify`` does for records."""
+    for name, caller in host.hook_callers(hook):
+        try:
+            caller(**kwargs)
+        except Exception as exc:  # an observer never breaks a run
+            host.observer_failed(name, {}, exc, hook)
+
+
+def _run_finished(host: PluginHost, outcome: RunOutcome) -> None:
+    _notify_run(
+        host,
+        "on_run_finished",
+        run_dir=outcome.run_dir,
+        records=outcome.records,
+        interrupted=outcome.interrupted,
+    )
 
 
 class Interrupts:
