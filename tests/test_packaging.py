@@ -207,7 +207,8 @@ def test_installed_tlbench_plans_the_quickstart_outside_a_checkout(fresh_install
     suite = re.search(r"suite quickstart \((.+?)\): (\d+) cells", result.stdout)
     assert suite, result.stdout
     assert Path(suite.group(1)).is_relative_to(fresh_install), "the suite is not the packaged one"
-    assert int(suite.group(2)) == 16  # 2 sources x 2 datasets x 3 strategies + 2 baselines x 2
+    # (2 sources x 2 datasets x 3 strategies + 2 baselines x 2 datasets) x 3 seeds
+    assert int(suite.group(2)) == 48
     six = run_installed("tlbench", "run", "strategies", "--dry-run")
     assert six.returncode == 0, six.stderr
     assert "lora" in six.stdout, "tlbench-peft's strategy was not planned"
