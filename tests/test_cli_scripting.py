@@ -221,7 +221,7 @@ def loud_plugins(tmp_path):
         (["--executor", "process", "--workers", "0"], "error: --workers: expected an integer >= 1"),
         (
             ["--executor", "ray", "--cpus-per-cell", "0"],
-            "error: --cpus-per-cell must be > 0 and --gpus-per-cell >= 0",
+            "error: --executor-opt cpus_per_cell=0: expected a number > 0",
         ),
     ],
     ids=["device", "workers", "cpus-per-cell"],

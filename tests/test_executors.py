@@ -11,7 +11,8 @@ import pytest
 from test_runner import metrics_by_cell, request, tiny_host, tiny_suite
 
 from tlbench.errors import UserError
-from tlbench.executors import ExecutorConfig, group_cells
+from tlbench.executors import ExecutorConfig
+from tlbench.executors.base import group_cells
 
 
 def test_groups_keep_cells_sharing_model_dataset_and_seed_together(tmp_path):

@@ -107,7 +107,7 @@ def _request(tmp: Path, suite: Path, **options):
 def _on_cluster(nodes: Nodes):
     from tlbench.executors import ExecutorConfig
 
-    return ExecutorConfig("ray", ray_address=nodes.cluster.address)
+    return ExecutorConfig("ray", options=(("address", nodes.cluster.address),))
 
 
 def _lines(run_dir: Path) -> list[dict]:
@@ -254,7 +254,7 @@ def test_a_slot_whose_node_is_lost_restarts_where_there_is_room_else_joins_a_sur
 ):
     import ray
 
-    from tlbench.executors import RaySlot
+    from tlbench.executors.ray import RaySlot
 
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: None)
     monkeypatch.setattr(ray, "available_resources", lambda: free)
@@ -271,7 +271,7 @@ def test_a_slot_whose_node_is_lost_restarts_where_there_is_room_else_joins_a_sur
 def test_with_no_node_left_the_slots_cells_fail_at_once_with_one_line(monkeypatch):
     import ray
 
-    from tlbench.executors import RaySlot, WorkerLost
+    from tlbench.executors.ray import RaySlot, WorkerLost
 
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: None)
     monkeypatch.setattr(ray, "available_resources", lambda: {})

@@ -135,9 +135,7 @@ def host():
 
 
 def on_slurm_here(**options) -> ExecutorConfig:
-    from tlbench.slurm import SlurmOptions
-
-    return ExecutorConfig("slurm", slurm=SlurmOptions(local=True, **options))
+    return ExecutorConfig("slurm", options=(("local", "true"), *options.items()))
 
 
 @pytest.fixture
@@ -162,7 +160,7 @@ def by_strategy(records) -> dict:
 def test_slurm_options_become_sbatch_lines_through_submitit(tmp_path, monkeypatch):
     import submitit
 
-    from tlbench.slurm import slurm_options
+    from tlbench.executors.slurm import slurm_options
 
     for tool in ("sbatch", "srun"):  # submitit looks for them; this test submits nothing
         (tmp_path / tool).write_text("#!/bin/sh\nexit 1\n")
@@ -170,13 +168,18 @@ def test_slurm_options_become_sbatch_lines_through_submitit(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
 
     options = slurm_options(
-        ["account=my-lab", "reservation=course", "setup=module load cuda", "setup=nvidia-smi"],
-        partition="gpu",
-        time_min=90,
-        cpus_per_task=4,
-        gpus_per_task=1,
-        mem="16G",
-        array_parallelism=2,
+        [
+            ("account", "my-lab"),
+            ("reservation", "course"),
+            ("setup", "module load cuda"),
+            ("setup", "nvidia-smi"),
+            ("partition", "gpu"),
+            ("time", "90"),
+            ("cpus_per_task", "4"),
+            ("gpus_per_task", "1"),
+            ("mem", "16G"),
+            ("array_parallelism", "2"),
+        ]
     )
     executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
     executor.update_parameters(**options.parameters("tlbench-demo"))
@@ -196,7 +199,6 @@ def test_slurm_options_become_sbatch_lines_through_submitit(tmp_path, monkeypatc
     ):
         assert line in script, line
     assert executor._executor.parameters["array_parallelism"] == 2
-    assert slurm_options([], False, partition=None) is None
 
 
 @pytest.mark.parametrize(
@@ -206,7 +208,14 @@ def test_slurm_options_become_sbatch_lines_through_submitit(tmp_path, monkeypatc
         (["--slurm-partition", "gpu"], "--slurm options need --executor slurm"),
         (["--executor", "slurm", "--slurm-local", "--workers", "2"], "--workers does not apply"),
         (["--executor", "slurm", "--slurm-local", "--slurm", "account"], "expected KEY=VALUE"),
-        (["--executor", "slurm", "--slurm-local", "--slurm-time", "0"], "--slurm-time: expected"),
+        (
+            ["--executor", "slurm", "--slurm-local", "--slurm-time", "0"],
+            "time=0: expected an integer >= 1",
+        ),
+        (
+            ["--executor", "slurm", "--executor-opt", "local=true"],
+            "--device auto: the slurm workers get no GPU unless asked for one",
+        ),
     ],
 )
 def test_slurm_mistakes_are_one_line_before_any_work(args, says, tmp_path, monkeypatch):

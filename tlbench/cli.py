@@ -19,6 +19,7 @@ import click
 
 from tlbench import __version__
 from tlbench.errors import TlbenchError, UserError
+from tlbench.executors import executor_names
 
 PLURALS = ("models", "datasets", "strategies", "estimators")  # the order `tlbench list` shows
 EXIT_CODES = """Exit codes:
@@ -181,62 +182,39 @@ def _line(*fields) -> str:
     "--executor",
     default="local",
     show_default=True,
-    type=click.Choice(["local", "process", "ray", "slurm"]),
+    type=click.Choice(executor_names()),
     help="Where cells run: this process, N worker processes, a Ray cluster, or Slurm jobs.",
 )
 @click.option(
     "--workers",
     type=int,
-    help="Parallel cells (process: default one per core; ray: default what the cluster fits).",
+    help="Parallel cells (process: default one per GPU, else one per core; ray: what the cluster fits).",
 )
 @click.option(
-    "--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)."
-)
-@click.option(
-    "--cpus-per-cell",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Ray: CPUs each cell reserves.",
-)
-@click.option(
-    "--gpus-per-cell",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Ray: GPUs each cell reserves.",
-)
-@click.option("--slurm-partition", metavar="NAME", help="Slurm: partition of the jobs.")
-@click.option(
-    "--slurm-time",
-    type=int,
-    metavar="MINUTES",
-    help="Slurm: time limit of each job (default 60); a job out of time is requeued with its cells not done.",
-)
-@click.option(
-    "--slurm-cpus-per-task", type=int, metavar="N", help="Slurm: CPUs per job (default 1)."
-)
-@click.option(
-    "--slurm-gpus-per-task", type=int, metavar="N", help="Slurm: GPUs per job (default 0)."
-)
-@click.option("--slurm-mem", metavar="SIZE", help="Slurm: memory per job, e.g. 16G.")
-@click.option(
-    "--slurm-array-parallelism",
-    type=int,
-    metavar="N",
-    help="Slurm: jobs of the array running at once (--slurm-local: default one per core).",
-)
-@click.option(
-    "--slurm",
-    "slurm_extra",
+    "--executor-opt",
+    "executor_opts",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Slurm: any other sbatch option, e.g. account=my-lab, qos=low, constraint=a100 (repeatable).",
+    help="An option of the chosen executor (repeatable), e.g. gpus_per_cell=1 (ray), "
+    "partition=gpu or time=120 (slurm); see docs/running.md.",
 )
+# Aliases of --executor-opt, kept working (docs/running.md lists them); hidden from --help so
+# that run does not grow a flag per backend. Values stay text: the executor parses them.
+@click.option("--ray-address", hidden=True)
+@click.option("--cpus-per-cell", hidden=True)
+@click.option("--gpus-per-cell", hidden=True)
+@click.option("--slurm-partition", hidden=True)
+@click.option("--slurm-time", hidden=True)
+@click.option("--slurm-cpus-per-task", hidden=True)
+@click.option("--slurm-gpus-per-task", hidden=True)
+@click.option("--slurm-mem", hidden=True)
+@click.option("--slurm-array-parallelism", hidden=True)
+@click.option("--slurm", "slurm_extra", multiple=True, hidden=True)
+@click.option("--slurm-local", is_flag=True, hidden=True)
 @click.option(
-    "--slurm-local",
+    "--deterministic",
     is_flag=True,
-    help="Slurm: run the jobs on this machine through submitit's local executor (no cluster needed).",
+    help="Deterministic GPU kernels (torch.use_deterministic_algorithms, cudnn.benchmark off); slower.",
 )
 @click.option(
     "--dry-run",
@@ -273,6 +251,7 @@ def run(
     seeds,
     executor,
     workers,
+    executor_opts,
     ray_address,
     cpus_per_cell,
     gpus_per_cell,
@@ -284,6 +263,7 @@ def run(
     slurm_array_parallelism,
     slurm_extra,
     slurm_local,
+    deterministic,
     dry_run,
     quiet,
     as_json,
@@ -303,26 +283,34 @@ def run(
 
     from rich.console import Console
 
-    from tlbench.executors import ExecutorConfig
     from tlbench.planning import RunRequest, Selection
     from tlbench.progress import RunProgress
     from tlbench.runner import plan_run, run_suite
-    from tlbench.slurm import slurm_options
 
-    slurm = slurm_options(
-        slurm_extra,
-        slurm_local,
-        partition=slurm_partition,
-        time_min=slurm_time,
-        cpus_per_task=slurm_cpus_per_task,
-        gpus_per_task=slurm_gpus_per_task,
-        mem=slurm_mem,
-        array_parallelism=slurm_array_parallelism,
+    executor_config = _executor_config(
+        executor,
+        workers,
+        executor_opts,
+        ray={
+            "address": ray_address,
+            "cpus_per_cell": cpus_per_cell,
+            "gpus_per_cell": gpus_per_cell,
+        },
+        slurm={
+            "partition": slurm_partition,
+            "time": slurm_time,
+            "cpus_per_task": slurm_cpus_per_task,
+            "gpus_per_task": slurm_gpus_per_task,
+            "mem": slurm_mem,
+            "array_parallelism": slurm_array_parallelism,
+            "local": "true" if slurm_local else None,
+        },
+        slurm_extra=slurm_extra,
     )
-    executor_config = ExecutorConfig(
-        executor, workers, ray_address, cpus_per_cell, gpus_per_cell, slurm
-    )
-    executor_config.check()  # before anything loads: a bad option costs nothing
+    executor_config.check(device)  # before anything loads: a bad option costs nothing
+    if deterministic:  # read by every process of the run, workers and jobs included
+        os.environ["TLBENCH_DETERMINISTIC"] = "1"
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if dry_run and device != "auto":  # a real run resolves it once the suite is validated
         from tlbench.engine.runtime import resolve_device
 
@@ -660,13 +648,35 @@ def _plugins_table(rows: list[dict], clashes) -> None:
         console.print(clash_table)
 
 
+def _executor_config(kind, workers, options, *, ray, slurm, slurm_extra):
+    """``ExecutorConfig`` from ``--executor-opt`` and the older per-backend flags, which are
+    aliases of it: ``--slurm-time 90`` is ``--executor-opt time=90`` (given with another
+    executor, they are refused in one line, as before)."""
+    from tlbench.errors import UserError
+    from tlbench.executors import ExecutorConfig, parse_option
+
+    config = ExecutorConfig.from_cli(kind, workers, options)
+    for backend, given, extra, flags_named in (
+        ("ray", ray, (), "--ray-address, --cpus-per-cell and --gpus-per-cell"),
+        ("slurm", slurm, slurm_extra, "--slurm options"),
+    ):
+        flags = {k: v for k, v in given.items() if v is not None}
+        if not flags and not extra:
+            continue
+        if kind != backend:
+            raise UserError(f"{flags_named} need --executor {backend}")
+        pairs = list(flags.items()) + [parse_option(text, "--slurm") for text in extra]
+        config = config.with_options(pairs)
+    return config
+
+
 @cli.group()
 def cache():
     """Inspect or clear the on-disk cache (features, converted weights, pretrained sources)."""
 
 
 @cache.command("info")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cache-dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the root and namespaces as JSON.")
 def cache_info(cache_dir, as_json):
     """Entries and size per namespace. When stdout is not a terminal, each namespace is one
@@ -677,32 +687,68 @@ def cache_info(cache_dir, as_json):
     from tlbench.cache import Cache
 
     store = Cache(cache_dir)
+    rows = store.info()  # a root that is not a directory: one line, exit code 2
     if as_json:
-        _echo_json({"root": str(store.root), "namespaces": store.info()})
+        _echo_json({"root": str(store.root), "namespaces": rows})
         return
     if _plain_output():
-        for row in store.info():
+        for row in rows:
             click.echo(_line(row["namespace"], row["entries"], row["bytes"]))
         return
     table = Table(title=f"cache: {store.root}", title_justify="left")
     for column in ("namespace", "entries", "size"):
         table.add_column(column)
-    for row in store.info():
+    for row in rows:
         table.add_row(row["namespace"], str(row["entries"]), f"{row['bytes'] / 1e6:.1f} MB")
     Console().print(table)
 
 
 @cache.command("clear")
 @click.argument("namespace", required=False)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option(
+    "--component",
+    metavar="MODEL",
+    help="Delete only the entries computed from this model (its name as the suite writes it).",
+)
 @click.confirmation_option(prompt="Delete cached entries?")
-def cache_clear(namespace, cache_dir):
-    """Delete every entry (or one NAMESPACE, e.g. features)."""
+def cache_clear(namespace, cache_dir, component):
+    """Delete every entry (or one NAMESPACE, e.g. features: a name inside the cache, never a
+    path; or, with --component, every entry computed from one model)."""
     from tlbench.cache import Cache
 
     store = Cache(cache_dir)
+    if component:
+        from tlbench.cell import model_marker
+
+        removed = store.clear_matching(model_marker(component))
+        click.echo(f"cleared {removed} entries computed from model {component!r}")
+        return
+    target = store.namespace_dir(namespace) if namespace else store.root
     store.clear(namespace)
-    click.echo(f"cleared {store.root / namespace if namespace else store.root}")
+    click.echo(f"cleared {target}")
+
+
+@cache.command("prune")
+@click.option(
+    "--max-size",
+    metavar="SIZE",
+    help="Remove the least recently used entries until the cache holds at most SIZE "
+    "(500M, 50G, 1.5T; default $TLBENCH_CACHE_MAX_SIZE, else only stale files go).",
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+def cache_prune(max_size, cache_dir):
+    """Remove lock and temporary files left by killed processes and, with a size cap, the
+    least recently used entries."""
+    from tlbench.cache import Cache, parse_size
+
+    store = Cache(cache_dir, max_bytes=parse_size(max_size) if max_size else None)
+    store.check_root()
+    done = store.prune(store.max_bytes)
+    click.echo(
+        f"pruned {store.root}: {done['evicted']} entries evicted, {done['stale_removed']} stale "
+        f"lock or temporary files removed, {done['bytes_after'] / 1e6:.1f} MB left"
+    )
 
 
 @cli.command("new-plugin")

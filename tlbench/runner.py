@@ -13,7 +13,6 @@ and the command that resumes it. SIGINT and SIGTERM are handled alike (``Interru
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -37,7 +36,8 @@ from tlbench.cell import (
 )
 from tlbench.components import Cell
 from tlbench.errors import TlbenchError, UserError
-from tlbench.executors import Sink, WorkerConfig, dispatch, make_executor
+from tlbench.executors import executor_class, make_executor
+from tlbench.executors.base import Sink, WorkerConfig, dispatch
 from tlbench.planning import (
     Plan,
     RunRequest,
@@ -159,7 +159,7 @@ def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
 def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
     """The dry run: what ``run_suite`` would do, without creating or loading anything."""
     host = host or request.plugins.load()
-    request.executor.check()
+    request.executor.check(request.device)
     suite = open_suite(request.suite, host)
     preflight(suite, host)
     return make_plan(request, host, suite)
@@ -167,14 +167,15 @@ def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
 
 def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None) -> RunOutcome:
     """Validate, plan, run every pending cell and store each record as soon as it finishes."""
-    from tlbench.engine.runtime import resolve_device
+    from tlbench.engine.runtime import configure_runtime, resolve_device
 
     host = host or request.plugins.load()
-    request.executor.check()
+    request.executor.check(request.device)
     suite = open_suite(request.suite, host)
     preflight(suite, host)
     cells = plan_cells(suite, request.selection)
     device = str(resolve_device(request.device))
+    configure_runtime()  # cudnn.benchmark, TF32, --deterministic; workers apply the same
     cache = Cache(request.cache_dir)
     cache.check_writable()
     run_dir = choose_run_dir(request, suite)
@@ -197,7 +198,10 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
             try:
                 if progress:
                     progress.console.print(f"checking {len(todo)} cells before any training")
-                rejected = check_cells(todo, runner)
+                # Remote workers check their own cells: the parent (a login node) builds no
+                # contexts, models or datasets for them.
+                in_parent = executor_class(request.executor.kind).checks_in_parent
+                rejected = check_cells(todo, runner) if in_parent else []
                 if suite.estimators:
                     outcome.failed_estimates = _estimate(
                         suite, request, runner, run_dir, progress, log
@@ -285,13 +289,10 @@ def _record_environment(
     env["suite_name"] = suite.name
     env["suite_hash"] = suite_hash(suite)
     env["device"] = device
-    env["executor"] = {
-        "kind": request.executor.kind,
-        "workers": request.executor.workers,
-        "ray_address": request.executor.ray_address,
-    }
-    if request.executor.slurm is not None:
-        env["executor"]["slurm"] = dataclasses.asdict(request.executor.slurm)
+    env["executor"] = request.executor.describe()
+    from tlbench.engine.runtime import runtime_settings
+
+    env["runtime"] = runtime_settings()
     write_environment(run_dir, env)
     copy = run_dir / "suite.toml"
     if not os.path.lexists(copy) and suite.path.is_file():

@@ -11,14 +11,12 @@ gathered features equal a fresh extraction bit for bit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from torch import nn
 
 from tlbench.cache import stable_hash
@@ -105,9 +103,14 @@ class FrozenModule:
         return self._built[0]
 
 
-def pool_key(data, image_set: str, frozen: FrozenModule, precision: str) -> dict:
-    """Everything that changes one image's output except which image it is."""
+def pool_key(
+    data, image_set: str, frozen: FrozenModule, precision: str, device: torch.device | str = "cpu"
+) -> dict:
+    """Everything that changes one image's output except which image it is. The device type
+    enters the key off CPU (CUDA kernels round differently; CPU keys stay as they were)."""
+    kind = torch.device(device).type
     return {
+        **({"device": kind} if kind != "cpu" else {}),
         **frozen.key,
         "target": data.target.fingerprint,
         "from": image_set,
@@ -150,7 +153,7 @@ class FeatureBank:
             by_set.setdefault(data.image_set(split), []).append(split)
         for image_set, members in by_set.items():
             rows = np.unique(np.concatenate([data.indices(s) for s in members]))
-            key = pool_key(data, image_set, frozen, precision)
+            key = pool_key(data, image_set, frozen, precision, device)
             compute = _RowComputer(data, members, frozen, device, precision, batch_size)
             gathered, counts = self._rows(key, rows, compute)
             reuse.add(counts)
@@ -160,9 +163,9 @@ class FeatureBank:
                 out[split] = gathered if whole else gathered[torch.from_numpy(where)]
         return out, reuse
 
-    def holds(self, data, split: str, frozen: FrozenModule, precision: str) -> bool:
+    def holds(self, data, split: str, frozen: FrozenModule, precision: str, device="cpu") -> bool:
         """Whether every image of ``split`` has its output in the bank (nothing is computed)."""
-        key = pool_key(data, data.image_set(split), frozen, precision)
+        key = pool_key(data, data.image_set(split), frozen, precision, device)
         known = {row for part in self._index(stable_hash(key)) for row in part["rows"]}
         return bool(known) and set(data.indices(split).tolist()) <= known
 
@@ -171,16 +174,11 @@ class FeatureBank:
         return self.cache.root / self.namespace / "pools" / f"{pool}.jsonl"
 
     def _index(self, pool: str) -> list[dict]:
-        path = self._index_path(pool)
-        if not self.cache.enabled or not path.exists():
+        if not self.cache.enabled:
             return []
-        parts = []
-        for line in path.read_text().splitlines():
-            try:
-                parts.append(json.loads(line))
-            except ValueError:  # a line torn by a killed writer: its part is simply not known
-                continue
-        return parts
+        # A damaged index (undecodable, a special file) is discarded: its parts are recomputed.
+        parts = self.cache.read_lines(self._index_path(pool))
+        return [part for part in parts if isinstance(part.get("rows"), list)]
 
     def _part(self, pool: str, rows: np.ndarray, compute: Callable | None) -> dict | None:
         """A part's value; for a listed part whose entry is gone (``compute`` None), ``None``."""
@@ -206,8 +204,9 @@ class FeatureBank:
             return part["outputs"], Reuse(computed=len(rows))
         pool = stable_hash(dict(key))
         index_path = self._index_path(pool)
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(index_path) + ".lock"):
+        # Held while missing images are computed: a second worker waits (logged, with a
+        # timeout) and then reads them; without the lock it computes and does not index.
+        with self.cache.lock(index_path, f"the {self.namespace} of pool {pool[:12]}") as held:
             wanted, parts = set(rows.tolist()), []
             for entry in self._index(pool):
                 if not wanted.intersection(entry["rows"]):
@@ -220,8 +219,8 @@ class FeatureBank:
             if wanted:
                 missing = np.asarray(sorted(wanted), dtype=np.int64)
                 parts.append((missing, self._part(pool, missing, compute)))
-                with index_path.open("a") as fh:
-                    fh.write(json.dumps({"rows": missing.tolist()}) + "\n")
+                if held:  # a full disk costs a warning, never the cell
+                    self.cache.append_line(index_path, {"rows": missing.tolist()})
         if compute.frozen.params is None:
             compute.frozen.params = parts[0][1].get("params")
         return _gather(rows, parts), Reuse(compute.computed, len(rows) - compute.computed)
@@ -256,6 +255,8 @@ class _RowComputer:
                     module, self.data, s, self.device, self.precision, bs, pos
                 ),
                 self.batch_size,
+                # the batch that fits is searched once per (module, input size, device)
+                key=(stable_hash(self.frozen.key), tuple(self.data.input_size), str(self.device)),
             )
             outputs.append(acts)
             order.append(remaining[inside])
@@ -352,10 +353,13 @@ def features_key(data, split: str, weights_fingerprint: str, precision: str) -> 
     }
 
 
-def features_banked(cache, data, split: str, weights_fingerprint: str, precision: str) -> bool:
+def features_banked(
+    cache, data, split: str, weights_fingerprint: str, precision: str, device=None
+) -> bool:
     """Whether ``split``'s features are all in ``cache`` already (a request would compute none)."""
     frozen = FrozenModule({"output": "features", "weights": weights_fingerprint}, lambda: None)
-    return FeatureBank(cache, "features").holds(data, split, frozen, precision)
+    device = resolve_device(device)
+    return FeatureBank(cache, "features").holds(data, split, frozen, precision, device)
 
 
 @dataclass(frozen=True)

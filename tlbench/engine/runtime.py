@@ -1,8 +1,24 @@
-"""Device, precision, seeding, out-of-memory retry and cost accounting shared by every strategy."""
+"""Device, precision, GPU settings, seeding, out-of-memory retry and cost accounting shared by
+every strategy.
+
+GPU settings (``configure_runtime``, applied once per process; docs/running.md, GPUs):
+
+- precision ``auto``: bf16 where it is native (CUDA compute capability 8.0 or later: A100, H100,
+  RTX 30xx on), fp16 with a ``GradScaler`` on older GPUs (V100, T4: their bf16 is emulated,
+  although ``torch.cuda.is_bf16_supported()`` says yes), fp32 on CPU;
+- ``cudnn.benchmark`` on (inputs have one size per cell), off with ``--deterministic``;
+- TF32 for matmuls and convolutions on by default (``TLBENCH_TF32=off`` turns it off);
+- ``--deterministic`` (``TLBENCH_DETERMINISTIC=1``): ``torch.use_deterministic_algorithms``
+  and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, benchmark off.
+
+Each record's ``runtime`` and the run's env.json say which were in force.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
 import resource
 import sys
@@ -17,7 +33,11 @@ import torch
 from tlbench.errors import UserError
 
 T = TypeVar("T")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DETERMINISTIC_ENV = "TLBENCH_DETERMINISTIC"
+TF32_ENV = "TLBENCH_TF32"
+CUBLAS_WORKSPACE = ":4096:8"
+logger = logging.getLogger("tlbench.runtime")
 
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
@@ -46,20 +66,102 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA compute capability 8.0 or later."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means bf16 where the hardware is fast at it (CUDA with bf16), fp32 elsewhere:
-    on CPU bf16 autocast changes numbers and is only worth it when asked for."""
+    """``auto`` means bf16 where the GPU computes it natively (compute capability >= 8.0), fp16
+    (with a ``GradScaler`` in training, ``grad_scaler``) on older GPUs, fp32 elsewhere: on CPU
+    reduced precision changes numbers and is only worth it when asked for."""
     if precision != "auto":
         return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
+    if torch.device(device).type == "cuda":
+        return "bf16" if native_bf16(device) else "fp16"
     return "fp32"
 
 
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """The loss scaler a training loop needs: enabled for fp16 on CUDA (whose small exponent
+    range underflows gradients without it), a no-op otherwise. Use it through ``backward_step``."""
+    device = torch.device(device)
+    enabled = precision == "fp16" and device.type == "cuda"
+    return torch.amp.GradScaler(device.type if enabled else "cpu", enabled=enabled)
+
+
+def backward_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """``loss.backward(); optimizer.step()``, through ``scaler`` when it is enabled (a step
+    whose scaled gradients overflowed is skipped and the scale lowered, as AMP does)."""
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+# -- process-wide GPU settings ---------------------------------------------------------------
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "off", "false", "no")
+
+
+def runtime_settings() -> dict:
+    """The settings ``configure_runtime`` applies, from the environment (so worker processes,
+    Ray actors and Slurm jobs inherit the run's choice)."""
+    deterministic = _flag(DETERMINISTIC_ENV, False)
+    return {
+        "deterministic": deterministic,
+        "cudnn_benchmark": not deterministic,
+        "tf32": _flag(TF32_ENV, True),
+    }
+
+
+def configure_runtime() -> dict:
+    """Apply ``runtime_settings()`` to this process (idempotent) and return them."""
+    settings = runtime_settings()
+    if settings["deterministic"]:
+        # cuBLAS reads it when its handle is created: before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+    torch.backends.cuda.matmul.allow_tf32 = settings["tf32"]
+    torch.backends.cudnn.allow_tf32 = settings["tf32"]
+    return settings
+
+
+def gpu_info(device: torch.device) -> dict:
+    """What a record says about the GPU: name, compute capability, native bf16."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return {}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {
+        "gpu": torch.cuda.get_device_name(device),
+        "compute_capability": f"{major}.{minor}",
+        "bf16_native": (major, minor) >= (8, 0),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
@@ -90,20 +192,50 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def with_oom_retry(fn: Callable[[int], T], batch_size: int, *, minimum: int = 1) -> tuple[T, int]:
+# The largest batch found to fit, per (model, input size, ...) key, for this process: the search
+# for it runs once, and later cells of the same model start there instead of failing again.
+_FITTED: dict = {}
+
+
+def fitted_batch(key, requested: int) -> int:
+    """The batch to start with for ``key``: ``requested``, or less when an earlier call with
+    the same key ran out of memory at ``requested``."""
+    if key is None:
+        return requested
+    return min(requested, _FITTED.get(key, requested))
+
+
+def accumulation_steps(requested: int, fitted: int) -> int:
+    """Micro-batches of ``fitted`` per optimiser step that keep the effective batch at
+    ``requested`` (so an out-of-memory retry leaves the recipe, learning rate included, as it was)."""
+    return max(1, -(-int(requested) // max(1, int(fitted))))
+
+
+def with_oom_retry(
+    fn: Callable[[int], T], batch_size: int, *, minimum: int = 1, key=None
+) -> tuple[T, int]:
     """Call ``fn(batch_size)``, halving the batch size on out-of-memory until it fits.
 
-    Returns the result and the batch size that worked (recorded in the cell's cost).
+    With ``key`` (e.g. the model's fingerprint and input size), the batch that fits is
+    remembered for the process and later calls with the same key start there. Returns the
+    result and the batch size that worked (recorded in the cell's cost).
     """
+    batch_size = fitted_batch(key, batch_size)
     while True:
         try:
-            return fn(batch_size), batch_size
+            result = fn(batch_size)
         except Exception as exc:
             if not is_oom(exc) or batch_size <= minimum:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            batch_size = max(minimum, batch_size // 2)
+            smaller = max(minimum, batch_size // 2)
+            logger.info("out of memory at batch %d; retrying at %d", batch_size, smaller)
+            batch_size = smaller
+            if key is not None:
+                _FITTED[key] = batch_size
+            continue
+        return result, batch_size
 
 
 def peak_rss_mb() -> float:
@@ -179,12 +311,23 @@ class CostMeter:
 
 def runtime_info(device: torch.device) -> dict:
     """How this process computes a cell's numbers, recorded with every record: a difference here
-    (another instruction set, thread count, the depthwise patch) explains a difference in floats."""
+    (another instruction set, thread count, the depthwise patch, TF32, a GPU without native bf16)
+    explains a difference in floats."""
     from tlbench.engine.depthwise import enabled as depthwise_enabled
 
-    return {
+    device = torch.device(device)
+    info = {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "depthwise_grad_patch": device.type == "cpu" and depthwise_enabled(),
+        "precision_auto": resolve_precision("auto", device),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
+    if device.type == "cuda":
+        info.update(
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            tf32=torch.backends.cuda.matmul.allow_tf32,
+            **gpu_info(device),
+        )
+    return info

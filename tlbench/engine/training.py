@@ -38,7 +38,9 @@ from tlbench.engine.features import (
 from tlbench.engine.runtime import (
     CostMeter,
     autocast,
+    backward_step,
     count_params,
+    grad_scaler,
     is_oom,
     memory_format,
     resolve_device,
@@ -405,6 +407,7 @@ def train_epochs(
     after ``cfg.patience`` epochs without improvement. ``penalty(model)`` is added to the loss
     (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss."""
     optimizer = _optimizer(model, cfg)
+    scaler = grad_scaler(device, precision)  # enabled for fp16 on CUDA only
     scheduler = _scheduler(optimizer, cfg, epochs, steps_per_epoch)
     outcome = TrainOutcome(
         model,
@@ -432,8 +435,7 @@ def train_epochs(
                         f"loss became {loss.item()} at step {step} (lr={cfg.lr})", step=step
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                backward_step(loss, optimizer, scaler)
                 step += 1
                 scheduler.step_update(num_updates=step)
                 if meter:

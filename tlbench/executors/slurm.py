@@ -1,24 +1,28 @@
-"""Cells as Slurm jobs, through submitit: ``tlbench run SUITE --executor slurm``.
+"""``--executor slurm``: cells as Slurm jobs, through submitit.
 
-One job per group of cells that share work (a model, dataset and seed: the groups of
-``tlbench.executors.group_cells``); on Slurm the groups go in as one job array. A job runs its
-cells one after another on its own ``CellRunner``, so the model and data stay in memory, and
-leaves each cell's result in the run's ``slurm/`` folder the moment it is done; the parent polls
-that folder and the jobs, and records each result once. A job that ends without finishing its
-cells (cancelled, out of memory, node failure) costs only those cells: they are recorded
-``failed`` with one line naming the job and its state, and ``--resume --retry-failed`` reruns
-them. A job pre-empted or out of time (Slurm signals it first) checkpoints itself as its cells
-not yet done and submitit requeues it; nothing finished runs twice.
+One job per group of cells that share work (``tlbench.executors.base.group_cells``: a model,
+dataset and seed, or with GPUs a model and dataset with its seeds in sequence); on Slurm the
+groups go in as one job array. A job runs its cells one after another on its own ``CellRunner``
+(checking each first: the parent builds no contexts for remote cells), so the model and data
+stay in memory, and leaves each cell's result in the run's ``slurm/`` folder the moment it is
+done; the parent polls that folder and the jobs, and records each result once. A job that ends
+without finishing its cells (cancelled, out of memory, node failure) costs only those cells:
+they are recorded ``failed`` with one line naming the job and its state, and ``--resume
+--retry-failed`` reruns them. A job pre-empted or out of time (Slurm signals it first)
+checkpoints itself as its cells not yet done and submitit requeues it; nothing finished runs
+twice.
 
-``--slurm-local`` runs the jobs on this machine through submitit's local executor, which is how
-the tests exercise every path above without a cluster. submitit is imported only when used.
-
-This module does not import ``tlbench.executors`` (which imports it); the worker-side function
-that turns a ``WorkerConfig`` into a way of running cells arrives as an argument.
+Options (``--executor-opt KEY=VALUE``; ``--slurm-partition`` and the other ``--slurm-*`` flags
+are aliases): ``partition``, ``time`` (minutes, default 60), ``cpus_per_task`` (default 1),
+``gpus_per_task`` (default 0), ``mem``, ``array_parallelism``, ``local`` (true: run the jobs on
+this machine through submitit's local executor, which is how the tests exercise every path
+without a cluster), and any other key, passed to sbatch (``account=my-lab``). submitit is
+imported only when used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -32,9 +36,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tlbench.cell import CellResult, failed_result, interrupted_result
+from tlbench.cell import CellResult, StopRun, failed_result, interrupted_result
 from tlbench.components import Cell
 from tlbench.errors import UserError
+from tlbench.executors.base import (
+    Executor,
+    Option,
+    cell_worker,
+    local_cores,
+    no_gpu_requested,
+    parse_known,
+)
 from tlbench.suite import config_hash
 
 # A job's folder name under the run directory: logs, submission pickles, per-cell results.
@@ -59,15 +71,17 @@ class SlurmOptions:
     def check(self) -> None:
         """Fail in one line before any work: bad numbers, no submitit, no Slurm."""
         for option, value in (
-            ("--slurm-time", self.time_min),
-            ("--slurm-cpus-per-task", self.cpus_per_task),
-            ("--slurm-array-parallelism", self.array_parallelism),
+            ("time", self.time_min),
+            ("cpus_per_task", self.cpus_per_task),
+            ("array_parallelism", self.array_parallelism),
         ):
             if value is not None and value < 1:
-                raise UserError(f"{option}: expected an integer >= 1, got {value}")
+                raise UserError(
+                    f"--executor-opt {option}={value}: expected an integer >= 1, got {value}"
+                )
         if self.gpus_per_task < 0:
             raise UserError(
-                f"--slurm-gpus-per-task: expected an integer >= 0, got {self.gpus_per_task}"
+                f"--executor-opt gpus_per_task={self.gpus_per_task}: expected an integer >= 0"
             )
         try:
             import submitit  # noqa: F401
@@ -79,7 +93,7 @@ class SlurmOptions:
         if not self.local and missing:
             raise UserError(
                 f"--executor slurm: no Slurm on this machine ({' and '.join(missing)} not on PATH); run tlbench "
-                "on a Slurm login node, or add --slurm-local to run the jobs here through "
+                "on a Slurm login node, or add --executor-opt local=true to run the jobs here through "
                 "submitit's local executor"
             )
 
@@ -117,23 +131,25 @@ class SlurmOptions:
         return params
 
 
-def slurm_options(extra: Iterable[str] = (), local: bool = False, **given) -> SlurmOptions | None:
-    """``SlurmOptions`` from the ``run`` command's ``--slurm-*`` values (``None`` when none is
-    given); ``given`` holds the fields by name, ``None`` for "not given"."""
-    fields = {name: value for name, value in given.items() if value is not None}
-    extra = tuple(parse_slurm_option(text) for text in extra)
-    if not fields and not extra and not local:
-        return None
-    return SlurmOptions(**fields, extra=extra, local=local)
+# The typed options, by --executor-opt key (Slurm's own spelling: time is --time, in minutes).
+OPTIONS = (
+    Option("partition", str, "partition of the jobs"),
+    Option("time", int, "time limit of each job in minutes (default 60)", minimum=1),
+    Option("cpus_per_task", int, "CPUs per job (default 1)", minimum=1),
+    Option("gpus_per_task", int, "GPUs per job (default 0)", minimum=0),
+    Option("mem", str, "memory per job, e.g. 16G"),
+    Option("array_parallelism", int, "jobs of the array running at once", minimum=1),
+    Option("local", bool, "run the jobs here through submitit's local executor"),
+)
+_FIELDS = {"time": "time_min"}
 
 
-def parse_slurm_option(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` from ``--slurm``; keys use sbatch's or submitit's spelling (``-`` or ``_``)."""
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key or not value:
-        raise UserError(f"--slurm {text!r}: expected KEY=VALUE, e.g. --slurm account=my-lab")
-    return key, value
+def slurm_options(pairs: Iterable[tuple[str, str]]) -> SlurmOptions:
+    """``SlurmOptions`` from ``--executor-opt`` pairs: the keys above become fields, any other
+    key is an sbatch option (``account=my-lab``, ``qos=low``, ``constraint=a100``)."""
+    values, extra = parse_known("slurm", OPTIONS, pairs, open_ended=True)
+    fields = {_FIELDS.get(key, key): value for key, value in values.items()}
+    return SlurmOptions(**fields, extra=tuple(extra))
 
 
 class JobEnded(Exception):
@@ -150,16 +166,23 @@ class GroupJob:
     submitit calls ``checkpoint`` when Slurm pre-empts the job or its time runs out; the job
     is requeued as itself, and on its next start skips the cells whose results are saved."""
 
-    config: Any  # tlbench.executors.WorkerConfig
+    config: Any  # tlbench.executors.base.WorkerConfig
     cells: tuple[Cell, ...]
     outbox: str
     stop_file: str
-    worker: Callable[[Any], Callable[[Cell], CellResult]]  # executors.cell_worker
+    worker: Callable[[Any], Callable[[Cell], CellResult]] = cell_worker
 
     def __call__(self) -> list[CellResult]:
+        try:
+            return self._run_cells()
+        except _JobSignalled as exc:  # requeued by submitit: the job ends as submitit asked
+            raise SystemExit(exc.code) from None
+
+    def _run_cells(self) -> list[CellResult]:
         import submitit
         import torch
 
+        _signals_end_the_job()
         torch.set_num_threads(self.config.threads or 1)
         job_id = submitit.JobEnvironment().job_id
         outbox = Path(self.outbox)
@@ -186,6 +209,35 @@ class GroupJob:
         return DelayedSubmission(self)
 
 
+class _JobSignalled(StopRun):
+    """submitit's handler of a pre-emption or time-out signal ended the job (it checkpointed
+    and requeued it): a ``StopRun``, which passes through the cell running at that moment
+    instead of failing it as plugin code's own ``SystemExit`` would."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def _signals_end_the_job() -> None:
+    """Wrap submitit's signal handlers so the ``SystemExit`` they raise becomes ``_JobSignalled``."""
+    import signal
+
+    for signum in {signal.SIGTERM, signal.SIGCONT, signal.SIGUSR1, signal.SIGUSR2}:
+        original = signal.getsignal(signum)
+        if not callable(original) or getattr(original, "_tlbench_wrapped", False):
+            continue
+
+        def handler(number, frame, original=original):
+            try:
+                original(number, frame)
+            except SystemExit as exc:
+                raise _JobSignalled(exc.code) from None
+
+        handler._tlbench_wrapped = True  # type: ignore[attr-defined]
+        signal.signal(signum, handler)
+
+
 def _write(path: Path, data: bytes) -> None:
     """Whole or not at all: the parent may read the folder at any moment. No fsync: a result
     lost with its node is a cell rerun, and the rename is what another machine sees."""
@@ -208,31 +260,63 @@ class _Tracked:
     recorded: set[str] = field(default_factory=set)
 
 
-class SlurmExecutor:
-    """Runs whole groups as jobs (``dispatch`` hands it the groups, not one cell at a time)."""
+class SlurmExecutor(Executor):
+    """Runs whole groups as jobs, polling their results into the sink."""
 
     name = "slurm"
+    OPTIONS = OPTIONS
+    checks_in_parent = False
+
+    @classmethod
+    def parse_options(cls, config) -> SlurmOptions:
+        return slurm_options(config.options)
+
+    @classmethod
+    def check(cls, config, device: str = "auto") -> None:
+        if config.workers is not None:
+            raise UserError(
+                "--workers does not apply to --executor slurm: Slurm runs the jobs; cap how "
+                "many at once with --executor-opt array_parallelism=N"
+            )
+        options = cls.parse_options(config)
+        options.check()
+        if (device == "auto" or device.startswith("cuda")) and options.gpus_per_task <= 0:
+            raise no_gpu_requested(cls.name, device, "gpus_per_task")
+
+    @classmethod
+    def create(cls, config, base, runner, requested_device) -> SlurmExecutor:
+        return cls(base, cls.parse_options(config), requested_device)
 
     def __init__(
         self,
         base,
         options: SlurmOptions,
         requested_device: str,
-        worker: Callable[[Any], Callable[[Cell], CellResult]],
+        worker: Callable[[Any], Callable[[Cell], CellResult]] = cell_worker,
     ):
         if requested_device.startswith("cuda") and options.gpus_per_task <= 0:
-            raise UserError(
-                f"--device {requested_device} with --executor slurm needs --slurm-gpus-per-task > 0"
-            )
+            raise no_gpu_requested(self.name, requested_device, "gpus_per_task")
         # Jobs run on other machines: the device is what the job asks for, not what this one has.
         device = "cuda" if options.gpus_per_task > 0 else "cpu"
         self.base = replace(
-            base, executor="slurm", device=device, threads=options.cpus_per_task, visible_gpu=None
+            base,
+            executor="slurm",
+            device=device,
+            threads=options.cpus_per_task,
+            visible_gpu=None,
+            check_cells=True,
         )
+        self.groups_by_seed = device == "cpu"
         self.options, self.worker = options, worker
         self.folder = Path(base.run_dir) / FOLDER
         self.poll_s = 0.5 if options.local else 5.0
         self.tracked: list[_Tracked] = []
+
+    def describe(self) -> dict:
+        return {"kind": self.name, **dataclasses.asdict(self.options)}
+
+    def run(self, groups, sink) -> bool:
+        return self.run_groups(groups, sink)
 
     def shutdown(self, kill: bool = False) -> None:
         """Cancel the jobs still running or waiting (``kill``): a stopped run leaves none."""
@@ -285,14 +369,16 @@ class SlurmExecutor:
             )
             executor.update_parameters(**self.options.parameters(f"tlbench-{suite}"))
         except (ValueError, NameError, AssertionError, RuntimeError) as exc:
-            raise UserError(f"--slurm options: submitit refuses them: {_first_line(exc)}") from None
+            raise UserError(
+                f"--executor slurm: submitit refuses its options: {_first_line(exc)}"
+            ) from None
         return executor
 
     def _submit(self, executor, waiting: deque, inbox: Path, stop_file: Path, running) -> list:
         """On Slurm, every waiting group in one job array; locally, as many as may run at once."""
         room = len(waiting)
         if self.options.local:
-            room = (self.options.array_parallelism or _local_cores()) - len(running)
+            room = (self.options.array_parallelism or local_cores()) - len(running)
         batch = [waiting.popleft() for _ in range(min(room, len(waiting)))]
         if not batch:
             return []
@@ -441,10 +527,3 @@ def _error_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line.lower()]
     return errors[-1] if errors else _first_line(exc)
-
-
-def _local_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
