@@ -600,3 +600,86 @@ def test_every_observer_is_called_when_one_raises_and_its_failure_is_shown_at_th
         "RuntimeError: dashboard unreachable"
     ]
     assert result.stderr.rstrip().endswith(warnings[0]), "shown at the end of the run"
+
+
+# -- relative paths ------------------------------------------------------------------------------
+
+
+def path_model(argument, options, context):
+    """tiny-proj that refuses to build unless its ``path`` option names an existing file, and
+    says where the suite is."""
+    if not Path(options["path"]).is_file():
+        raise FileNotFoundError(options["path"])
+    (Path(options["path"]).parent / "suite_dir.txt").write_text(str(context.suite_dir))
+    return test_runner.tiny_projection(argument, {"width": 16}, context)
+
+
+@hookimpl(specname="register_models")
+def register_path_model(register):
+    register(ModelSpec("file-proj", factory=path_model, options=(Option("path", str),)))
+
+
+def test_a_relative_path_in_a_suite_resolves_against_the_suite_files_directory(
+    tmp_path, monkeypatch
+):
+    lab = tmp_path / "lab"
+    (lab / "weights").mkdir(parents=True)
+    (lab / "weights" / "proj.pt").write_bytes(b"weights")
+    path = suite(
+        lab, [{"name": "file-proj", "path": "weights/proj.pt"}], ["tiny-digits"], ["ridge"]
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    outcome, _ = run(tmp_path, path)
+
+    record = stored(outcome)[("file-proj", "tiny-digits", "ridge", 0)]
+    assert record["status"] == "ok", record["error"]
+    assert record["options"]["model"]["path"] == "weights/proj.pt"  # as written
+    assert (lab / "weights" / "suite_dir.txt").read_text() == str(lab.resolve())
+
+
+# -- a cache that cannot go stale silently ---------------------------------------------------------
+
+
+def _entries_of(cache_dir: Path, model: str) -> dict[str, float]:
+    """meta file -> its creation time, for every cache entry computed from ``model``."""
+    found = {}
+    for meta in cache_dir.rglob("*.json"):
+        text = meta.read_text()
+        if f"|model {model}|" in text:
+            found[str(meta)] = json.loads(text)["created"]
+    return found
+
+
+def test_cache_entries_name_their_model_and_can_be_cleared_or_refreshed_by_it(tmp_path):
+    path = suite(tmp_path, ["tiny-proj"], ["tiny-digits"], ["linear-probe"])
+    run(tmp_path, path)
+    cache_dir = tmp_path / "cache"
+    first = _entries_of(cache_dir, "tiny-proj")
+    assert first, "the probe's features are cached, keyed with the model's name"
+    assert all("plugin test_runner==" in Path(m).read_text() for m in first)
+
+    from tlbench.planning import RunRequest
+    from tlbench.runner import run_suite
+    from tlbench.testing import make_host
+
+    request = RunRequest(
+        suite=path,
+        out_dir=tmp_path / "refreshed",
+        device="cpu",
+        cache_dir=cache_dir,
+        results_root=tmp_path / "results",
+        refresh=True,
+    )
+    run_suite(request, host=make_host(test_runner, sys.modules[__name__]))
+    second = _entries_of(cache_dir, "tiny-proj")
+    assert set(second) == set(first) and all(second[m] > first[m] for m in first)
+
+    result = cli(
+        "cache", "clear", "--component", "tiny-proj", "--cache-dir", str(cache_dir), "--yes"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"cleared {len(first)} entries computed from model 'tiny-proj'\n"
+    assert _entries_of(cache_dir, "tiny-proj") == {}

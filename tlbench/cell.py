@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 import traceback
@@ -55,6 +56,9 @@ MODELS_KEPT, TARGETS_KEPT, PREPARED_KEPT = 2, 3, 2
 # What a strategy may report itself; a failure is raised, divergence is raised as Diverged.
 RESULT_STATUSES = ("ok", "skipped")
 TOP1_EXPECTED = "metrics['top1'], the test top-1 accuracy in percent: a finite number in [0, 100]"
+# Options that name files: relative values resolve against the suite file's directory.
+PATH_OPTIONS = ("path", "root")
+PATH_SUFFIXES = ("_path", "_dir", "_file", "_root")
 
 
 class CellFailure(Exception):
@@ -175,17 +179,23 @@ class CellRunner:
             culprit = self.culprit(cell, returner or kind)
             raise CellFailure(cell, _problem(cell, culprit, where, exc), exc) from exc
 
-    def build_context(self, seed: int) -> BuildContext:
+    def build_context(self, seed: int, suite_dir: str | None = None) -> BuildContext:
         return BuildContext(
-            cache=self.cache, device=self.device, registry=self.registry, seed=seed, log=self.log
+            cache=self.cache,
+            device=self.device,
+            registry=self.registry,
+            seed=seed,
+            log=self.log,
+            suite_dir=Path(suite_dir) if suite_dir else None,
         )
 
     def source_model(self, cell: Cell):
         _, argument, factory = self.component("model", cell.model_ref)
-        key = stable_hash([cell.model_ref, dict(cell.model_options), cell.seed])
+        key = stable_hash([cell.model_ref, dict(cell.model_options), cell.seed, cell.suite_dir])
 
         def make():
-            source = factory(argument, dict(cell.model_options), self.build_context(cell.seed))
+            options = suite_relative(cell.model_options, cell.suite_dir)
+            source = factory(argument, options, self.build_context(cell.seed, cell.suite_dir))
             source = checked_source(_returned(source, SourceModel), self.culprit(cell, "model"))
             return replace(source, fingerprint=self.cache_fingerprint(cell, source))
 
@@ -199,16 +209,17 @@ class CellRunner:
         registered, _, _ = self.component("model", cell.model_ref)
         version = getattr(self.host, "plugin_version", lambda _name: "-")(registered.plugin)
         return (
-            f"{source.fingerprint}|plugin {registered.plugin}=={version}"
-            f"|recipe {registered.spec.version}"
+            f"{source.fingerprint}{model_marker(cell.model_ref)}plugin "
+            f"{registered.plugin}=={version}|recipe {registered.spec.version}"
         )
 
     def target_data(self, cell: Cell):
         _, argument, factory = self.component("dataset", cell.dataset_ref)
-        key = stable_hash([cell.dataset_ref, dict(cell.dataset_options)])
+        key = stable_hash([cell.dataset_ref, dict(cell.dataset_options), cell.suite_dir])
 
         def make():
-            target = factory(argument, dict(cell.dataset_options), self.build_context(cell.seed))
+            options = suite_relative(cell.dataset_options, cell.suite_dir)
+            target = factory(argument, options, self.build_context(cell.seed, cell.suite_dir))
             check_target(_returned(target, TargetData))  # once per load, before any split
             return target
 
@@ -461,6 +472,30 @@ def _plain(value):
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # NumPy or torch scalar
         return value.item()
     return str(value)
+
+
+def model_marker(ref: str) -> str:
+    """The part of a cache fingerprint that names the model (``tlbench cache clear
+    --component NAME`` and ``tlbench run --refresh`` find a model's entries by it)."""
+    return f"|model {ref}|"
+
+
+def suite_relative(options: Mapping[str, Any], suite_dir: str | os.PathLike | None) -> dict:
+    """``options`` with every relative file option (``path``, ``root``, names ending in
+    ``_path``, ``_dir``, ``_file``, ``_root``) resolved against ``suite_dir``, the suite file's
+    directory, so a suite means the same files from any working directory (docs/suites.md).
+    Records keep the options as written."""
+    resolved = dict(options)
+    if not suite_dir:
+        return resolved
+    for name, value in options.items():
+        if not (name in PATH_OPTIONS or name.endswith(PATH_SUFFIXES)):
+            continue
+        if not isinstance(value, str) or not value or value.startswith("~") or "://" in value:
+            continue
+        if not Path(value).is_absolute():
+            resolved[name] = str(Path(suite_dir) / value)
+    return resolved
 
 
 def _test_size(data) -> int | None:

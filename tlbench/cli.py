@@ -164,6 +164,11 @@ def _line(*fields) -> str:
     is_flag=True,
     help="When resuming, rerun cells recorded as failed or diverged.",
 )
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Recompute the cached features of the suite's models (after changing model code).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option(
     "--cache-dir",
@@ -243,6 +248,7 @@ def run(
     out_dir,
     resume,
     retry_failed,
+    refresh,
     device,
     cache_dir,
     models,
@@ -321,6 +327,7 @@ def run(
         out_dir=out_dir,
         resume=resume,
         retry_failed=retry_failed,
+        refresh=refresh,
         device=device,
         cache_dir=cache_dir,
         selection=Selection(tuple(models), tuple(datasets), tuple(strategies), tuple(seeds)),

@@ -30,13 +30,17 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass(frozen=True)
 class BuildContext:
     """What a model or dataset factory may use: where to cache, which device, and the registry
-    (a self-pretrained model builds its source dataset and trains through it)."""
+    (a self-pretrained model builds its source dataset and trains through it). ``suite_dir`` is
+    the directory of the suite file the cell came from (``None`` outside a suite): tlbench
+    resolves relative ``path``/``root`` options against it already; a factory reading other
+    files named in its options can do the same."""
 
     cache: Cache
     device: str
     registry: Registry | None = None
     seed: int = 0
     log: Callable[[str], None] = log_status
+    suite_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ class Cell:
     dataset_options: Mapping[str, Any]
     strategy_options: Mapping[str, Any]
     versions: Mapping[str, str] = field(default_factory=dict)
+    # Where the suite file is: relative file options resolve against it (not in the config hash).
+    suite_dir: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -98,6 +98,7 @@ class RunRequest:
     out_dir: Path | None = None
     resume: Path | str | None = None
     retry_failed: bool = False
+    refresh: bool = False  # recompute the cached features of the suite's models
     device: str = "auto"
     cache_dir: Path | None = None
     selection: Selection = field(default_factory=Selection)

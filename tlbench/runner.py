@@ -33,6 +33,8 @@ from tlbench.cell import (
     StopRun,
     core_problem,
     failure_result,
+    model_marker,
+    suite_relative,
 )
 from tlbench.components import Cell
 from tlbench.errors import TlbenchError, UserError
@@ -107,7 +109,8 @@ def preflight(suite: Suite, host: PluginHost) -> None:
     for kind in ("model", "dataset"):
         for entry in suite.entries(kind):
             registered, argument = host.registry.lookup(kind, entry.ref)
-            available = registered.spec.availability(argument, entry.options)
+            options = suite_relative(entry.options, Path(suite.path).resolve().parent)
+            available = registered.spec.availability(argument, options)
             if available is not True:
                 problems.append(
                     f"{suite.path}: {entry.field}: {kind} {entry.ref!r} is not available: {available}"
@@ -178,6 +181,9 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     configure_runtime()  # cudnn.benchmark, TF32, --deterministic; workers apply the same
     cache = Cache(request.cache_dir)
     cache.check_writable()
+    if request.refresh:  # before any cell can read them: every executor recomputes
+        for ref in sorted({entry.ref for entry in suite.models}):
+            cache.clear_matching(model_marker(ref))
     run_dir = choose_run_dir(request, suite)
     check_run_owner(run_dir, suite)  # before anything is written there
     prepare_run_dir(run_dir)

@@ -443,6 +443,7 @@ def expand_cells(suite: Suite) -> list[Cell]:
                 "strategy": strategy.version,
                 "protocol": PROTOCOL_VERSION,
             },
+            suite_dir=str(Path(suite.path).resolve().parent),
         )
         if not _excluded(cell, suite.excludes):
             cells.append(cell)
