@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--images", type=int, default=3200)
     parser.add_argument("--model", default="efficientnet_lite0.in1k")
     parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"))
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args()
     start_stamp = common.stamp()

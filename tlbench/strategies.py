@@ -143,8 +143,8 @@ def training_options(
             "precision",
             str,
             default="auto",
-            help="auto = bf16 autocast on CUDA with bf16 support, fp32 elsewhere.",
-            choices=("auto", "fp32", "bf16"),
+            help="auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), fp16 with loss scaling on older GPUs, fp32 on CPU.",
+            choices=("auto", "fp32", "bf16", "fp16"),
         ),
         Option(
             "augment",

@@ -188,7 +188,7 @@ _COMMON = (
         str,
         default="auto",
         help="Feature extraction precision.",
-        choices=("auto", "fp32", "bf16"),
+        choices=("auto", "fp32", "bf16", "fp16"),
     ),
     Option(
         "refit",

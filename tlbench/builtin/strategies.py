@@ -266,7 +266,7 @@ LINEAR_PROBE_OPTIONS = (
         str,
         default="auto",
         help="Feature extraction precision.",
-        choices=("auto", "fp32", "bf16"),
+        choices=("auto", "fp32", "bf16", "fp16"),
     ),
     Option(
         "refit",
