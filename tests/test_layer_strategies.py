@@ -201,6 +201,7 @@ def test_layer_transfer_frozen_trains_only_the_reinitialised_top_and_caches_the_
     assert result.hparams["trained_groups"] == [LITE0_STAGES[-1], "classifier"]
     assert result.cost["prefix_boundary"] == "blocks.6.0"
     assert result.metrics["top1"] > 10  # trains: a fresh top on frozen ImageNet features
+    assert result.hparams["bn"] == "train"  # the re-initialised top normalises with its batches
 
 
 @pytest.mark.slow

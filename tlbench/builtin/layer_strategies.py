@@ -73,6 +73,14 @@ class LayerTransfer(GroupStrategy):
         reinitialise(model, reset, arch=ctx.source.arch, in_chans=ctx.data.in_chans, seed=ctx.seed)
         return model
 
+    def check(self, ctx) -> None:
+        super().check(ctx)
+        # Re-initialised groups carry BatchNorm at its initial statistics (mean 0, variance 1):
+        # frozen, they would not normalise at all, so they train on batch statistics unless the
+        # suite says otherwise (kept groups frozen in AnB mode stay in eval mode regardless).
+        if self.options.get("bn") is None and self.options["keep"] < len(self.layout):
+            self.options["bn"] = "train"
+
     def run(self, ctx):
         result = super().run(ctx)
         keep = self.options["keep"]
@@ -263,7 +271,9 @@ STRATEGIES = (
         )
         + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("layers", "study"),
-        version="2",  # 2: converging recipe (15-epoch budget, patience 3, asha grace period)
+        # 2: converging recipe (15-epoch budget, patience 3, asha grace period), BatchNorm on
+        # batch statistics (re-initialised groups would otherwise keep their initial statistics)
+        version="2",
     ),
     StrategySpec(
         "surgical",
