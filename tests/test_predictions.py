@@ -63,3 +63,82 @@ def test_the_runner_stores_each_cells_test_predictions_next_to_its_record(tlbenc
         assert preds is not None and len(preds) == 200
         assert preds.split_hash == record["split"]["hashes"]["test"]
         assert preds.top1 == pytest.approx(record["metrics"]["top1"], abs=1e-3)
+
+
+def _stored(tmp_path, data: bytes) -> dict:
+    (tmp_path / "predictions").mkdir(exist_ok=True)
+    (tmp_path / "predictions" / "x.npz").write_bytes(data)
+    return {"predictions": {"file": "predictions/x.npz"}}
+
+
+def _npz(**arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+GOOD = {
+    "index": np.arange(4, dtype=np.int64),
+    "label": np.array([0, 1, 2, 3], dtype=np.int16),
+    "pred": np.array([0, 1, 2, 0], dtype=np.int16),
+    "true_prob": np.array([0.9, 0.8, 0.7, 0.1], dtype=np.float16),
+    "split_hash": np.array("abc"),
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"label": np.array([0, 1, 2, 30000], dtype=np.int64)},
+            "label 30000 is not a class of a 10-class dataset",
+        ),
+        ({"label": np.array([0, -1, 2, 3], dtype=np.int16)}, "label -1 is not a class"),
+        (
+            {"index": np.arange(4, dtype=np.float64)},
+            "array index has dtype float64, expected integers",
+        ),
+        ({"label": np.array(3)}, "array label has shape (), expected one dimension"),
+        (
+            {"label": np.zeros((4, 1), dtype=np.int16)},
+            "array label has shape (4, 1), expected one dimension",
+        ),
+        ({"pred": np.array(["a", "b", "c", "d"])}, "array pred has dtype <U1, expected integers"),
+        ({"pred": np.zeros(3, dtype=np.int16)}, "prediction arrays differ in length"),
+        ({"index": np.zeros(20_000_000, dtype=np.int64)}, "array index unpacks to"),
+    ],
+)
+def test_a_hostile_predictions_file_is_one_line_before_its_arrays_are_read(
+    tmp_path, change, expected
+):
+    record = _stored(tmp_path, _npz(**{**GOOD, **change}))
+    with pytest.raises(UserError) as caught:
+        read_predictions(tmp_path, record, classes=10)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_valid_file_those_were_made_from_reads(tmp_path):
+    assert len(read_predictions(tmp_path, _stored(tmp_path, _npz(**GOOD)), classes=10)) == 4
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "outside"])
+def test_a_predictions_file_that_is_a_link_is_refused_unread(tmp_path, target):
+    run_dir = tmp_path / "run"
+    (run_dir / "predictions").mkdir(parents=True)
+    outside = tmp_path / "outside.npz"
+    outside.write_bytes(_npz(**GOOD))
+    (run_dir / "predictions" / "x.npz").symlink_to(target if target.startswith("/") else outside)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        read_predictions(run_dir, {"predictions": {"file": "predictions/x.npz"}})
+
+
+def test_a_predictions_folder_that_is_a_link_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.npz").write_bytes(_npz(**GOOD))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "predictions").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="predictions: is a symbolic link"):
+        read_predictions(tmp_path / "run", {"predictions": {"file": "predictions/x.npz"}})

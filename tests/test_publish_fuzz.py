@@ -9,6 +9,7 @@ value, plus a fixed sample of nested fields; ``FUZZ_COUNTS`` holds what the last
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import io
 import json
@@ -297,6 +298,66 @@ def test_the_cli_exit_code_is_0_with_a_note_for_a_malformed_run(harness):
     result = CliRunner().invoke(publish_command, [str(run_dir), "-o", str(harness.root / "cli")])
     assert result.exit_code == 0, result.output
     assert "metrics is a string, expected an object; skipped" in result.output
+
+
+def test_ids_that_would_share_a_page_name_get_two_pages(harness):
+    records = base_records()
+    records[0]["model"], records[1]["model"] = "Pixels", "pixels-48b027"
+    run_dir = write_run(harness.root / next(harness.fresh), records)
+    site = harness.root / "names"
+    build_site([run_dir], site, targets=Targets(), gallery_size=0)
+    pages = sorted(p.name for p in (site / "suites" / "quickstart" / "models").glob("*.html"))
+    assert len(pages) == 2, pages
+    titles = {p.read_text().split("<h1>")[1].split("</h1>")[0] for p in site.rglob("models/*")}
+    assert any("Pixels" in t for t in titles) and any("pixels-48b027" in t for t in titles)
+
+
+def test_the_leaderboard_csv_never_starts_a_cell_with_a_formula(harness):
+    records = base_records()
+    records[0]["model"] = '=HYPERLINK("http://x")'
+    records[1]["model"] = "@SUM(1)"
+    run_dir = write_run(harness.root / next(harness.fresh), records)
+    site = harness.root / "csv"
+    build_site([run_dir], site, targets=Targets(), gallery_size=0)
+    rows = [
+        row
+        for path in (site / "suites" / "quickstart").glob("leaderboard-*.csv")
+        for row in csv.reader(path.read_text().splitlines())
+    ]
+    models = {row[1] for row in rows[1:]}
+    assert models == {'\'=HYPERLINK("http://x")', "'@SUM(1)"}
+    assert all(not cell.startswith(("=", "+", "@")) for row in rows for cell in row)
+
+
+def test_publishing_onto_a_read_only_filesystem_is_exit_code_3(harness, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    result = CliRunner().invoke(
+        publish_command, [str(harness.root / "base"), "-o", str(harness.root / "ro")]
+    )
+    assert result.exit_code == 3, result.output
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .endswith("cannot write the site: Read-only file system")
+    )
+
+
+def test_no_page_names_where_the_publisher_keeps_the_runs(harness, monkeypatch):
+    monkeypatch.chdir(harness.root)
+    records = base_records()
+    records[1]["metrics"] = "x"  # one note about this run, naming its file
+    write_run(harness.root / "given", records)
+    site = harness.root / "paths-site"
+    notes = Notes()
+    build_site(["given"], site, targets=Targets(), notes=notes, gallery_size=2)
+    assert any(line.startswith("given/cells.jsonl:") for line in notes), list(notes)
+    assert str(harness.root) not in "".join(p.read_text() for p in site.rglob("*.html"))
 
 
 def test_fuzz_counts_are_reported(harness):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tlbench.errors import UserError
+from tlbench.errors import TlbenchError
 
 
 @click.command("publish")
@@ -46,7 +46,7 @@ def publish_command(
         summary = build_site(
             run_dirs, out, strategy=strategy, title=title, metric=metric, notes=notes
         )
-    except UserError as exc:
+    except TlbenchError as exc:  # UserError: 2; StorageError (disk full, read-only): 3
         _warn(notes)
         for line in str(exc).splitlines():
             click.echo(f"error: {line}", err=True)

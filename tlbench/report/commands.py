@@ -48,6 +48,8 @@ def report_command(
     from tlbench.report.document import format_from_path, render_report
     from tlbench.report.records import load_env, load_records
 
+    if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
+        raise UserError(f"{plots_dir}: exists and is not a folder; --plots expects a folder")
     with _warnings_to_stderr():
         records = load_records(run_dirs)
     if f"metrics.{metric}" not in records:  # the terminal table shows top1, but a typo is a typo
@@ -84,8 +86,6 @@ def report_command(
     if plots_dir is not None:
         from tlbench.safeio import fault
 
-        if plots_dir.exists() and not plots_dir.is_dir():
-            raise UserError(f"{plots_dir}: exists and is not a folder; --plots expects a folder")
         try:
             written = save_plots(plots, plots_dir)
         except OSError as exc:
