@@ -214,3 +214,16 @@ def test_the_batch_that_fits_is_searched_once_per_model_and_input_size():
     assert with_oom_retry(forward, 128, key=key) == (16, 16)
     assert tried == [16], "the second call starts at the batch that fitted"
     assert accumulation_steps(128, 16) == 8 and accumulation_steps(100, 16) == 7
+
+
+def test_groups_come_dataset_by_dataset_so_each_dataset_is_read_once_per_worker():
+    cells = [_Cell(m, d, 0, "lp") for m in ("m1", "m2") for d in ("d1", "d2", "d3")]
+    order = [(g[0].model, g[0].dataset) for g in group_cells(cells)]
+    assert order == [
+        ("m1", "d1"),
+        ("m2", "d1"),
+        ("m1", "d2"),
+        ("m2", "d2"),
+        ("m1", "d3"),
+        ("m2", "d3"),
+    ]

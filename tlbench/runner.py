@@ -39,7 +39,7 @@ from tlbench.cell import (
 from tlbench.components import Cell
 from tlbench.errors import TlbenchError, UserError
 from tlbench.executors import executor_class, make_executor
-from tlbench.executors.base import Sink, WorkerConfig, dispatch
+from tlbench.executors.base import Sink, WorkerConfig, dataset_major, dispatch
 from tlbench.planning import (
     Plan,
     RunRequest,
@@ -207,7 +207,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                 # Remote workers check their own cells: the parent (a login node) builds no
                 # contexts, models or datasets for them.
                 in_parent = executor_class(request.executor.kind).checks_in_parent
-                rejected = check_cells(todo, runner) if in_parent else []
+                rejected = check_cells(dataset_major(todo), runner) if in_parent else []
                 if suite.estimators:
                     outcome.failed_estimates = _estimate(
                         suite, request, runner, run_dir, progress, log

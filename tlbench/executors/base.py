@@ -223,11 +223,23 @@ def no_gpu_requested(kind: str, device: str, option: str) -> UserError:
 # -- grouping ------------------------------------------------------------------------------------
 
 
+def dataset_major(cells: Iterable[Cell]) -> list[Cell]:
+    """``cells`` with those of one dataset together (datasets in first-seen order, the cells of
+    each in their own order): a suite expands model by model, and visiting every dataset once per
+    model would decode (scan) each dataset once per model where a few are kept in memory."""
+    cells = list(cells)
+    first: dict = {}
+    for cell in cells:
+        first.setdefault(cell.dataset, len(first))
+    return sorted(cells, key=lambda c: first[c.dataset])
+
+
 def group_cells(cells: Iterable[Cell], by_seed: bool = True) -> list[deque]:
     """Cells sharing a (model, dataset, seed), or with ``by_seed=False`` a (model, dataset) with
-    its seeds one after another, in first-seen order; each group runs on one slot (or job)."""
+    its seeds one after another; each group runs on one slot (or job). Groups come dataset by
+    dataset (``dataset_major``), so each dataset is read once per worker, not once per model."""
     groups: dict[tuple, list] = {}
-    for cell in cells:
+    for cell in dataset_major(cells):
         key = (cell.model, cell.dataset) + ((cell.seed,) if by_seed else ())
         groups.setdefault(key, []).append(cell)
     if by_seed:
