@@ -1,17 +1,30 @@
 """Shared fixtures. Every test runs offline; caches go to a per-session temporary directory so
-tests share converted weights and features with each other but never with the user's cache."""
+tests share converted weights and features with each other but never with the user's cache. The
+directory is removed when the session ends. Helpers that several test modules share (a tiny suite
+over a cheap real plugin, a run request, the CLI) are in ``helpers.py``."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-_SESSION_CACHE = Path(tempfile.mkdtemp(prefix="tlbench-test-cache-"))
-os.environ.setdefault("TLBENCH_CACHE", str(_SESSION_CACHE))
+# Made at import, before any test module imports tlbench, so every cache a test or a child
+# process opens lands here; unless the caller chose a cache of their own.
+_SESSION_CACHE: Path | None = None
+if "TLBENCH_CACHE" not in os.environ:
+    _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="tlbench-test-cache-"))
+    os.environ["TLBENCH_CACHE"] = str(_SESSION_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_unconfigure(config) -> None:
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import sys
 from collections import deque
 
 import pytest
-from test_runner import metrics_by_cell, request, tiny_host, tiny_suite
+from helpers import metrics_by_cell, request, tiny_host, tiny_suite
 
 from tlbench.errors import UserError
 from tlbench.executors import ExecutorConfig

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_runner import Ridge, metrics_by_cell, subprocess_env
+from helpers import metrics_by_cell, subprocess_env
+from test_runner import Ridge
 
 from tlbench import hookimpl
 from tlbench.specs import Option, StrategySpec

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from test_runner import PLUGIN, cli, metrics_by_cell, request, subprocess_env, tiny_host, tiny_suite
+from helpers import PLUGIN, cli, metrics_by_cell, request, subprocess_env, tiny_host, tiny_suite
 
 from tlbench.results import read_records
 

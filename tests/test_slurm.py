@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_runner import PLUGIN, TESTS, Ridge, _features, _solve
+from helpers import PLUGIN, TESTS
+from test_runner import Ridge, _features, _solve
 
 from tlbench import hookimpl
 from tlbench.errors import UserError

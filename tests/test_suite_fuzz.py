@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from helpers import PLUGIN, tiny_host
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_runner import PLUGIN, tiny_host
 
 from tlbench.errors import UserError
 from tlbench.suite import TOP_LEVEL, load_suite, parse_suite
