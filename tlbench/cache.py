@@ -42,7 +42,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from tlbench.errors import UserError
-from tlbench.safeio import TlbenchWarning, describe, probe_writable
+from tlbench.safeio import TlbenchWarning, describe, fault, probe_writable
 
 logger = logging.getLogger("tlbench.cache")
 
@@ -506,7 +506,10 @@ class Cache:
         )
         for target in targets:
             if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
+                try:
+                    shutil.rmtree(target)
+                except OSError as exc:  # one line (exit 3 or 2), not a traceback
+                    raise fault(Path(exc.filename or target), exc, "delete") from None
 
 
 _MISS = object()
