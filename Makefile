@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check --no-input
 INSTALL := $(PIP) install --no-warn-script-location
 
-.PHONY: setup demo test lint reference bench clean-venv browser wheel
+.PHONY: setup demo test test-fast test-deps lint typecheck reference bench clean-venv browser wheel
 
 setup: $(STAMP) fashion-mnist
 
@@ -47,14 +47,35 @@ DEMO := --executor process --workers 2
 demo: setup
 	$(BIN)/tlbench run suites/quickstart-demo.toml $(DEMO)
 
-test: setup browser
-	$(BIN)/ruff check tlbench tests benchmarks plugins
-	$(BIN)/ruff format --check tlbench tests benchmarks plugins
-	$(BIN)/python -m pytest -q
+# What the tests need on top of setup (pytest, the optional executors and dataset formats, ruff,
+# mypy): the `test` and `lint` extras of pyproject.toml, installed once (a stamp file tracks it).
+TEST_STAMP := $(VENV)/.tlbench-test-installed
+LINTED := tlbench tests benchmarks plugins tools
 
-lint: setup
-	$(BIN)/ruff format --check tlbench tests benchmarks plugins
-	$(BIN)/ruff check tlbench tests benchmarks plugins
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	@$(INSTALL) -e '.[test,lint]'
+	@touch $(TEST_STAMP)
+
+test-deps: $(TEST_STAMP)
+
+# The full suite, as CI runs it; the 25 slowest tests are listed at the end of the output.
+test: setup browser test-deps
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/python tools/mypy_baseline.py
+	$(BIN)/python -m pytest -q --durations=25
+
+# The suite without the tests marked slow (each over 10 s alone on 2 cores): for quick feedback.
+test-fast: setup test-deps
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow"
+
+lint: setup test-deps
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
+
+# mypy against tools/mypy-baseline.json: the errors per module may only shrink (CONTRIBUTING.md).
+typecheck: setup test-deps
+	$(BIN)/python tools/mypy_baseline.py
 
 # Regenerate the published reference run and its reports under results/reference/.
 reference: setup
