@@ -10,8 +10,8 @@ strategy accepts. Nothing here imports torch until a cell runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from tlbench.errors import UserError
 from tlbench.specs import Option
@@ -27,14 +27,41 @@ __all__ = [
 
 
 def training_options(
-    *, lr: list[float], epochs: int, weight_decay: float = 0.05, batch_size: int = 64
+    *,
+    lr: list[float],
+    epochs: int,
+    weight_decay: float = 0.05,
+    batch_size: int = 64,
+    only: Iterable[str] | None = None,
+    rename: Mapping[str, str] | None = None,
 ) -> tuple[Option, ...]:
     """The options every gradient-trained strategy accepts (a plugin may reuse them).
 
     ``lr`` and ``epochs`` are the strategy's fine-tuning recipe (a learning-rate grid of at least
     three values, option ``finetune_lr``, and an epoch budget that early stopping cuts short); a
     randomly initialised model trains under the from-scratch recipe instead (``scratch_lr``,
-    ``scratch_epochs``, BatchNorm on batch statistics, augmentation), see docs/strategies.md."""
+    ``scratch_epochs``, BatchNorm on batch statistics, augmentation), see docs/strategies.md.
+
+    ``only`` narrows them to the named options (the engine's defaults hold for the others);
+    ``rename`` exposes engine options under names of the strategy's own (``{"layer_decay":
+    "decay"}``). Set the same mapping as the strategy's ``FineTuneStrategy.rename`` so the
+    engine gets its names back and messages and records use the strategy's."""
+    options = _training_options(lr, epochs, weight_decay, batch_size)
+    known = [o.name for o in options]
+    for what, names in (("only", only or ()), ("rename", rename or {})):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(
+                f"training_options({what}=...): unknown option(s) {unknown}; known: {known}"
+            )
+    if only is not None:
+        options = tuple(o for o in options if o.name in set(only))
+    if rename:
+        options = tuple(replace(o, name=rename.get(o.name, o.name)) for o in options)
+    return options
+
+
+def _training_options(lr, epochs, weight_decay, batch_size) -> tuple[Option, ...]:
     return (
         Option(
             "recipe",
@@ -176,13 +203,18 @@ def training_options(
     )
 
 
-def check_training_options(ctx, options: Mapping[str, Any]) -> None:
-    """Raise ``UserError`` naming the cell when a training option is out of its range."""
+def check_training_options(
+    ctx, options: Mapping[str, Any], names: Mapping[str, str] | None = None
+) -> None:
+    """Raise ``UserError`` naming the cell when a training option is out of its range.
+    ``options`` use the engine's names; ``names`` maps them to those the user wrote (a
+    strategy's ``rename``), for the message."""
+    said = dict(names or {})
     for name in ("lr", "finetune_lr", "scratch_lr", "weight_decay"):
         for value in options.get(name) or ():
             if not value >= 0 or (name != "weight_decay" and value == 0):
                 raise UserError(
-                    f"{ctx.cell.label}: strategy option {name!r} must be {'>= 0' if name == 'weight_decay' else '> 0'}, got {value!r}"
+                    f"{ctx.cell.label}: strategy option {said.get(name, name)!r} must be {'>= 0' if name == 'weight_decay' else '> 0'}, got {value!r}"
                 )
     if options.get("bn") == "frozen":
         from tlbench.engine.training import training_recipe
@@ -194,7 +226,7 @@ def check_training_options(ctx, options: Mapping[str, Any]) -> None:
     for name in ("epochs", "scratch_epochs", "grace_epochs", "batch_size", "patience"):
         if name in options and options[name] is not None and options[name] < 1:
             raise UserError(
-                f"{ctx.cell.label}: strategy option {name!r} must be >= 1, got {options[name]!r}"
+                f"{ctx.cell.label}: strategy option {said.get(name, name)!r} must be >= 1, got {options[name]!r}"
             )
 
 
@@ -222,10 +254,22 @@ class FineTuneStrategy:
     """A gradient-trained strategy: its resolved ``options`` (from ``training_options`` plus its
     own), which parameters train (``trainable``), an optional model set-up (``setup``, called
     with ``phase`` "search" or "refit"), and whether the frozen prefix's activations may be cached
-    (``cache_prefix``: only when nothing before the first trainable layer changes)."""
+    (``cache_prefix``: only when nothing before the first trainable layer changes).
+
+    ``options`` is the dict of resolved suite options the strategy factory receives (the
+    factory can be the class itself: ``factory=MyStrategy``). ``rename`` maps engine option
+    names to the names the strategy exposes (give ``training_options`` the same mapping);
+    ``run`` hands the engine its own names and records the hyperparameters under the
+    strategy's."""
 
     options: dict
     cache_prefix: bool = False
+    rename: ClassVar[Mapping[str, str]] = {}
+
+    def engine_options(self) -> dict:
+        """``options`` under the engine's names (undoing ``rename``)."""
+        engine_name = {exposed: name for name, exposed in self.rename.items()}
+        return {engine_name.get(k, k): v for k, v in dict(self.options).items()}
 
     def trainable(self, model) -> Iterable[str]:
         return [n for n, _ in model.named_parameters()]
@@ -236,12 +280,14 @@ class FineTuneStrategy:
     def check(self, ctx) -> None:
         """Raise ``UserError`` naming the cell if the options cannot work for this cell's model.
         Cheap; the runner may call it before any work, and ``run`` calls it first."""
-        check_training_options(ctx, self.options)
-        if self.options.get("layer_decay") is not None and not hasattr(
+        options = self.engine_options()
+        check_training_options(ctx, options, self.rename)
+        if options.get("layer_decay") is not None and not hasattr(
             probe_model(ctx), "group_matcher"
         ):
+            name = self.rename.get("layer_decay", "layer_decay")
             raise UserError(
-                f"{ctx.cell.label}: strategy option 'layer_decay' needs a timm model with group_matcher; {ctx.source.arch} has none"
+                f"{ctx.cell.label}: strategy option {name!r} needs a timm model with group_matcher; {ctx.source.arch} has none"
             )
 
     def run(self, ctx):
@@ -249,7 +295,10 @@ class FineTuneStrategy:
 
         self.check(ctx)
         recipe = Recipe(trainable=self.trainable, setup=self.setup, cache_prefix=self.cache_prefix)
-        return finetune(ctx, recipe, self.options)
+        result = finetune(ctx, recipe, self.engine_options())
+        if self.rename:  # records name what the user set
+            result.hparams = {self.rename.get(k, k): v for k, v in result.hparams.items()}
+        return result
 
 
 def probe_model(ctx):

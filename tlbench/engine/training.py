@@ -363,6 +363,21 @@ def _optimizer(model: nn.Module, cfg: TrainConfig):
     )
 
 
+def lr_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The peak learning rate each trained parameter got, as the optimiser's groups set it
+    (``layer_decay`` scales them layer by layer): one entry per distinct scale, input side
+    first, with how many trainable parameters it covers."""
+    scales: dict[float, int] = {}
+    for group in _optimizer(model, cfg).param_groups:
+        scale = round(float(group.get("lr_scale", 1.0)), 8)
+        scales[scale] = scales.get(scale, 0) + sum(p.numel() for p in group["params"])
+    return [
+        {"lr_scale": scale, "lr": cfg.lr * scale, "params": count}
+        for scale, count in sorted(scales.items())
+        if count
+    ]
+
+
 def _scheduler(optimizer, cfg: TrainConfig, epochs: int, steps_per_epoch: int):
     from timm.scheduler import CosineLRScheduler
 
@@ -761,6 +776,7 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         "sweep": records,
         "sweep_schedule": plan.describe(candidates),
     }
+    hparams["lr_groups"] = lr_groups(final.model, best_cfg)
     trainable, total = count_params(final.model)
     return StrategyResult(
         metrics={"top1": round(top1, 3), "val_top1": round(best.best_val, 3)},
