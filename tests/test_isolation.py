@@ -683,3 +683,19 @@ def test_cache_entries_name_their_model_and_can_be_cleared_or_refreshed_by_it(tm
     assert result.exit_code == 0, result.output
     assert result.stdout == f"cleared {len(first)} entries computed from model 'tiny-proj'\n"
     assert _entries_of(cache_dir, "tiny-proj") == {}
+
+
+def test_the_end_of_run_summary_keeps_a_long_failure_message_whole(tmp_path):
+    marker = tmp_path / ("a-deliberately-long-file-name-" * 8 + "end")
+    marker.touch()
+    path = suite(
+        tmp_path, ["tiny-proj"], ["tiny-digits"], [{"name": "ridge", "fail_if_exists": str(marker)}]
+    )
+
+    result = cli("run", str(path), "--out", str(tmp_path / "run"))
+
+    assert result.exit_code == 1
+    message = f"RuntimeError in run(): told to fail: {marker} exists"
+    assert len(message) > 200
+    # The terminal wraps it (and may break the path anywhere); nothing of it is cut.
+    assert message.replace(" ", "") in "".join(result.stdout.split())
