@@ -24,6 +24,10 @@ class Tracker:
             # A file: URI asks for MLflow's file store, which MLflow 3 keeps behind this opt-in
             # (and the only store mlflow-skinny has without a server); a user's "false" stands.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # MLflow retries an unreachable server 7 times with growing waits (minutes); a benchmark
+        # should warn after seconds. A user's own settings stand.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.client = MlflowClient()  # honours MLFLOW_TRACKING_URI
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"tlbench-{suite}"
         found = self.client.get_experiment_by_name(experiment)
