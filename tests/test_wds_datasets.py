@@ -98,3 +98,42 @@ def test_missing_shard_missing_cls_and_too_few_names_are_one_line(tmp_path):
         sink.write({"__key__": "k0", "png": _png(_digits(1)[0][0])})
     with pytest.raises(UserError, match="sample 'k0' in .*nocls.tar has no cls entry"):
         wds.wds_dataset("nocls.tar", {"root": str(tmp_path), "workers": 0})
+
+
+@pytest.mark.slow
+def test_a_suite_over_webdataset_shards_runs_end_to_end(tmp_path):
+    """The data path reads the tar members lazily, in its DataLoader workers."""
+    from click.testing import CliRunner
+
+    from tlbench.cli import cli
+
+    write_shards(tmp_path / "shards", "train", shards=4, per_shard=45)
+    write_shards(tmp_path / "shards", "test", shards=1, per_shard=60, start=180)
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        f"""
+name = "wds-e2e"
+seeds = [0]
+[[models]]
+name = "pixels"
+input_size = 8
+[[datasets]]
+name = "wds:train-{{0000..0003}}.tar"
+id = "digit-shards"
+root = "{tmp_path / "shards"}"
+test = "test-0000.tar"
+[[strategies]]
+name = "linear-probe"
+l2 = [0.1]
+refit = false
+refine_steps = 0
+"""
+    )
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli, ["run", str(suite), "--out", str(run_dir), "--device", "cpu", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["split"]["sizes"]["test"] == 60
+    assert record["metrics"]["top1"] > 80
