@@ -170,7 +170,7 @@ def _as_dict(loaded) -> dict:
 
 
 def _pick_splits(argument: str, splits: dict, option: str | None, default: list[str]) -> list:
-    names = [s for s in option.split("+") if s] if option else default
+    names = list(dict.fromkeys(s for s in option.split("+") if s)) if option else default
     missing = [s for s in names if s not in splits]
     if missing:
         raise UserError(
@@ -288,7 +288,7 @@ def _raw_mode(rows, column: str, row: int) -> str:
 def hf_dataset(argument: str, options: Mapping[str, Any]):
     splits, source, revision = _open(argument, options)
     pool_default = ["train" if "train" in splits else sorted(splits)[0]]
-    pool_default += [s for s in VALIDATION_SPLITS if s in splits]
+    pool_default = list(dict.fromkeys(pool_default + [s for s in VALIDATION_SPLITS if s in splits]))
     train_names = _pick_splits(argument, splits, options.get("train_split"), pool_default)
     test_option = options.get("test_split")
     if test_option == "none":
