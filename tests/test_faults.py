@@ -643,7 +643,7 @@ def test_a_report_counts_and_names_malformed_records(tmp_path, clean):
         f"warning: {cells}:1 (tiny-proj / tiny-digits / {first['strategy']} / seed {first['seed']}): status 'ok' but metrics.top1 is '97.5', expected a number in [0, 100]; counted as malformed, in no mean",
         f"warning: {cells}:2: 'dataset' is ['tiny-digits'], expected a string; left out of the report",
     ]
-    assert "(1 malformed)" in result.stdout, "the table counts it next to its cell's mean"
+    assert "1 malformed" in result.stdout, "the summary counts it next to its cell's mean"
 
 
 @pytest.mark.parametrize("name", ["cells.jsonl", "env.json"])

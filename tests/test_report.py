@@ -1,5 +1,6 @@
 """Reports from run directories: loading records, tables, plots, formats and the report command."""
 
+import csv
 import io
 import json
 import os
@@ -366,12 +367,24 @@ def test_html_report_is_self_contained_and_plots_are_written_as_png(full_run, tm
             assert image.format == "PNG" and image.width > 400
 
 
-def test_report_command_prints_the_terminal_table_without_output(full_run):
-    result = CliRunner().invoke(report_command, [str(full_run)])
+def test_report_command_prints_csv_lines_when_stdout_is_a_pipe(full_run):
+    result = CliRunner().invoke(report_command, [str(full_run)])  # stdout: not a terminal
 
     assert result.exit_code == 0, result.output
-    assert "quickstart: top1 (%), mean ± 95% interval over test items and seeds" in result.output
-    assert "4 cell(s) did not finish" in result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows and {"model", "dataset", "strategy", "mean", "ci95", "problems"} <= set(rows[0])
+    assert "─" not in result.stdout and "│" not in result.stdout
+
+
+def test_report_and_compare_take_json_like_the_other_commands(full_run):
+    as_json = CliRunner().invoke(report_command, [str(full_run), "--json"])
+    as_format = CliRunner().invoke(report_command, [str(full_run), "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == json.loads(as_format.stdout)
+    from tlbench.cli import cli
+
+    both = CliRunner().invoke(cli, ["report", str(full_run), "--json", "--format", "md"])
+    assert both.exit_code == 2 and "--json and --format md disagree" in both.stderr
 
 
 def test_report_command_says_which_extension_it_cannot_read(full_run, tmp_path):

@@ -4,6 +4,7 @@ to ``tlbench.report``; the heavy imports happen when a command runs, not at ``--
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,12 +13,26 @@ import click
 from tlbench.errors import UserError
 
 FORMAT_NAMES = ("md", "html", "latex", "csv", "json")
-FORMAT_HELP = "Output format (default: from the -o extension; without -o, a table in the terminal)."
+FORMAT_HELP = "Output format (default: from the -o extension; without -o, a table in a terminal and csv in a pipe)."
+JSON_HELP = "Print JSON (the same as --format json)."
+
+
+def _chosen_format(fmt: str | None, as_json: bool, output: Path | None) -> str | None:
+    """--json is --format json; without either (and without -o), a pipe or a file gets plain
+    csv lines, a terminal the table."""
+    if as_json:
+        if fmt not in (None, "json"):
+            raise UserError(f"--json and --format {fmt} disagree; give one of them")
+        return "json"
+    if fmt is None and output is None and not sys.stdout.isatty():
+        return "csv"
+    return fmt
 
 
 @click.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), help=FORMAT_HELP)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option(
     "-o",
     "--output",
@@ -36,6 +51,7 @@ FORMAT_HELP = "Output format (default: from the -o extension; without -o, a tabl
 def report_command(
     run_dirs: tuple[Path, ...],
     fmt: str | None,
+    as_json: bool,
     output: Path | None,
     plots_dir: Path | None,
     metric: str,
@@ -43,8 +59,10 @@ def report_command(
     """Tables and plots from one or more run directories.
 
     Several directories are merged (a later one wins for a cell recorded in both). Without -o
-    and --format the main table is printed; `--format md` without -o prints Markdown.
+    and --format the main table is printed (in a pipe: the summary as csv); `--format md`
+    without -o prints Markdown, `--json` JSON.
     """
+    fmt = _chosen_format(fmt, as_json, output)
     from tlbench.report.document import format_from_path, render_report
     from tlbench.report.records import load_env, load_records
 
@@ -98,6 +116,7 @@ def report_command(
 @click.argument("run_a", type=click.Path(path_type=Path))
 @click.argument("run_b", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), help=FORMAT_HELP)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option(
     "-o",
     "--output",
@@ -135,6 +154,7 @@ def compare_command(
     run_a: Path,
     run_b: Path,
     fmt: str | None,
+    as_json: bool,
     output: Path | None,
     threshold: float,
     alpha: float,
@@ -149,7 +169,9 @@ def compare_command(
     for the number of cells (Holm) and flags regressions (red) and improvements (green) only
     where the corrected p is below --alpha. Cells run with another configuration or test split
     are refused unless --allow-mismatch. --fail-on-regression exits 1 on a flagged regression.
+    In a pipe, without --format, the cells are printed as csv.
     """
+    fmt = _chosen_format(fmt, as_json, output)
     from tlbench.report.compare import compare, render_comparison
 
     with _warnings_to_stderr():
