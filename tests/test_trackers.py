@@ -59,6 +59,7 @@ def tracked(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tracked")
     store = tmp_path / "mlruns"
     env = {"MLFLOW_TRACKING_URI": f"file:{store}", "WANDB_MODE": "offline"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # wandb's service logs, not the user's cache
     track = ["--track", "mlflow", "--track", "wandb", "--track", "tensorboard"]
     run_dir, records, _ = _run(tmp_path, track, env)
     return run_dir, records, f"file:{store}"
