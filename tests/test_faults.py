@@ -830,3 +830,41 @@ def wait_gone(processes: dict[int, str], limit_s: float) -> list[int]:
     finally:
         for fd in watched:
             os.close(fd)
+
+
+SECOND_CTRL_C = """
+import sys
+from pathlib import Path
+import tlbench.cli as cli
+import tlbench.runner as runner
+
+RUN_DIR = Path(sys.argv[2])
+
+def run_suite(request, host, progress):  # the run loop ended: its cells finished, all stored
+    return runner.RunOutcome(run_dir=RUN_DIR, records=[{"status": "ok"}], ran=1)
+
+def print_table(run_dir, console):  # Ctrl-C again, while the summary is printed
+    raise KeyboardInterrupt
+
+runner.run_suite = run_suite
+cli._print_table = print_table
+sys.argv = ["tlbench", "run", sys.argv[1], "--out", sys.argv[2]]
+cli.main()
+"""
+
+
+def test_a_ctrl_c_while_the_summary_prints_exits_130_with_the_resume_hint(tmp_path):
+    suite = write_suite(tmp_path / "suite.toml")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", SECOND_CTRL_C, str(suite), str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TLBENCH_DISABLE_AUTOLOAD": "1"},
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert "Aborted" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"interrupted: resume with: tlbench run {suite} --resume {run_dir}"
+    )

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tlbench import rundir
 from tlbench.errors import TlbenchError, UserError, first_line
 
 STORAGE_EXIT_CODE = 3
@@ -135,12 +136,13 @@ def read_inside(directory: os.PathLike | str, relative: str, limit: int) -> byte
     No component of ``relative`` may be a symbolic link, ``..`` or absolute, and the file must
     be a regular one (not ``/dev/zero``, not a FIFO): a submitted run directory cannot point a
     reader at the publisher's files. Absent: ``FileNotFoundError``; too large: ``TooLarge``
-    (read up to ``limit`` only, so the size check allocates nothing the file chose).
+    (read up to ``limit`` only, so the size check allocates nothing the file chose). Messages
+    name the file by ``relative`` alone: the caller knows, and says, whose directory it is.
     """
     parts = Path(relative).parts
     if not parts or Path(relative).is_absolute() or ".." in parts:
         raise UserError(f"{relative}: names a path outside its run directory")
-    shown = Path(directory) / relative
+    shown = Path(relative)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for depth, part in enumerate(parts[:-1], start=1):
@@ -152,7 +154,7 @@ def read_inside(directory: os.PathLike | str, relative: str, limit: int) -> byte
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
                     Path(directory, *parts[:depth])
                 ):
-                    raise link_refused(Path(directory, *parts[:depth])) from None
+                    raise _read_link_refused(Path(*parts[:depth])) from None
                 raise
             os.close(dir_fd)
             dir_fd = inner
@@ -161,7 +163,7 @@ def read_inside(directory: os.PathLike | str, relative: str, limit: int) -> byte
             fd = os.open(parts[-1], flags, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK):
-                raise link_refused(shown) from None
+                raise _read_link_refused(shown) from None
             if exc.errno == errno.ENXIO:
                 raise UserError(f"{shown}: is not a regular file") from None
             raise
@@ -184,6 +186,10 @@ def read_inside(directory: os.PathLike | str, relative: str, limit: int) -> byte
     return data
 
 
+def _read_link_refused(path: Path) -> UserError:
+    return UserError(f"{path}: is a symbolic link; a link in a run directory is never followed")
+
+
 def refuse_links(directory: Path, names: Iterable[str]) -> None:
     """Refuse a run directory in which any of ``names`` is a symbolic link."""
     for name in names:
@@ -192,7 +198,7 @@ def refuse_links(directory: Path, names: Iterable[str]) -> None:
 
 
 def probe_writable(
-    directory: Path, what: str, hint: str = "", probe_name: str = ".write-probe"
+    directory: Path, what: str, hint: str = "", probe_name: str = rundir.PROBE
 ) -> None:
     """Create ``directory`` if needed and prove that a file can be created, written, synced and
     removed in it, before any work depends on it."""

@@ -97,7 +97,10 @@ def read_cell_records(path: Path, notes: Notes) -> list[dict]:
     """Valid records of a ``cells.jsonl``; every other line is one note naming file and line."""
     try:
         text = read_inside(path.parent, path.name, MAX_CELLS_BYTES).decode("utf-8", "replace")
-    except (OSError, UserError) as exc:
+    except UserError as exc:  # a link, a special file, too large
+        notes.warn(f"{path.parent}/{exc}; run skipped")
+        return []
+    except OSError as exc:
         notes.warn(f"{path}: cannot read ({describe(exc)}); run skipped")
         return []
     records = []
@@ -132,7 +135,10 @@ def _read_env(path: Path, notes: Notes) -> dict:
     except FileNotFoundError:
         notes.warn(f"{path}: no {ENV_FILE}; its environment is unknown")
         return {}
-    except (OSError, UserError) as exc:
+    except UserError as exc:
+        notes.warn(f"{path}/{exc}; its environment is unknown")
+        return {}
+    except OSError as exc:
         notes.warn(f"{env_path}: unreadable ({describe(exc)}); its environment is unknown")
         return {}
     try:
@@ -165,7 +171,10 @@ def _suite_text(path: Path, env: dict, notes: Notes) -> str:
         return read_inside(path, SUITE_FILE, MAX_ENV_BYTES).decode("utf-8")
     except FileNotFoundError:
         return ""
-    except (OSError, UserError, UnicodeDecodeError) as exc:
+    except UserError as exc:
+        notes.warn(f"{path}/{exc}; the suite file is not shown")
+        return ""
+    except (OSError, UnicodeDecodeError) as exc:
         notes.warn(f"{path / SUITE_FILE}: not shown ({describe(exc)})")
         return ""
 

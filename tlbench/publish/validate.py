@@ -19,6 +19,7 @@ MAX_ID = 200  # characters in an id (model, dataset, strategy, suite, run)
 MAX_TEXT = 100_000  # characters in a free-text field (error with traceback, detail)
 MAX_SEED = 2**63
 MAX_CLASSES = 100_000
+PERCENTAGES = ("top1", "val_top1", "top5")
 
 REQUIRED = ("suite", "config_hash", "model", "dataset", "strategy", "seed", "status")
 _IDS = ("suite", "config_hash", "model", "dataset", "strategy", "status")
@@ -130,6 +131,8 @@ def _nested_problem(record: dict) -> str | None:
             continue
         if not _is_number(value) or math.isinf(value):
             return f"metrics.{_short(name)} is {_kind(value)}, expected a finite number or null"
+        if name in PERCENTAGES and value == value and not 0 <= value <= 100:  # NaN passes
+            return f"metrics.{name} is {_short(value)}, expected a percentage in [0, 100]"
     for kind, options in (record.get("options") or {}).items():
         if options is not None and not isinstance(options, dict):
             return f"options.{_short(kind)} is {_kind(options)}, expected an object"
