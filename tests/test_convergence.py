@@ -189,6 +189,11 @@ def test_the_recipe_follows_the_model_and_the_suite_can_override_it(scratch, lit
     recipe, options = resolved(scratch, epochs=4)
     assert recipe == "from-scratch" and options["epochs"] == 12
     assert resolved(scratch, scratch_epochs=5)[1]["epochs"] == 5
+    # A budget in steps: 100 training images at batch 64 are 2 steps an epoch, so 9 steps
+    # round up to 5 epochs (15 from scratch).
+    assert digits_data.size("train") == 100
+    assert resolved(lite0, steps=9)[1]["epochs"] == 5
+    assert resolved(scratch, steps=9)[1]["epochs"] == 15
     assert resolved(scratch, lr=[0.5])[1]["lr"] == [0.5]  # a given lr applies under either
     recipe, options = resolved(scratch, recipe="fine-tune")
     assert recipe == "fine-tune" and options["bn"] == "frozen"

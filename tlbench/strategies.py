@@ -110,6 +110,13 @@ def _training_options(lr, epochs, weight_decay, batch_size) -> tuple[Option, ...
             minimum=1,
         ),
         Option(
+            "steps",
+            int,
+            default=None,
+            help="Budget in optimizer steps instead of epochs (rounded up to whole epochs of the training split at the starting batch size); replaces 'epochs' when given.",
+            minimum=1,
+        ),
+        Option(
             "scratch_epochs",
             int,
             default=None,
@@ -223,7 +230,7 @@ def check_training_options(
             raise UserError(
                 f"{ctx.cell.label}: strategy option 'bn' = 'frozen' under the from-scratch recipe would train {ctx.source.name} with BatchNorm frozen at its initial statistics; drop 'bn' (from-scratch uses 'train') or set recipe = 'fine-tune'"
             )
-    for name in ("epochs", "scratch_epochs", "grace_epochs", "batch_size", "patience"):
+    for name in ("epochs", "steps", "scratch_epochs", "grace_epochs", "batch_size", "patience"):
         if name in options and options[name] is not None and options[name] < 1:
             raise UserError(
                 f"{ctx.cell.label}: strategy option {said.get(name, name)!r} must be >= 1, got {options[name]!r}"

@@ -140,17 +140,21 @@ def training_recipe(ctx: CellContext, options: Mapping[str, Any]) -> str:
 
 def recipe_options(ctx: CellContext, options: Mapping[str, Any]) -> tuple[str, dict]:
     """The training options with the recipe's defaults filled in. ``lr``, when given, applies
-    under either recipe; otherwise it is ``finetune_lr`` or ``scratch_lr``. From scratch the
-    budget is ``scratch_epochs`` (default 3x ``epochs``). ``bn`` and ``augment`` left unset
+    under either recipe; otherwise it is ``finetune_lr`` or ``scratch_lr``. ``steps``, when
+    given, sets the budget in optimizer steps (rounded up to whole epochs). From scratch the
+    budget is ``scratch_epochs`` (default 3x the fine-tuning budget). ``bn`` and ``augment`` left unset
     (None) become frozen / off for fine-tuning and train / on from scratch."""
     recipe = training_recipe(ctx, options)
     resolved = dict(options)
     scratch = recipe == "from-scratch"
+    if options.get("steps"):
+        per_epoch = _steps(ctx, "train", options.get("batch_size") or TrainConfig.batch_size)
+        resolved["epochs"] = -(-options["steps"] // per_epoch)
     if not options.get("lr"):
         grid = options.get("scratch_lr") if scratch else options.get("finetune_lr")
         resolved["lr"] = list(grid or (SCRATCH_LR if scratch else [TrainConfig.lr]))
     if scratch:
-        epochs = options.get("epochs") or TrainConfig.epochs
+        epochs = resolved.get("epochs") or TrainConfig.epochs
         resolved["epochs"] = options.get("scratch_epochs") or SCRATCH_EPOCHS_FACTOR * epochs
     if resolved.get("bn") is None:
         resolved["bn"] = "train" if scratch else "frozen"
