@@ -153,6 +153,18 @@ def test_a_hub_dataset_missing_offline_says_what_to_download(tmp_path, monkeypat
     assert "hf download --repo-type dataset someone/absent" in str(caught.value)
 
 
+def test_without_the_library_listing_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from tlbench.datasetlib import wds
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert (
+        hf.available("x", {}) == "the datasets library is not installed: pip install 'tlbench[hf]'"
+    )
+    assert "pip install 'tlbench[wds]'" in wds.available("x.tar", {})
+
+
 def test_fingerprint_is_stable_and_follows_the_datasets_own_fingerprint(tmp_path):
     train, _, _ = _table(12, 0)
     train.save_to_disk(str(tmp_path / "a"))

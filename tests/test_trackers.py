@@ -229,3 +229,15 @@ def test_help_and_list_import_none_of_the_data_and_tracking_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_track_names_the_extra_when_a_library_is_missing(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    result = CliRunner().invoke(cli, ["run", "nowhere.toml", "--track", "wandb"])
+    assert result.exit_code == 2
+    assert "pip install 'tlbench-trackers[wandb]'" in result.output

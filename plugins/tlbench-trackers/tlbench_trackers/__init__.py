@@ -57,6 +57,9 @@ def on_run_started(run_dir, suite):
     for name in chosen():
         try:
             _open.append(_start(name, run_dir, suite))
+        except ImportError as exc:
+            extra = f"pip install 'tlbench-trackers[{name}]'"
+            _warn(name, f"to start ({extra})", exc)
         except Exception as exc:  # a tracker never breaks a run
             _warn(name, "to start", exc)
 
