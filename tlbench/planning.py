@@ -18,15 +18,8 @@ from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.executors import ExecutorConfig
 from tlbench.plugins import PluginConfig
-from tlbench.results import (
-    CELLS_FILE,
-    ENV_FILE,
-    LOCK_FILE,
-    PROBE_FILE,
-    ResultsStore,
-    new_run_id,
-    read_environment,
-)
+from tlbench.results import ResultsStore, new_run_id, read_environment
+from tlbench.rundir import CELLS, ENV, RECORDS, RUN_FILES
 from tlbench.suite import Suite, config_hash, expand_cells, name_error, suite_hash
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,19 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DONE = ("ok", "skipped")
 RETRYABLE = ("failed", "diverged")
-# What a run records; a directory holding any of them without an env.json is nobody's.
-RECORDS = (CELLS_FILE, "estimates.jsonl", "predictions")
-# Every name tlbench opens inside a run directory; none of them may be a symbolic link.
-RUN_FILES = (
-    PROBE_FILE,
-    LOCK_FILE,
-    CELLS_FILE,
-    ENV_FILE,
-    "run.log",
-    "suite.toml",
-    "estimates.jsonl",
-    "predictions",
-)
 
 
 @dataclass(frozen=True)
@@ -173,7 +153,7 @@ def check_run_owner(run_dir: Path, suite: Suite) -> None:
         records = [name for name in RECORDS if os.path.lexists(run_dir / name)]
         if records:
             raise UserError(
-                f"{where} holds {', '.join(records)} but no {ENV_FILE}: tlbench cannot tell which "
+                f"{where} holds {', '.join(records)} but no {ENV}: tlbench cannot tell which "
                 "suite produced them and will not adopt them; choose another --out"
             )
         return
@@ -196,7 +176,7 @@ def _recorded_suites(run_dir: Path) -> set[str]:
 
     names: set[str] = set()
     try:
-        with open(run_dir / CELLS_FILE, "rb") as handle:
+        with open(run_dir / CELLS, "rb") as handle:
             for line in handle:
                 try:
                     record = json.loads(line)

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tlbench import rundir
 from tlbench.errors import UserError
 from tlbench.safeio import describe, read_inside
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-PREDICTIONS_DIR = "predictions"
+PREDICTIONS_DIR = rundir.PREDICTIONS
 _ARRAYS = ("index", "label", "pred", "true_prob")
 MAX_FILE_BYTES = 256 * 2**20
 MAX_ITEMS = 10_000_000  # test items of one cell

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tlbench import rundir
 from tlbench.cache import atomic_write_text
 from tlbench.errors import UserError
 from tlbench.safeio import (
@@ -37,10 +38,7 @@ from tlbench.safeio import (
 )
 
 SCHEMA_VERSION = 1
-CELLS_FILE = "cells.jsonl"
-ENV_FILE = "env.json"
-LOCK_FILE = ".run.lock"
-PROBE_FILE = ".write-probe"
+CELLS_FILE, ENV_FILE, LOCK_FILE, PROBE_FILE = rundir.CELLS, rundir.ENV, rundir.LOCK, rundir.PROBE
 
 
 def new_run_id() -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlbench import rundir
 from tlbench.cache import Cache, atomic_write_bytes
 from tlbench.cell import (
     CellFailure,
@@ -300,7 +301,7 @@ def _record_environment(
 
     env["runtime"] = runtime_settings()
     write_environment(run_dir, env)
-    copy = run_dir / "suite.toml"
+    copy = run_dir / rundir.SUITE_COPY
     if not os.path.lexists(copy) and suite.path.is_file():
         try:  # written to a temporary name and renamed: never through a planted link
             atomic_write_bytes(copy, suite.path.read_bytes())
@@ -538,7 +539,7 @@ class RunLog:
     without following a symbolic link planted under its name."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "run.log"
+        self.path = run_dir / rundir.RUN_LOG
         self.logger = logging.getLogger(f"tlbench.run.{os.getpid()}.{id(self)}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
