@@ -121,5 +121,8 @@ def test_layer_groups_are_the_bodys_children_with_parameters_then_the_head():
 
 def test_a_module_that_returns_maps_instead_of_vectors_gets_a_clear_error():
     model = FeatureModel(nn.Conv2d(3, 4, 1), 4, 10)  # no pooling: (N, 4, H, W) out
-    with pytest.raises(ValueError, match=r"returned shape \(2, 4, 8, 8\); expected \(N, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"returned shape \(2, 4, 8, 8\); expected \(N, 4\)"
+    ) as info:
         model(torch.zeros(2, 3, 8, 8))
+    assert info.value.kind == "model"  # a cell's failure blames the model, not the strategy

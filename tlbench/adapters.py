@@ -14,9 +14,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tlbench.contracts import ContractError
 from tlbench.weights import seeded
 
 __all__ = ["FeatureModel"]
+
+
+class FeatureShapeError(ContractError, ValueError):
+    """The wrapped module's output is not ``(N, num_features)``: the model's fault, whichever
+    strategy ran it (a ``ValueError`` too, as it always was)."""
 
 
 class FeatureModel(nn.Module):
@@ -47,9 +53,11 @@ class FeatureModel(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(
+            raise FeatureShapeError(
                 f"FeatureModel: the wrapped module returned shape {tuple(x.shape)}; expected "
-                f"(N, {self.num_features}) (end it with pooling and flattening, or fix num_features)"
+                f"(N, {self.num_features}) (end it with pooling and flattening, or fix num_features)",
+                kind="model",
+                sep=": ",
             )
         return x if pre_logits else self.head(x)
 
