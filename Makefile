@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml plugins/tlbench-peft/pyproject.toml plugins/tlbench-tra
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(INSTALL) --upgrade pip
 	@$(INSTALL) $(TORCH_PIN)
-	@$(INSTALL) -e '.[dev,peft,hf,wds]' -e plugins/tlbench-peft -e 'plugins/tlbench-trackers[all]'
+	@$(INSTALL) -e '.[dev,peft,hf,wds,photos]' -e plugins/tlbench-peft -e 'plugins/tlbench-trackers[all]'
 	@touch $(STAMP)
 
 # Wheels of tlbench and tlbench-peft in dist/, built with the venv's setuptools (no download).
