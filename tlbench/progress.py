@@ -10,6 +10,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -27,8 +28,8 @@ class RunProgress:
             console=console,
             transient=False,
         )
-        self.grid = None
-        self.current = None
+        self.grid: TaskID | None = None
+        self.current: TaskID | None = None
         self.running: dict[tuple, str] = {}
         self._note = ""
 
@@ -70,7 +71,8 @@ class RunProgress:
             f"[{style}]{record['status']:>11}[/] {escape(label)}  {outcome}  ({wall:.1f}s)",
             highlight=False,
         )
-        self.progress.advance(self.grid)
+        if self.grid is not None:
+            self.progress.advance(self.grid)
         self._note = ""
         self._show()
 

@@ -57,7 +57,7 @@ class Weights:
         model = self._create(0, in_chans)
         if num_classes:
             with seeded(seed):
-                model.reset_classifier(num_classes)
+                model.reset_classifier(num_classes)  # type: ignore[operator]  # a timm model
         return model.eval()
 
     def build_with_source_head(self, in_chans: int = 3) -> torch.nn.Module:
@@ -89,7 +89,7 @@ class Weights:
             in_chans=in_chans,
         )
         # Keep the weights out of the config timm stores on the module (it gets printed and serialised).
-        model.pretrained_cfg.pop("state_dict", None)
+        model.pretrained_cfg.pop("state_dict", None)  # type: ignore[union-attr,operator]
         return model
 
 
@@ -180,7 +180,7 @@ def _few(items: list[str]) -> str:
 
 def template(arch: str, num_classes: int | None = None) -> dict[str, torch.Tensor]:
     """The state dict ``arch`` expects, on the meta device: shapes without allocating weights."""
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     with torch.device("meta"):
         return timm.create_model(arch, pretrained=False, **kwargs).state_dict()
 
@@ -268,7 +268,7 @@ def model_card(
         "architecture": arch,
         **extra,
         "total_params": _params(backbone)
-        + _head_params(backbone.num_features, weights.source_num_classes),
+        + _head_params(backbone.num_features, weights.source_num_classes),  # type: ignore[arg-type]
         "backbone_params": _params(backbone),
         "num_features": backbone.num_features,
         "source_num_classes": weights.source_num_classes,
