@@ -1,5 +1,6 @@
-"""Comparing two runs of a suite: McNemar over test items, Holm over cells, flags only what the
-test set can tell apart, pairing only comparable cells, and the command."""
+"""Comparing two runs of a suite: Welch's t over seeds (configurations) with 2+ seeds a side,
+McNemar over test items (trained models) with one, Holm over cells, flags only what retraining
+cannot explain, pairing only comparable cells, and the command."""
 
 import io
 import json
@@ -11,7 +12,7 @@ from scipy import stats
 
 from tlbench.errors import UserError
 from tlbench.report.commands import compare_command
-from tlbench.report.compare import compare
+from tlbench.report.compare import compare, render_comparison
 from tlbench.report.samples import write_sample_run
 from tlbench.report.terminal import render_comparison_terminal
 
@@ -58,15 +59,62 @@ def cell(comparison, model, dataset, strategy):
     return frame.loc[(model, dataset, strategy)]
 
 
-def test_each_cell_is_tested_on_the_items_both_runs_scored(runs):
+def test_with_two_or_more_seeds_a_side_the_configurations_are_compared_over_seeds(runs):
     comparison = compare(*runs)
 
     probe = cell(comparison, "lite0", "cifar10", "probe")
-    assert probe["test"] == "mcnemar" and probe["pairs"] == 3
+    expected = stats.ttest_ind([76.0, 77.0, 78.0], [80.0, 81.0, 82.0], equal_var=False)
+    assert probe["test"] == "welch" and probe["scope"] == "configurations"
     assert probe["delta"] == pytest.approx(-4.0)
+    assert probe["p_value"] == pytest.approx(expected.pvalue)
+    assert probe["p_holm"] < 0.05
+
+
+def test_with_one_seed_a_side_only_the_trained_models_are_compared_and_the_output_says_so(
+    tmp_path,
+):
+    a = run_with(tmp_path / "a", {("m", "d", "s"): [80.0]})
+    b = run_with(tmp_path / "b", {("m", "d", "s"): [76.0]})
+
+    comparison = compare(a, b)
+    only = comparison.cells.iloc[0]
+    document = json.loads(render_comparison(comparison, "json"))
+    markdown = render_comparison(comparison, "md")
+
     # Every model finds the same items easiest, so B is right on a subset of A's items.
-    assert probe["right_only_a"] == 120 and probe["right_only_b"] == 0
-    assert probe["p_holm"] < 1e-6
+    assert only["test"] == "mcnemar" and only["scope"] == "trained models"
+    assert only["right_only_a"] == 40 and only["right_only_b"] == 0
+    assert only["flag"] == "regression"
+    assert (
+        document["scope"] == "trained models" and document["cells"][0]["scope"] == "trained models"
+    )
+    assert "compares the two trained models only" in document["scope_note"]
+    assert "compares the two trained models only" in markdown
+
+
+def test_a_rerun_with_disjoint_seeds_is_compared_and_a_changed_recipe_still_refused(tmp_path):
+    a = run_with(tmp_path / "a", A_VALUES)
+    b = write_sample_run(
+        tmp_path / "b",
+        predictions=True,
+        models=["lite0"],
+        datasets=["cifar10", "pets"],
+        strategies=["probe", "tune"],
+        seeds=(3, 4, 5),
+        top1=lambda m, d, s, seed: A_VALUES[(m, d, s)][seed - 3] + 0.3,
+    )
+
+    comparison = compare(a, b)
+    assert set(comparison.cells["test"]) == {"welch"} and set(comparison.cells["flag"]) == {""}
+    assert (comparison.cells["pairs"] == 0).all()
+
+    path = b / "cells.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records[:3]:  # another recipe: no seed in common, yet it is caught
+        record["options"] = {"model": {}, "dataset": {}, "strategy": {"lr": 0.1}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(UserError, match="ran 1 cells differently.*configuration differs"):
+        compare(a, b)
 
 
 def test_only_significant_changes_are_flagged(runs):
@@ -92,7 +140,7 @@ def test_identical_code_rerun_on_another_cpu_flags_nothing(tmp_path):
     comparison = compare(a, b)
 
     assert set(comparison.cells["flag"]) == {""}
-    assert (comparison.cells["right_only_a"] > 0).all()
+    assert set(comparison.cells["test"]) == {"welch"}
 
 
 def test_a_one_image_shift_on_two_seeds_is_not_significant(tmp_path):
@@ -105,15 +153,15 @@ def test_a_one_image_shift_on_two_seeds_is_not_significant(tmp_path):
     assert only["p_holm"] > 0.4 and only["flag"] == ""
 
 
-def test_without_predictions_the_t_test_over_seeds_stands_in(tmp_path):
+def test_without_predictions_seeds_are_compared_the_same_way(tmp_path):
     values_a, values_b = [80.0, 81.0, 82.0], [76.0, 77.5, 78.0]
     a = run_with(tmp_path / "a", {("lite0", "cifar10", "probe"): values_a}, predictions=False)
     b = run_with(tmp_path / "b", {("lite0", "cifar10", "probe"): values_b}, predictions=False)
 
     probe = cell(compare(a, b), "lite0", "cifar10", "probe")
-    expected = stats.ttest_rel(values_b, values_a)
+    expected = stats.ttest_ind(values_b, values_a, equal_var=False)
 
-    assert probe["test"] == "t-test" and probe["p_value"] == pytest.approx(expected.pvalue)
+    assert probe["test"] == "welch" and probe["p_value"] == pytest.approx(expected.pvalue)
 
 
 def test_one_seed_without_predictions_cannot_be_tested_and_is_not_flagged(tmp_path):
@@ -125,9 +173,9 @@ def test_one_seed_without_predictions_cannot_be_tested_and_is_not_flagged(tmp_pa
     assert only["test"] == "none" and only["flag"] == ""
 
 
-def test_the_same_shift_on_every_seed_has_no_t_statistic(tmp_path):
-    a = run_with(tmp_path / "a", {("m", "d", "s"): [80.0, 82.0]}, predictions=False)
-    b = run_with(tmp_path / "b", {("m", "d", "s"): [78.0, 80.0]}, predictions=False)
+def test_seeds_without_any_spread_have_no_t_statistic(tmp_path):
+    a = run_with(tmp_path / "a", {("m", "d", "s"): [80.0, 80.0]}, predictions=False)
+    b = run_with(tmp_path / "b", {("m", "d", "s"): [78.0, 78.0]}, predictions=False)
 
     assert compare(a, b).cells.iloc[0]["test"] == "none"
 

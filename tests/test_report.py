@@ -141,19 +141,26 @@ def test_without_predictions_the_interval_is_t_over_seeds_plus_the_test_sets_noi
     summary = summarize(load_records(run)).iloc[0]
     text = build_tables(load_records(run))[0].text
 
-    # t(0.975, 2 dof) = 4.3027, sample std 2.0; one test set of 1000 items at p = 0.82
-    seeds = 4.3027 * 2.0 / 3**0.5
-    items = 1.96 * 100 * (0.82 * 0.18 / 1000) ** 0.5
-    assert summary["ci95"] == pytest.approx((seeds**2 + items**2) ** 0.5, abs=1e-2)
-    assert summary["interval"] == "t over seeds + binomial"
-    assert rows(text, "m")["d"] == "82.0 ± 5.5"
+    # Seed term s^2/n = 4/3, item term (binomial, 1000 items at p = 0.82) 1.476; the seeds'
+    # t(0.975, 2 dof) = 4.3027 correction weighted by their share x^2 / (x^2 + 0.09), x = S / I.
+    seed, item, t, z = 4 / 3, 1e4 * 0.82 * 0.18 / 1000, 4.302653, 1.959964
+    share = (seed / item) ** 2 / ((seed / item) ** 2 + 0.09)
+    expected = (z**2 * (seed + item) + (t**2 - z**2) * seed * share) ** 0.5
+    assert summary["ci95"] == pytest.approx(expected, abs=1e-3)
+    assert summary["interval"] == "t: seeds + binomial"
+    assert rows(text, "m")["d"] == "82.0 ± 5.3"
 
 
-def test_a_single_seed_still_has_the_test_sets_interval(tmp_path):
+def test_a_single_seed_has_the_test_sets_interval_marked_as_one_training_draw(tmp_path):
     run = run_with(tmp_path / "run", {("m", "d", "s"): [81.34]})
+    accuracy = build_tables(load_records(run))[0]
 
     # 1.96 * sqrt(0.8134 * 0.1866 / 1000) * 100 = 2.4 points
-    assert rows(build_tables(load_records(run))[0].text, "m")["d"] == "81.3 ± 2.4"
+    assert rows(accuracy.text, "m")["d"] == "81.3 ± 2.4 ¹"
+    assert (
+        "¹ one training draw (one seed): its interval is the test set's noise only" in accuracy.note
+    )
+    assert r"81.3 $\pm$ 2.4 \textsuperscript{1}" in accuracy.to_latex()
 
 
 def test_the_best_cell_of_each_column_is_bold_in_every_format(tmp_path):
@@ -167,9 +174,9 @@ def test_the_best_cell_of_each_column_is_bold_in_every_format(tmp_path):
 
     markdown, latex, html = accuracy.to_markdown(), accuracy.to_latex(), accuracy.to_html()
 
-    assert "**90.5 ± 6.6**" in markdown and "**60.5 ± 7.0**" in markdown
-    assert r"\textbf{90.5 $\pm$ 6.6}" in latex and r"\textbf{60.5 $\pm$ 7.0}" in latex
-    assert "<b>90.5 ± 6.6</b>" in html and "<b>60.5 ± 7.0</b>" in html
+    assert "**90.5 ± 4.8**" in markdown and "**60.5 ± 3.8**" in markdown
+    assert r"\textbf{90.5 $\pm$ 4.8}" in latex and r"\textbf{60.5 $\pm$ 3.8}" in latex
+    assert "<b>90.5 ± 4.8</b>" in html and "<b>60.5 ± 3.8</b>" in html
     assert "**80.5" not in markdown and "**50.5" not in markdown
 
 
@@ -225,7 +232,7 @@ def test_average_rank_is_taken_within_each_model_and_dataset_and_failures_rank_l
     assert ranks.loc["probe"].to_dict() == {"d1": 2.0, "d2": 1.5, "all datasets": 1.75}
 
 
-def test_gain_compares_each_strategy_with_the_same_strategy_trained_from_scratch(tmp_path):
+def test_gain_compares_every_strategy_with_the_network_trained_from_scratch(tmp_path):
     values = {
         ("scratch-r18", "d", "linear-probe"): [30.0],
         ("scratch-r18", "d", "full-finetune"): [60.0],
@@ -237,9 +244,11 @@ def test_gain_compares_each_strategy_with_the_same_strategy_trained_from_scratch
         "Gain over training from scratch",
     )
 
-    assert rows(gain.text, "lite0-imagenet / linear-probe")["d"].startswith("+52.5")
+    # The linear probe on the random-init network is random-init features, never the reference.
+    assert rows(gain.text, "lite0-imagenet / linear-probe")["d"].startswith("+22.5")
     assert rows(gain.text, "lite0-imagenet / full-finetune")["d"].startswith("+25.0")
-    assert "scratch-r18 / linear-probe" in gain.note and "scratch-r18 / full-finetune" in gain.note
+    assert "scratch-r18 / full-finetune" in gain.note
+    assert "scratch-r18 / linear-probe" not in gain.note
 
 
 def test_the_from_scratch_reference_is_chosen_on_validation_never_on_test(tmp_path):
@@ -252,6 +261,7 @@ def test_the_from_scratch_reference_is_chosen_on_validation_never_on_test(tmp_pa
     }
     records = load_records(run_with(tmp_path / "run", values))
     records["baseline"] = records["model"].str.startswith("scratch")
+    records["role"] = records["baseline"].map({True: "trained from scratch", False: ""})
     records.loc[records["model"] == "scratch-a", "metrics.val_top1"] = 30.0
     records.loc[records["model"] == "scratch-b", "metrics.val_top1"] = 45.0
     summary = with_comparisons(summarize(records), records, "top1")
@@ -292,7 +302,7 @@ def test_terminal_table_shows_mean_and_interval_per_strategy_and_lists_failures(
     render_terminal(load_records(full_run), console)
     out = console.export_text()
 
-    assert "82.0 ± 5.5" in out
+    assert "82.0 ± 5.3" in out
     assert "r18-imagenet / cifar10 / partial-unfreeze / seed 2: failed - RuntimeError" in out
     assert (
         "lite0-imagenet / fashion-mnist / full-finetune / seed 1: diverged - loss became nan" in out

@@ -1,24 +1,24 @@
-"""Compare two runs of one suite cell by cell, and flag only what the test set can tell apart.
+"""Compare two runs of one suite cell by cell, and flag only what retraining cannot explain.
 
-Each (model, dataset, strategy) of run B is compared with run A's on the same test items:
-McNemar's exact test on the items one run got right and the other wrong, summed over the seeds
-both finished (from the stored per-example predictions; ``tlbench.report.stats``). The p-values
-of all cells are Holm-corrected, and a cell is flagged a regression or an improvement only when
-its corrected p is below ``alpha`` and its change is at least ``threshold`` points. Without
-predictions (older runs) the paired t-test over seeds stands in, and with fewer than two seeds
-nothing can be tested and nothing is flagged. Cells are paired only when their configuration
-hashes and test split hashes agree: a changed recipe or split is not a regression.
+Each (model, dataset, strategy) is a configuration. With at least two seeds on each side, the
+question is whether the *configurations* differ, retraining noise included (Bouthillier et al.
+2021): Welch's t-test on the seeds' accuracies (``tlbench.report.stats.welch``), so a rerun
+with other seeds (even disjoint ones) is not a regression. With one seed on a side, only the two
+trained models can be compared: McNemar's exact test on the test items one got right and the
+other wrong (from stored predictions, over the seeds both ran); the output says so
+(``scope``). The p-values of all cells are Holm-corrected, and a cell is flagged a regression or
+an improvement only when its corrected p is below ``alpha`` and its change is at least
+``threshold`` points. Cells are paired only when their configurations and test splits agree: a
+changed recipe or split is not a regression.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from tlbench.errors import UserError
@@ -37,7 +37,8 @@ BAD_FLAGS = ("broken", "regression")
 class Comparison:
     """``cells``: one row per (model, dataset, strategy) present in both runs, with ``mean_a``,
     ``mean_b``, ``delta`` (B - A, points), ``n_a``, ``n_b``, ``pairs`` (seeds ok in both),
-    ``test`` ("mcnemar", "t-test" or "none"), ``right_only_a``/``right_only_b`` (the
+    ``test`` ("welch", "mcnemar" or "none"), ``scope`` (what the test compares:
+    "configurations", "trained models" or ""), ``right_only_a``/``right_only_b`` (McNemar's
     discordant items: right in one run only),
     ``p_value``, ``p_holm`` (Holm-corrected over the cells), ``text_a``, ``text_b``,
     ``mismatch`` (why the cells differ in configuration, when allowed) and ``flag`` (one of
@@ -109,8 +110,9 @@ def compare(
 
 
 def _mismatches(a: pd.DataFrame, b: pd.DataFrame) -> dict[tuple, str]:
-    """(model, dataset, strategy) -> why its seeds differ between the runs in configuration
-    (config hash: options, references, recipe versions) or in test items (split hash)."""
+    """(model, dataset, strategy) -> why it differs between the runs in configuration (config
+    hash of a seed both ran; for other seeds the references, options and recipe versions) or in
+    test items (split hash)."""
     found: dict[tuple, str] = {}
     left = a.set_index(CELL_KEY)
     right = b.set_index(CELL_KEY)
@@ -123,6 +125,33 @@ def _mismatches(a: pd.DataFrame, b: pd.DataFrame) -> dict[tuple, str]:
             )
         elif _test_hash(ra) != _test_hash(rb):
             found.setdefault(group, "test split differs")
+    recipes_a, recipes_b = _recipes(a), _recipes(b)
+    for group in recipes_a.keys() & recipes_b.keys():
+        if group in found:
+            continue
+        (recipe_a, test_a), (recipe_b, test_b) = recipes_a[group], recipes_b[group]
+        if recipe_a != recipe_b:
+            found[group] = "configuration differs (options, references or recipe versions)"
+        elif test_a != test_b:
+            found[group] = "test split differs"
+    return found
+
+
+def _recipes(records: pd.DataFrame) -> dict[tuple, tuple[str, str | None]]:
+    """(model, dataset, strategy) -> (what defines it apart from the seed, its test hash), from
+    its first record: runs with disjoint seeds share no config hash to compare."""
+    found = {}
+    for key, group in records.groupby(GROUP_KEY, sort=False):
+        row = group.iloc[0]
+        recipe = json.dumps(
+            [
+                row.get(k)
+                for k in ("model_ref", "dataset_ref", "strategy_ref", "options", "versions")
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        found[tuple(key)] = (recipe, _test_hash(row))
     return found
 
 
@@ -151,26 +180,52 @@ def _with_tests(cells, a, b, metric, threshold, alpha, mismatches) -> pd.DataFra
         delta=cells["mean_b"] - cells["mean_a"],
         pairs=[t["pairs"] for t in tests],
         test=[t["test"] for t in tests],
+        scope=[t["scope"] for t in tests],
         right_only_a=[t.get("only_a") for t in tests],
         right_only_b=[t.get("only_b") for t in tests],
         p_value=[t["p"] for t in tests],
         mismatch=[mismatches.get(key, "") for key in keys],
-        text_a=[cell_text(_side(row, "_a")) for _, row in cells.iterrows()],
-        text_b=[cell_text(_side(row, "_b")) for _, row in cells.iterrows()],
+        text_a=[side_text(row, "_a") for _, row in cells.iterrows()],
+        text_b=[side_text(row, "_b") for _, row in cells.iterrows()],
     )
     cells["p_holm"] = holm(cells["p_value"].to_numpy(dtype=float))
     return cells.assign(flag=[_flag(row, threshold, alpha) for _, row in cells.iterrows()])
 
 
 def _side(row: pd.Series, suffix: str) -> dict:
-    return {key: row[key + suffix] for key in ("n", "mean", "ci95", "status", "problems")}
+    keys = ("n", "mean", "ci95", "status", "problems", "one_draw", "still_improving")
+    return {key: row[key + suffix] for key in keys}
+
+
+def side_text(row: pd.Series, suffix: str) -> str:
+    """One run's cell as the tables show it, with its marks (under-trained, one draw)."""
+    from tlbench.report.tables import cell_marks
+
+    side = _side(row, suffix)
+    marks = cell_marks(side)
+    return cell_text(side) + (f" {marks}" if marks else "")
+
+
+CONFIGURATIONS, MODELS = "configurations", "trained models"
+MODELS_ONLY = (
+    "one seed on a side: McNemar compares the two trained models only (one training draw "
+    "each), not the configurations; rerun with at least 2 seeds a side to include retraining noise"
+)
 
 
 def _test(a, b, key: tuple, metric: str, preds_a, preds_b) -> dict:
-    """McNemar over the items both runs scored, summed over their common seeds; else the
-    paired t-test over seeds; else no test."""
-    from tlbench.report.stats import mcnemar
+    """Welch's t-test on the seeds' values when both sides have at least two (the
+    configurations); else McNemar over the items both scored, on their common seeds (the
+    trained models); else no test."""
+    from tlbench.report.stats import mcnemar, welch
 
+    values_a, values_b = _by_seed(a, key, metric).dropna(), _by_seed(b, key, metric).dropna()
+    pairs = len(values_a.index.intersection(values_b.index))
+    if len(values_a) >= 2 and len(values_b) >= 2:
+        _, p = welch(values_a.to_numpy(), values_b.to_numpy())
+        if not math.isnan(p):
+            return {"pairs": pairs, "test": "welch", "scope": CONFIGURATIONS, "p": p}
+        return {"pairs": pairs, "test": "none", "scope": "", "p": math.nan}
     if preds_a is not None and preds_b is not None and preds_a.split_hash == preds_b.split_hash:
         seeds = sorted(set(preds_a.correct) & set(preds_b.correct))
         if seeds:
@@ -178,30 +233,12 @@ def _test(a, b, key: tuple, metric: str, preds_a, preds_b) -> dict:
             return {
                 "pairs": len(seeds),
                 "test": "mcnemar",
+                "scope": MODELS,
                 "only_a": only_a,
                 "only_b": only_b,
                 "p": p,
             }
-    pairs, p = _paired_t_test(a, b, key, metric)
-    return {"pairs": pairs, "test": "t-test" if not math.isnan(p) else "none", "p": p}
-
-
-def _paired_t_test(a: pd.DataFrame, b: pd.DataFrame, key: tuple, metric: str) -> tuple[int, float]:
-    """(seeds ok in both runs, two-sided p of the paired t-test over them; NaN when it cannot
-    be computed: fewer than two seeds, or differences without spread)."""
-    values_a, values_b = _by_seed(a, key, metric), _by_seed(b, key, metric)
-    paired = pd.concat([values_a, values_b], axis=1, join="inner", keys=["a", "b"]).dropna()
-    if len(paired) < 2:
-        return len(paired), math.nan
-    differences = (paired["b"] - paired["a"]).to_numpy()
-    if np.ptp(differences) < 1e-9:
-        # Every seed moved by the same amount: the t statistic is undefined, not infinite.
-        return len(paired), math.nan
-    from scipy import stats  # deferred: slow to import
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return len(paired), float(stats.ttest_rel(paired["b"], paired["a"]).pvalue)
+    return {"pairs": pairs, "test": "none", "scope": "", "p": math.nan}
 
 
 def _by_seed(records: pd.DataFrame, key: tuple, metric: str) -> pd.Series:
@@ -243,21 +280,45 @@ def comparison_table(comparison: Comparison) -> Table:
     best["flag"] = cells["flag"].isin(FLAGS).to_numpy()
     note = (
         f"{comparison.metric} (%), A = {comparison.run_a}, B = {comparison.run_b}; delta = B - A in points; "
-        "test: McNemar's exact test on the test items one run got right and the other wrong "
-        "(summed over seeds both ran), or the paired t-test over seeds without stored predictions; "
-        f"p: Holm-corrected over the {len(cells)} cells; flagged when p < {comparison.alpha:g}"
+        "test: Welch's t-test on the seeds' accuracies when both runs have at least 2 seeds (do "
+        "the configurations differ, retraining noise included), else McNemar's exact test on "
+        "the test items one trained model got right and the other wrong (the trained models "
+        f"only); p: Holm-corrected over the {len(cells)} cells; flagged when p < {comparison.alpha:g}"
         + (f" and |delta| >= {comparison.threshold:g}" if comparison.threshold else "")
         + "."
     )
+    extra = " ".join(note for note in (marks_line(comparison), scope_line(comparison)) if note)
+    note += f" {extra}" if extra else ""
     return Table(f"{comparison.suite}: B against A", text, best, note)
 
 
 def _test_text(row: pd.Series) -> str:
     if row["test"] == "mcnemar":
-        return f"McNemar {int(row['right_only_a'])}/{int(row['right_only_b'])} items, {row['pairs']} seeds"
-    if row["test"] == "t-test":
-        return f"t-test, {row['pairs']} seeds"
+        return (
+            f"McNemar {int(row['right_only_a'])}/{int(row['right_only_b'])} items, "
+            f"{row['pairs']} seeds (trained models only)"
+        )
+    if row["test"] == "welch":
+        return f"Welch t, {int(row['n_a'])} vs {int(row['n_b'])} seeds"
     return "not testable"
+
+
+def scope_line(comparison: Comparison) -> str:
+    """The one line that says when only trained models, not configurations, were compared."""
+    return MODELS_ONLY + "." if (comparison.cells["scope"] == MODELS).any() else ""
+
+
+def marks_line(comparison: Comparison) -> str:
+    from tlbench.report.tables import ONE_DRAW_NOTE, UNDERTRAINED_NOTE
+
+    cells = comparison.cells
+    notes = []
+    if cells[["still_improving_a", "still_improving_b"]].to_numpy().any():
+        notes.append(UNDERTRAINED_NOTE)
+    ok_a, ok_b = cells["n_a"] > 0, cells["n_b"] > 0
+    if (cells["one_draw_a"] & ok_a).any() or (cells["one_draw_b"] & ok_b).any():
+        notes.append(ONE_DRAW_NOTE)
+    return " ".join(notes)
 
 
 def _flag_text(row: pd.Series) -> str:
@@ -289,6 +350,7 @@ def render_comparison(comparison: Comparison, fmt: str) -> str:
         "n_b",
         "pairs",
         "test",
+        "scope",
         "right_only_a",
         "right_only_b",
         "p_value",
@@ -296,6 +358,8 @@ def render_comparison(comparison: Comparison, fmt: str) -> str:
         "mismatch",
         "status_a",
         "status_b",
+        "still_improving_a",
+        "still_improving_b",
         "flag",
     ]
     numbers = comparison.cells[columns]
@@ -309,12 +373,20 @@ def render_comparison(comparison: Comparison, fmt: str) -> str:
             "metric": comparison.metric,
             "threshold": comparison.threshold,
             "alpha": comparison.alpha,
+            "scope": _scope(comparison),
+            "scope_note": scope_line(comparison),
             "cells": json.loads(numbers.to_json(orient="records")),
             "only_a": [list(key) for key in comparison.only_a],
             "only_b": [list(key) for key in comparison.only_b],
         }
         return json.dumps(document, indent=2) + "\n"
     raise UserError(f"unknown format {fmt!r}; expected one of md, html, latex, csv, json")
+
+
+def _scope(comparison: Comparison) -> str:
+    """What the flagged tests compared, over all cells: configurations, trained models, mixed."""
+    scopes = set(comparison.cells["scope"]) - {""}
+    return scopes.pop() if len(scopes) == 1 else "mixed" if scopes else "none"
 
 
 def _counts(comparison: Comparison) -> str:
@@ -325,7 +397,10 @@ def _counts(comparison: Comparison) -> str:
         if comparison.only_a or comparison.only_b
         else ""
     )
-    return f"{len(comparison.cells)} cells compared; {counted}{missing}."
+    scope = scope_line(comparison)
+    return f"{len(comparison.cells)} cells compared; {counted}{missing}." + (
+        f" Note: {scope}" if scope else ""
+    )
 
 
 def _html(comparison: Comparison, table: Table) -> str:

@@ -97,6 +97,19 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         is_baseline(ref, card)
         for ref, card in zip(frame["model_ref"], frame["model_card"], strict=True)
     ]
+    strategies = frame["strategy_ref"] if "strategy_ref" in frame else frame["strategy"]
+    frame["role"] = [
+        init_role(ref, card, strategy, trainable, total)
+        for ref, card, strategy, trainable, total in zip(
+            frame["model_ref"],
+            frame["model_card"],
+            strategies,
+            frame["cost.trainable_params"],
+            frame["cost.total_params"],
+            strict=True,
+        )
+    ]
+    frame["still_improving"] = [still_improving(h) for h in frame["hparams"]]
     frame = frame.drop_duplicates(subset=CELL_KEY, keep="last")
     return frame.reset_index(drop=True)
 
@@ -107,10 +120,60 @@ def load_env(run_dir: PathLike) -> dict:
 
 
 def is_baseline(model_ref: Any, model_card: Any) -> bool:
-    """A from-scratch model: ``scratch:`` reference or randomly initialised weights."""
+    """A randomly initialised model: ``scratch:`` reference or ``weights = "random"``."""
     if isinstance(model_ref, str) and model_ref.startswith("scratch:"):
         return True
     return isinstance(model_card, Mapping) and model_card.get("weights") == "random"
+
+
+FROM_SCRATCH = "trained from scratch"
+RANDOM_FEATURES = "random-init features"
+# Strategies that train every parameter of the network, for records without parameter counts.
+_TRAINS_ALL = ("full-finetune",)
+
+
+def init_role(
+    model_ref: Any, model_card: Any, strategy_ref: Any, trainable: Any = None, total: Any = None
+) -> str:
+    """What a cell on a randomly initialised model measures (the one place this is decided):
+    ``FROM_SCRATCH`` when the strategy trains the whole network (every parameter trainable, or
+    full fine-tuning when the record has no parameter counts), ``RANDOM_FEATURES`` when part of
+    it stays at its random initialisation (linear probe, partial unfreezing, BitFit, ...), and
+    ``""`` for a pretrained model. Gains "over scratch" are measured against ``FROM_SCRATCH``."""
+    if not is_baseline(model_ref, model_card):
+        return ""
+    try:
+        if trainable is not None and total is not None and float(total) > 0:
+            if not (math.isnan(float(trainable)) or math.isnan(float(total))):
+                return FROM_SCRATCH if float(trainable) >= float(total) else RANDOM_FEATURES
+    except (TypeError, ValueError):
+        pass
+    return FROM_SCRATCH if strategy_ref in _TRAINS_ALL else RANDOM_FEATURES
+
+
+def still_improving(hparams: Any) -> bool:
+    """Validation was still improving when the training budget ran out
+    (``hparams.convergence.still_improving``; records without it: False)."""
+    convergence = hparams.get("convergence") if isinstance(hparams, Mapping) else None
+    return isinstance(convergence, Mapping) and convergence.get("still_improving") is True
+
+
+def tuning(hparams: Any) -> dict:
+    """``hparams.tuning`` (configurations tried, epochs and seconds spent tuning, schedule), or
+    what older records show of it: the sweep's length and the epochs its schedule trained."""
+    if not isinstance(hparams, Mapping):
+        return {}
+    found = hparams.get("tuning")
+    if isinstance(found, Mapping):
+        return {k: found.get(k) for k in ("configurations", "epochs", "train_s", "schedule")}
+    sweep, schedule = hparams.get("sweep"), hparams.get("sweep_schedule")
+    older = {}
+    if isinstance(sweep, list) and sweep:
+        older["configurations"] = len(sweep)
+    if isinstance(schedule, Mapping):
+        older["epochs"] = schedule.get("epochs_trained")
+        older["schedule"] = schedule.get("schedule")
+    return older
 
 
 def _read_run(run_dir: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.report.records import GROUP_KEY, STATUSES
+from tlbench.report.records import FROM_SCRATCH, GROUP_KEY, STATUSES, tuning
 from tlbench.specs import KINDS
 
 CI_LEVEL = 0.95
@@ -71,6 +71,8 @@ def latex_escape(text: str) -> str:
         "^": r"\textasciicircum{}",
         "±": r"$\pm$",
         "—": "--",
+        "↗": r"$\nearrow$",
+        "¹": r"\textsuperscript{1}",
     }
     return "".join(replacements.get(char, char) for char in str(text))
 
@@ -83,7 +85,10 @@ def summarize(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     top-1, what baselines are chosen by), ``status`` (``ok`` when any seed has a value, else the
     most common failure), ``problems`` ({status: count} of the seeds that did not finish ok),
     ``baseline`` (trained from scratch), ``trivial`` (a trivial baseline: raw pixels, random
-    features) and cost figures."""
+    features), ``role`` (``tlbench.report.records.init_role``: trained from scratch,
+    random-init features or ""), ``one_draw`` (one seed: the interval is the test set's noise
+    only), ``still_improving`` (validation still rising at the budget in any seed) and cost
+    figures."""
     from tlbench.report.stats import predictions_by_cell
 
     column = f"metrics.{metric}"
@@ -101,7 +106,7 @@ def summarize(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
 
 
 def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) -> dict:
-    from tlbench.report.stats import accuracy_interval, normal_interval, test_set_size
+    from tlbench.report.stats import cell_interval, test_set_size
 
     ok = group[group["status"] == "ok"]
     values = ok[column].dropna()
@@ -109,10 +114,10 @@ def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) 
     problems = group.loc[group["status"] != "ok", "status"].value_counts()
     problems = {status: int(problems[status]) for status in STATUSES if status in problems}
     interval = None
-    if n and predictions is not None and len(predictions.correct) == n:
-        interval = accuracy_interval(predictions.matrix(sorted(predictions.correct)))
-    elif n:
-        interval = normal_interval(values.to_numpy(), test_set_size(ok.get("split", ())))
+    if n:
+        items = test_set_size(ok.get("split", ())) if column == "metrics.top1" else None
+        interval = cell_interval(values.to_numpy(), predictions, items)
+    roles = [r for r in group.get("role", ()) if r]
     val = ok["metrics.val_top1"].dropna() if "metrics.val_top1" in ok else pd.Series(dtype=float)
     return {
         **dict(zip(GROUP_KEY, key, strict=True)),
@@ -126,6 +131,9 @@ def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) 
         "ci_high": interval.high if interval else math.nan,
         "ci95": interval.half_width if interval else math.nan,
         "interval": interval.method if interval else "",
+        "one_draw": n == 1,
+        "still_improving": bool(ok.get("still_improving", pd.Series(dtype=bool)).any()),
+        "role": roles[0] if roles else "",
         "val_mean": val.mean() if len(val) else math.nan,
         "status": "ok" if n else _dominant(problems),
         "problems": problems,
@@ -177,7 +185,7 @@ def build_tables(records: pd.DataFrame, metric: str = "top1") -> list[Table]:
         *accuracy_tables(summary, "strategy", "model", metric),
     ]
     tables += [rank_table(summary, "strategy"), rank_table(summary, "model")]
-    for table in (trivial_table(summary), gain_table(summary)):
+    for table in (trivial_table(summary), gain_table(summary), tuning_table(records)):
         tables += [table] if table is not None else []
     tables.append(cost_table(summary))
     failures = failure_table(records)
@@ -186,10 +194,43 @@ def build_tables(records: pd.DataFrame, metric: str = "top1") -> list[Table]:
 
 
 INTERVAL_NOTE = (
-    "mean ± half the 95% interval; the interval resamples the test items and the seeds "
-    "(bootstrap over stored per-example predictions), so a single seed has one too"
+    "mean ± half the 95% interval over training seeds and test items (Student's t over the "
+    "seeds plus the noise of the shared test set; docs/reports.md)"
 )
 TRIVIAL_MARKS = {"indistinct": "†", "below": "‡"}
+ONE_DRAW_MARK = "¹"
+UNDERTRAINED_MARK = "↗"
+ONE_DRAW_NOTE = (
+    f"{ONE_DRAW_MARK} one training draw (one seed): its interval is the test set's noise only "
+    "and says nothing about retraining."
+)
+UNDERTRAINED_NOTE = (
+    f"{UNDERTRAINED_MARK} under-trained: validation was still improving when the training "
+    "budget ran out (in at least one seed)."
+)
+ROLE_NOTE = (
+    "Cells of a randomly initialised network: full fine-tuning is the network trained from "
+    "scratch; the other strategies keep random layers frozen and are random-init features."
+)
+
+
+def marks_note(summary: pd.DataFrame) -> str:
+    """The footnotes for the marks ``cell_marks`` put on any of ``summary``'s rows."""
+    ok = summary[summary["n"] > 0]
+    notes = []
+    if "one_draw" in ok and ok["one_draw"].any():
+        notes.append(ONE_DRAW_NOTE)
+    if "still_improving" in ok and ok["still_improving"].any():
+        notes.append(UNDERTRAINED_NOTE)
+    return " ".join(notes)
+
+
+def cell_marks(row) -> str:
+    """Marks after a cell's value: under-trained, one training draw (see ``marks_note``)."""
+    if not row["n"]:
+        return ""
+    marks = UNDERTRAINED_MARK if row.get("still_improving") else ""
+    return marks + (ONE_DRAW_MARK if row.get("one_draw") else "")
 
 
 def accuracy_tables(
@@ -202,9 +243,22 @@ def accuracy_tables(
             f" {TRIVIAL_MARKS['indistinct']} not distinguishable from the best trivial baseline"
             f" (raw pixels, random features; chosen on validation); {TRIVIAL_MARKS['below']} below it."
         )
+    marks = marks_note(summary)
+    note += f" {marks}" if marks else ""
+    if "role" in summary and summary["role"].ne("").any():
+        note += f" {ROLE_NOTE}"
     tables = []
     for name, part in summary.groupby(per, sort=False):
         part = part.assign(text=[_marked_text(row) for _, row in part.iterrows()])
+        if "role" in part:  # what a random-init model's cell measures, in its row label
+            part = part.assign(
+                **{
+                    rows: [
+                        f"{r[rows]} ({r['role']})" if r["role"] else r[rows]
+                        for _, r in part.iterrows()
+                    ]
+                }
+            )
         text = _pivot(part, rows, "text")
         best = _best(_pivot(part, rows, "mean"), higher=True)
         tables.append(
@@ -214,8 +268,9 @@ def accuracy_tables(
 
 
 def _marked_text(row: pd.Series) -> str:
-    mark = TRIVIAL_MARKS.get(row.get("vs_trivial", ""), "")
-    return cell_text(row) + (f" {mark}" if mark and row["n"] else "")
+    mark = TRIVIAL_MARKS.get(row.get("vs_trivial", ""), "") if row["n"] else ""
+    mark = cell_marks(row) + mark
+    return cell_text(row) + (f" {mark}" if mark else "")
 
 
 def average_ranks(summary: pd.DataFrame, of: str) -> pd.DataFrame:
@@ -252,13 +307,17 @@ def with_comparisons(summary: pd.DataFrame, records: pd.DataFrame, metric: str) 
     """``summary`` with each row's gain over training from scratch (``gain``, ``gain_low``,
     ``gain_high``, ``gain_reference``) and over the best trivial baseline (``trivial_gain``,
     ``trivial_low``, ``trivial_high``, ``trivial_reference``, ``vs_trivial``: "above",
-    "indistinct" or "below"). Every reference is chosen without the test set: the same
-    strategy on the from-scratch model (the best on validation when there are several), and the
-    trivial baseline with the best validation top-1 on the dataset."""
+    "indistinct" or "below"). Every reference is chosen without the test set: the network
+    trained from scratch on the dataset (``init_role``: a random-init model under a strategy
+    that trains all of it; the best on validation when there are several), never a
+    random-init-features cell, and the trivial baseline with the best validation top-1."""
     from tlbench.report.stats import predictions_by_cell
 
     predictions = predictions_by_cell(records) if metric == "top1" else {}
     summary = summary.copy()
+    summary["from_scratch"] = summary.get("role", pd.Series("", index=summary.index)).eq(
+        FROM_SCRATCH
+    )
     for column in ("gain", "gain_low", "gain_high", "trivial_gain", "trivial_low", "trivial_high"):
         summary[column] = math.nan
     for column in ("gain_reference", "trivial_reference", "vs_trivial"):
@@ -266,7 +325,7 @@ def with_comparisons(summary: pd.DataFrame, records: pd.DataFrame, metric: str) 
     for index, row in summary.iterrows():
         if row["n"] == 0 or row["baseline"] or row["trivial"]:
             continue
-        scratch = _reference(summary, row["dataset"], "baseline", row["strategy"])
+        scratch = _reference(summary, row["dataset"], "from_scratch")
         if scratch is not None:
             low, mean, high = _difference(row, scratch, predictions)
             summary.loc[index, ["gain", "gain_low", "gain_high"]] = (mean, low, high)
@@ -281,12 +340,10 @@ def with_comparisons(summary: pd.DataFrame, records: pd.DataFrame, metric: str) 
     return summary
 
 
-def _reference(summary, dataset, kind: str, strategy: str | None = None) -> pd.Series | None:
-    """The ``kind`` ("baseline" or "trivial") row to compare with on ``dataset`` (under
-    ``strategy`` when given): the best by validation top-1, else the first in suite order."""
+def _reference(summary, dataset, kind: str) -> pd.Series | None:
+    """The ``kind`` ("from_scratch" or "trivial") row to compare with on ``dataset``: the best
+    by validation top-1, else the first in suite order."""
     mask = summary[kind] & (summary["dataset"] == dataset) & (summary["n"] > 0)
-    if strategy is not None:
-        mask &= summary["strategy"] == strategy
     candidates = summary[mask]
     if candidates.empty:
         return None
@@ -299,7 +356,7 @@ def _difference(row, reference, predictions) -> tuple[float, float, float]:
     """(low, mean, high) of row minus reference in points: a paired bootstrap over test items and
     common seeds when both stored predictions on the same test items, else a normal
     approximation from the two intervals."""
-    from tlbench.report.stats import Z, difference_interval
+    from tlbench.report.stats import difference_interval
 
     key = (row["model"], row["dataset"], row["strategy"])
     ref_key = (reference["model"], reference["dataset"], reference["strategy"])
@@ -311,7 +368,7 @@ def _difference(row, reference, predictions) -> tuple[float, float, float]:
             return interval.low, row["mean"] - reference["mean"], interval.high
     mean = row["mean"] - reference["mean"]
     widths = [w for w in (row["ci95"], reference["ci95"]) if not math.isnan(w)]
-    half = Z * math.sqrt(sum((w / Z) ** 2 for w in widths)) if widths else math.nan
+    half = math.sqrt(sum(w**2 for w in widths)) if widths else math.nan
     return mean - half, mean, mean + half
 
 
@@ -335,9 +392,10 @@ def gain_table(summary: pd.DataFrame) -> Table | None:
     text, gain = _pivot(rows, "label", "text"), _pivot(rows, "label", "gain")
     references = ", ".join(sorted(set(rows["gain_reference"])))
     note = (
-        "Points of top-1 over training from scratch with the same strategy on the same dataset "
-        f"({references}; with several from-scratch models, the best on validation), ± half the "
-        "95% interval of the paired difference over test items and seeds."
+        "Points of top-1 over the network trained from scratch (full fine-tuning of the "
+        f"randomly initialised model) on the same dataset ({references}; with several, the best "
+        "on validation), whatever the row's strategy; random-init-features cells are never the "
+        "reference. ± half the 95% interval of the paired difference over test items and seeds."
     )
     return _table(
         "Gain over training from scratch", text, _best(gain, higher=True), "model / strategy", note
@@ -396,6 +454,66 @@ def _signed(row: pd.Series, prefix: str) -> str:
 def _mark(verdict: str) -> str:
     mark = TRIVIAL_MARKS.get(verdict, "")
     return f" {mark}" if mark else ""
+
+
+def tuning_budgets(records: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy, what tuning cost each cell (``tlbench.report.records.tuning``): mean
+    configurations tried, epochs and seconds spent tuning, and the schedules used."""
+    ok = records[records["status"] == "ok"]
+    rows = []
+    for strategy, part in ok.groupby("strategy", sort=False):
+        found = [tuning(h) for h in part.get("hparams", ())]
+        found = [t for t in found if t]
+        if not found:
+            continue
+
+        def mean(key, found=found):
+            values = [t[key] for t in found if isinstance(t.get(key), int | float)]
+            return sum(values) / len(values) if values else math.nan
+
+        schedules = sorted({str(t["schedule"]) for t in found if t.get("schedule")})
+        rows.append(
+            {
+                "strategy": strategy,
+                "cells": len(found),
+                "configurations": mean("configurations"),
+                "epochs": mean("epochs"),
+                "train_s": mean("train_s"),
+                "schedule": ", ".join(schedules) or MISSING,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def tuning_table(records: pd.DataFrame) -> Table | None:
+    """Each strategy's tuning budget side by side, so unequal tuning is visible."""
+    budgets = tuning_budgets(records)
+    if budgets.empty:
+        return None
+    formats = {"configurations": "{:.1f}", "epochs": "{:.1f}", "train_s": "{:.1f}"}
+    text = pd.DataFrame(
+        {
+            "strategy": budgets["strategy"],
+            "configurations tried": budgets["configurations"].map(
+                lambda v: MISSING if pd.isna(v) else formats["configurations"].format(v)
+            ),
+            "epochs tuning": budgets["epochs"].map(
+                lambda v: MISSING if pd.isna(v) else formats["epochs"].format(v)
+            ),
+            "seconds tuning": budgets["train_s"].map(
+                lambda v: MISSING if pd.isna(v) else formats["train_s"].format(v)
+            ),
+            "schedule": budgets["schedule"],
+        }
+    )
+    best = pd.DataFrame(False, index=text.index, columns=text.columns)
+    note = (
+        "Mean per cell over the strategy's cells: hyperparameter configurations tried, epochs "
+        "and seconds spent choosing them (before the refit). Strategies tuned with unequal "
+        "budgets are compared with that in mind; records older than the tuning field show "
+        "their sweep's length and the epochs its schedule trained."
+    )
+    return Table("Tuning budget per strategy", text, best, note)
 
 
 def cost_table(summary: pd.DataFrame) -> Table:

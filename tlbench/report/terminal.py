@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from tlbench.report.compare import BAD_FLAGS, Comparison
-from tlbench.report.tables import cell_text, failures, summarize
+from tlbench.report.compare import BAD_FLAGS, Comparison, marks_line, scope_line
+from tlbench.report.tables import cell_marks, cell_text, failures, marks_note, summarize
 
 
 def render_terminal(records: pd.DataFrame, console: Console) -> None:
@@ -50,6 +50,9 @@ def render_terminal(records: pd.DataFrame, console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table, width=10_000 if wide else None, crop=not wide)
+    note = marks_note(summary)
+    if note:
+        console.print(Text(note, style="dim"))
     _print_failures(records, console)
 
 
@@ -60,7 +63,9 @@ def _cell(cells: pd.DataFrame, strategy: str, best: float) -> Text:
     if row["n"] == 0:
         return Text(row["status"], style="red")
     style = "bold" if row["mean"] == best else ""
-    return Text(cell_text(row), style=style + (" yellow" if row["problems"] else ""))
+    marks = cell_marks(row)
+    text = cell_text(row) + (f" {marks}" if marks else "")
+    return Text(text, style=style + (" yellow" if row["problems"] else ""))
 
 
 def _print_failures(records: pd.DataFrame, console: Console) -> None:
@@ -103,11 +108,14 @@ def render_comparison_terminal(comparison: Comparison, console: Console) -> None
         Text(f"{regressions} regression(s)", style="bold red" if regressions else ""),
         Text(f"{improvements} improvement(s)", style="bold green" if improvements else ""),
         Text(
-            f"(p: McNemar over test items and seeds, Holm-corrected; flagged when p < "
-            f"{comparison.alpha:g}"
+            "(p: Welch's t over the seeds' accuracies with 2+ seeds a side, else McNemar over "
+            f"test items; Holm-corrected; flagged when p < {comparison.alpha:g}"
             + (f" and |delta| >= {comparison.threshold:g} points)" if comparison.threshold else ")")
         ),
     )
+    for line in (scope_line(comparison), marks_line(comparison)):
+        if line:
+            console.print(Text(line, style="yellow"))
     for label, keys in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
         if keys:
             console.print(
