@@ -210,7 +210,14 @@ def test_seeds_share_prefix_activations_of_the_images_they_have_in_common(
 def test_fine_tuning_with_a_halving_sweep_runs_on_the_device(
     lite0, digits_by_seed, tmp_path, precision
 ):
-    options = {"k": 1, "epochs": 2, "lr": [3e-3, 3e-2], "batch_size": 32, "refit": True}
+    options = {
+        "k": 1,
+        "epochs": 2,
+        "lr": [3e-3, 3e-2],
+        "batch_size": 32,
+        "refit": True,
+        "grace_epochs": 1,  # a cut after one epoch, at a test's cost
+    }
     result = run_cell(
         lite0,
         digits_by_seed(0),
@@ -269,8 +276,8 @@ sweep = "grid"
     args = ["run", str(suite), "--dry-run", "--cache-dir", str(tmp_path / "cache")]
     plan = json.loads(CliRunner().invoke(cli, [*args, "--json"]).stdout)
     assert plan["shared_work"]["feature_pools"] == 1
-    # full-finetune and lp-ft sweep two learning rates each; partial-unfreeze has one here.
-    assert plan["shared_work"]["sweeps"] == {"asha": 2, "grid": 2, "candidates": 8}
+    # full-finetune and lp-ft sweep three learning rates each; partial-unfreeze has one here.
+    assert plan["shared_work"]["sweeps"] == {"asha": 2, "grid": 2, "candidates": 12}
     text = " ".join(CliRunner().invoke(cli, args).output.split())
     assert "1 per-image feature pools serve 8 cells" in text
     assert "2 by successive halving" in text and "2 every candidate to its end" in text

@@ -281,8 +281,11 @@ class Plan:
                 continue
             candidates = 1
             for name in ("lr", "weight_decay"):
-                if isinstance(options.get(name), list):
-                    candidates *= len(options[name])
+                values = options.get(name)
+                if name == "lr" and values is None:  # the recipe's own grid
+                    values = options.get(_recipe_lr(cell))
+                if isinstance(values, list):
+                    candidates *= len(values)
             if candidates > 1:
                 sweeps[options["sweep"] if options["sweep"] in sweeps else "asha"] += 1
                 sweeps["candidates"] += candidates
@@ -423,3 +426,14 @@ def render_plan(plan: Plan, console) -> None:
             *(Text(str(row[key])) for key in ("model", "dataset", "strategy", "seed")), state
         )
     console.print(table)
+
+
+def _recipe_lr(cell) -> str:
+    """The option holding the learning-rate grid a cell sweeps when ``lr`` is not given: the
+    from-scratch recipe's for ``scratch:`` models (the engine decides from the built model,
+    ``tlbench.engine.training.training_recipe``; the plan must not build one)."""
+    recipe = cell.strategy_options.get("recipe") or "auto"
+    scratch = recipe == "from-scratch" or (
+        recipe == "auto" and str(cell.model_ref).startswith("scratch:")
+    )
+    return "scratch_lr" if scratch else "finetune_lr"
