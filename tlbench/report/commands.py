@@ -3,9 +3,7 @@ to ``tlbench.report``; the heavy imports happen when a command runs, not at ``--
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -219,11 +217,8 @@ def _print_table(records) -> None:
     render_terminal(records, Console())
 
 
-@contextlib.contextmanager
 def _warnings_to_stderr():
     """A skipped line of cells.jsonl is worth one line on stderr, not a Python warning dump."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
+    from tlbench.safeio import warnings_as_lines
+
+    return warnings_as_lines(sys.stderr)
