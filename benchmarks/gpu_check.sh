@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# The CUDA check (under 5 minutes on one GPU), from a fresh checkout after `make setup`:
-#   1. the environment (GPU, driver, torch, CUDA, cuDNN);
-#   2. the tests that run engine code on a device (`pytest -m device`, on $DEVICE);
-#   3. a small grid, fp32 and bf16 (benchmarks/gpu_check.toml, `tlbench run --device $DEVICE`);
-#   4. the throughput benchmarks: feature extraction vs timm's benchmark loop at batch 64 and
-#      256, and the training loop vs a bare loop, each in fp32 and bf16;
-# and writes one Markdown summary (and the benchmarks' JSON lines next to it).
+# The CUDA check (about 8 minutes on one H100), from a fresh checkout after `make setup`. Each
+# check prints PASS or FAIL and the script writes one Markdown summary (checks table first):
+#   environment     GPU, driver, torch, CUDA, cuDNN, compute capability, native bf16
+#   device-tests    the tests that run engine code on a device (`pytest -m device`, on $DEVICE)
+#   images          a JPEG image folder at 256 px (digits drawn large, tinted, noisy), read at
+#                   $PX px (224 on a GPU) through the streaming data path
+#   grid            linear probe (fp32, bf16, fp16), partial unfreezing and LP-FT with
+#                   augmentation, full fine-tuning in bf16 and fp16, BitFit and LoRA (peft), on
+#                   $DEVICE; every cell must finish `ok`
+#   grid-cpu        the fp32 cells again on the CPU; `cpu-agreement` passes when each cell's
+#                   top-1 is within the test set's noise of its CPU twin (99% binomial band)
+#   process         `--executor process` on the GPU: one worker per visible GPU, its record
+#                   names the GPU it saw, its top-1 equals the local run's
+#   oom             a forward too large for the GPU: the batch that fits is found, remembered
+#                   (a second call starts there) and recorded
+#   features-*      feature extraction vs timm's benchmark loop, per precision: passes at a
+#                   ratio of at least $MIN_RATIO (0.8) on a GPU
 #
 #   benchmarks/gpu_check.sh [SUMMARY]       # default: $OUT/gpu_summary.md, else results/benchmarks/
-#   DEVICE=cpu benchmarks/gpu_check.sh      # the CPU fallback: checks the script, skips GPU-only steps
+#   DEVICE=cpu benchmarks/gpu_check.sh      # the CPU fallback: tiny sizes, proves the script runs
 #
 # Every step runs under its own time limit (multiplied by $TIME_SCALE, default 1, for a slow or
 # busy machine); a failing step is recorded and the others still run. The exit code is the number
-# of failed steps.
+# of failed checks.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,92 +36,248 @@ WORK=$(mktemp -d -t tlbench-gpu-check-XXXXXX)
 export TLBENCH_CACHE=$WORK/cache                     # cold: nothing computed before this check
 export TLBENCH_BENCH_LOG=${SUMMARY%.md}.jsonl
 export HF_HUB_OFFLINE=1
-FAILED=0
+CHECKS=$WORK/checks.tsv
+DETAILS=$WORK/details.md
+: > "$CHECKS"; : > "$DETAILS"
 START=$(date +%s)
 
 if [ "$DEVICE" = cpu ]; then
-    # The fallback only proves the script: tiny sizes, fp32, no bf16 grid cells.
-    GRID_SELECT=(--strategy partial-unfreeze-fp32)
-    FEATURES_ARGS=(--px 32 --images 512 --repeats 1 --batches 64 256)
-    OVERHEAD_ARGS=(--px 32 --images 256 --rounds 1)
+    # The fallback only proves the script: tiny images, one epoch, fp32, three cells.
+    PX=32; IMAGES=120; EPOCHS=1; MIN_RATIO=0
+    CELLS=(linear-probe-fp32 lp-ft-fp32 lora-fp32)
+    CPU_CELLS=(linear-probe-fp32)
+    FEATURES_ARGS=(--px 32 --images 256 --repeats 1 --batches 64)
     PRECISIONS=(fp32)
 else
-    GRID_SELECT=()
-    FEATURES_ARGS=(--px 64 --images 1400 --repeats 3 --batches 64 256)
-    OVERHEAD_ARGS=(--px 64 --images 1024 --rounds 3)
-    PRECISIONS=(fp32 bf16)
+    PX=224; IMAGES=1000; EPOCHS=3; MIN_RATIO=${MIN_RATIO:-0.8}
+    CELLS=()                                            # all of them
+    CPU_CELLS=(linear-probe-fp32 partial-unfreeze-fp32)  # the CPU twins (fine-tuning at 224 px
+                                                         # on CPU would take the whole budget)
+    FEATURES_ARGS=(--px 224 --images 2048 --repeats 3 --batches 64 256)
+    PRECISIONS=(fp32 bf16 fp16)
 fi
 
-section() { printf '\n## %s\n\n' "$1" >> "$SUMMARY"; }
+# check NAME pass|fail DETAIL: one line on stdout, one row of the summary's table.
+check() {
+    printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$CHECKS"
+    printf '%s %s: %s\n' "$( [ "$2" = pass ] && echo PASS || echo FAIL )" "$1" "$3"
+}
 
-# step NAME SECONDS COMMAND...: run it, keep its output, record status and time in the summary.
+# step NAME SECONDS COMMAND...: run it, keep its output in the details; a check of its own.
 step() {
     local name=$1 limit=$(( $2 * ${TIME_SCALE:-1} )); shift 2
     local log=$WORK/$name.log t0=$(date +%s) rc
-    echo "== $name: $*"
     timeout "$limit" "$@" > "$log" 2>&1; rc=$?
     local took=$(( $(date +%s) - t0 ))
-    if [ $rc -eq 0 ]; then echo "ok ($took s)"; else echo "FAILED rc=$rc ($took s)"; FAILED=$((FAILED + 1)); fi
-    section "$name: $( [ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc$( [ $rc -eq 124 ] && echo ', time limit'))" ), $took s"
-    printf '`%s`\n\n```\n' "$*" >> "$SUMMARY"
-    tail -n "${TAIL:-60}" "$log" >> "$SUMMARY"
-    printf '```\n' >> "$SUMMARY"
-    return 0
+    if [ $rc -eq 0 ]; then check "$name" pass "$took s"
+    else check "$name" fail "exit $rc$( [ $rc -eq 124 ] && echo ', time limit'), $took s"; fi
+    printf '\n### %s\n\n`%s`\n\n```\n' "$name" "$*" >> "$DETAILS"
+    tail -n "${TAIL:-40}" "$log" >> "$DETAILS"
+    printf '```\n' >> "$DETAILS"
+    return $rc
 }
 
+if [ "$DEVICE" != cpu ]; then
+    if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+        echo "no CUDA device visible to torch; run with DEVICE=cpu for the fallback"
+        exit 1
+    fi
+    command -v nvidia-smi > /dev/null && TAIL=30 step nvidia-smi 30 nvidia-smi
+fi
+step environment 60 "$PY" -c '
+import json, torch
+from tlbench.engine.runtime import configure_runtime, gpu_info, resolve_precision
+from tlbench.results import hardware
+info = hardware()
+info["torch"] = torch.__version__
+info["settings"] = configure_runtime()
+if torch.cuda.is_available():
+    info.update(gpu_info(torch.device("cuda")))
+    info["precision_auto"] = resolve_precision("auto", torch.device("cuda"))
+print(json.dumps(info, indent=1, default=str))'
+
+TAIL=25 step device-tests 180 env TLBENCH_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider -m device tests/
+
+# -- the image folder and the suite -----------------------------------------------------------
+step images 120 "$PY" - "$WORK/images" "$IMAGES" <<'PYEOF'
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+root, count = Path(sys.argv[1]), int(sys.argv[2])
+digits = load_digits()
+rng = np.random.default_rng(0)
+per_class = max(4, count // 10)
+for label in range(10):
+    folder = root / f"class_{label}"
+    folder.mkdir(parents=True, exist_ok=True)
+    picks = np.flatnonzero(digits.target == label)
+    for i in range(per_class):
+        small = digits.images[picks[i % len(picks)]] / 16.0
+        big = np.kron(small, np.ones((32, 32)))                          # 256 x 256
+        tint = rng.uniform(0.3, 1.0, size=3)
+        img = big[..., None] * tint + rng.normal(0, 0.08, (256, 256, 3))
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
+print(f"{per_class * 10} JPEGs at 256 px in {root}")
+PYEOF
+
+cat > "$WORK/check.toml" <<EOF
+name = "gpu-check"
+seeds = [0]
+[[models]]
+name = "efficientnet_lite0.in1k"
+id = "lite0"
+input_size = $PX
+[[datasets]]
+name = "imagefolder"
+id = "jpegs"
+root = "$WORK/images"
+EOF
+for precision in fp32 bf16 fp16; do
+    printf '[[strategies]]\nname = "linear-probe"\nid = "linear-probe-%s"\nprecision = "%s"\n' \
+        "$precision" "$precision" >> "$WORK/check.toml"
+done
+for spec in partial-unfreeze:fp32 lp-ft:fp32 full-finetune:bf16 full-finetune:fp16 bitfit:fp32 lora:fp32; do
+    printf '[[strategies]]\nname = "%s"\nid = "%s-%s"\nprecision = "%s"\nepochs = %s\naugment = true\n' \
+        "${spec%%:*}" "${spec%%:*}" "${spec##*:}" "${spec##*:}" "$EPOCHS" >> "$WORK/check.toml"
+done
+
+select_cells() { for cell in "$@"; do printf -- '--strategy\n%s\n' "$cell"; done; }
+mapfile -t DEVICE_SELECT < <(select_cells "${CELLS[@]}")
+mapfile -t CPU_SELECT < <(select_cells "${CPU_CELLS[@]}")
+
+TAIL=30 step grid 420 "$PY" -m tlbench run "$WORK/check.toml" --device "$DEVICE" \
+    --out "$WORK/grid" --cache-dir "$TLBENCH_CACHE" -q "${DEVICE_SELECT[@]}"
+TAIL=30 step grid-cpu 300 "$PY" -m tlbench run "$WORK/check.toml" --device cpu \
+    --out "$WORK/grid-cpu" --cache-dir "$TLBENCH_CACHE" -q "${CPU_SELECT[@]}"
+
+# Each device cell ok; each fp32 cell within the test set's noise of its CPU twin.
+"$PY" - "$WORK/grid/cells.jsonl" "$WORK/grid-cpu/cells.jsonl" > "$WORK/agreement.tsv" <<'PYEOF'
+import json, math, sys
+from pathlib import Path
+
+def records(path):
+    p = Path(path)
+    rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    return {r["strategy"]: r for r in rows}
+
+device, cpu = records(sys.argv[1]), records(sys.argv[2])
+for name, r in sorted(device.items()):
+    c, h = r.get("cost", {}), r.get("hparams", {})
+    detail = (f"{r['status']}, top-1 {r.get('metrics', {}).get('top1')}, precision "
+              f"{h.get('precision', c.get('precision'))}, batch {c.get('batch_size')}, "
+              f"peak {c.get('peak_mem_mb')} MiB, {c.get('wall_s')} s")
+    if r.get("error"):
+        detail += f"; {r['error'].get('message', '')[:200]}"
+    print(f"cell {name}\t{'pass' if r['status'] == 'ok' else 'fail'}\t{detail}")
+for name, twin in sorted(cpu.items()):
+    mine = device.get(name)
+    if mine is None or mine["status"] != "ok" or twin["status"] != "ok":
+        print(f"cpu-agreement {name}\tfail\tmissing or not ok on one side")
+        continue
+    a, b = mine["metrics"]["top1"], twin["metrics"]["top1"]
+    n = (mine.get("split") or {}).get("sizes", {}).get("test") or 200
+    p = max(min((a + b) / 200, 0.99), 0.01)
+    band = max(1.0, 2.58 * math.sqrt(2 * p * (1 - p) / n) * 100)
+    ok = abs(a - b) <= band
+    print(f"cpu-agreement {name}\t{'pass' if ok else 'fail'}\t{a:.2f} on the device vs {b:.2f} on CPU, band +-{band:.2f} (n={n})")
+if not device:
+    print("cells\tfail\tno records from the device grid")
+PYEOF
+while IFS=$'\t' read -r name verdict detail; do check "$name" "$verdict" "$detail"; done < "$WORK/agreement.tsv"
+
+# -- the process executor on the GPU -------------------------------------------------------------
+if step process 300 "$PY" -m tlbench run "$WORK/check.toml" --device "$([ "$DEVICE" = cpu ] && echo cpu || echo auto)" \
+        --executor process --out "$WORK/process" --cache-dir "$TLBENCH_CACHE" -q --strategy linear-probe-fp32; then
+    "$PY" - "$WORK/process/cells.jsonl" "$WORK/grid/cells.jsonl" "$DEVICE" > "$WORK/process.tsv" <<'PYEOF'
+import json, sys
+from pathlib import Path
+read = lambda p: {json.loads(l)["strategy"]: json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()}
+proc, local = read(sys.argv[1]), read(sys.argv[2])
+r = proc["linear-probe-fp32"]
+worker = r.get("worker", {})
+gpu = worker.get("cuda_visible_devices")
+same = local.get("linear-probe-fp32", {}).get("metrics", {}).get("top1") == r["metrics"]["top1"]
+ok = r["status"] == "ok" and (gpu is not None or sys.argv[3] == "cpu")
+print(f"process-gpu\t{'pass' if ok else 'fail'}\tworker pid {worker.get('pid')} saw CUDA_VISIBLE_DEVICES={gpu}, device {r.get('cost', {}).get('device')}")
+print(f"process-same-top1\t{'pass' if same else 'fail'}\t{r['metrics']['top1']} in the worker, {local.get('linear-probe-fp32', {}).get('metrics', {}).get('top1')} in the local run")
+PYEOF
+    while IFS=$'\t' read -r name verdict detail; do check "$name" "$verdict" "$detail"; done < "$WORK/process.tsv"
+fi
+
+# -- out of memory: the batch that fits is found once and remembered ------------------------------
+step oom 180 "$PY" - "$DEVICE" "$PX" <<'PYEOF'
+import sys
+import timm, torch
+from tlbench.engine.runtime import configure_runtime, with_oom_retry
+
+device, px = torch.device(sys.argv[1]), int(sys.argv[2])
+configure_runtime()
+model = timm.create_model("efficientnet_lite0", num_classes=0).eval().to(device)
+tries = []
+if device.type == "cuda":
+    free, _ = torch.cuda.mem_get_info(device)
+    start = 1 << int(free // (3 * px * px * 4 * 4)).bit_length()   # the input alone ~1/4 of free
+    def forward(batch):
+        tries.append(batch)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(torch.randn(batch, 3, px, px, device=device)).shape[0]
+else:  # the fallback simulates the GPU running out of memory above 16 images
+    start = 256
+    def forward(batch):
+        tries.append(batch)
+        if batch > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        with torch.no_grad():
+            return model(torch.randn(batch, 3, px, px)).shape[0]
+key = ("efficientnet_lite0", px, str(device))
+_, fitted = with_oom_retry(forward, start, key=key)
+first = list(tries)
+tries.clear()
+_, again = with_oom_retry(forward, start, key=key)
+print(f"asked {start}, tried {first}, fits {fitted}; second call tried {tries}")
+assert fitted < start and len(first) > 1, "no out-of-memory was met"
+assert tries == [fitted] and again == fitted, "the fitted batch was not remembered"
+PYEOF
+
+# -- feature extraction against timm's benchmark loop ---------------------------------------------
+for precision in "${PRECISIONS[@]}"; do
+    if TAIL=15 step "features-$precision" 240 "$PY" benchmarks/bench_features.py --device "$DEVICE" \
+            --dataset digits --precision "$precision" "${FEATURES_ARGS[@]}"; then
+        # The last line of the benchmark log is this run's: its smallest ratio must reach MIN_RATIO.
+        verdict=$(tail -n 1 "$TLBENCH_BENCH_LOG" | "$PY" -c '
+import json, sys
+line = json.loads(sys.stdin.read())
+ratios = [v["ratio"] for v in line["results"].values()]
+worst = min(ratios)
+print(("pass" if worst >= float(sys.argv[1]) else "fail") + f"\ttlbench/timm {worst:.3f} at worst (at least {sys.argv[1]})")' "$MIN_RATIO")
+        check "features-$precision-ratio" "${verdict%%$'\t'*}" "${verdict#*$'\t'}"
+    fi
+done
+
+# -- the summary: the checks first, then what each step printed ------------------------------------
+FAILED=$(grep -c $'\tfail\t' "$CHECKS")
+TOTAL=$(wc -l < "$CHECKS")
 {
     echo "# tlbench GPU check"
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)')"
-    echo "- device asked: $DEVICE"
+    echo "- device asked: $DEVICE; images: $IMAGES JPEGs read at $PX px; epochs: $EPOCHS"
     echo "- load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+    echo "- total: $(( $(date +%s) - START )) s; $((TOTAL - FAILED)) of $TOTAL checks passed"
+    echo
+    echo "| check | result | detail |"
+    echo "|---|---|---|"
+    while IFS=$'\t' read -r name verdict detail; do
+        echo "| $name | $( [ "$verdict" = pass ] && echo PASS || echo '**FAIL**' ) | ${detail//|//} |"
+    done < "$CHECKS"
+    echo
+    echo "## Details"
+    cat "$DETAILS"
 } > "$SUMMARY"
-
-if [ "$DEVICE" != cpu ]; then
-    if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-        echo "no CUDA device visible to torch; run with DEVICE=cpu for the fallback" | tee -a "$SUMMARY"
-        exit 1
-    fi
-    command -v nvidia-smi > /dev/null && step nvidia-smi 30 nvidia-smi
-fi
-step environment 60 "$PY" -c '
-import json, torch
-from tlbench.results import hardware
-info = hardware()
-info["torch"] = torch.__version__
-if torch.cuda.is_available():
-    info["bf16_supported"] = torch.cuda.is_bf16_supported()
-    info["capability"] = torch.cuda.get_device_capability()
-print(json.dumps(info, indent=1))'
-
-TAIL=25 step device-tests 150 env TLBENCH_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -m device tests/
-
-step grid 240 "$PY" -m tlbench run benchmarks/gpu_check.toml --device "$DEVICE" \
-    --out "$WORK/grid" --cache-dir "$TLBENCH_CACHE" -q "${GRID_SELECT[@]}"
-step grid-table 60 "$PY" - "$WORK/grid/cells.jsonl" <<'PYEOF'
-import sys
-from tlbench.results import read_records
-print("| strategy | status | precision | top-1 | val top-1 | cell s | train img/s | peak MiB | epochs trained / exhaustive |")
-print("|---|---|---|---|---|---|---|---|---|")
-for r in read_records(sys.argv[1]):
-    m, c, h = r.get("metrics", {}), r.get("cost", {}), r.get("hparams", {})
-    s = h.get("sweep_schedule") or {}
-    print(f"| {r['strategy']} | {r['status']} | {h.get('precision', c.get('precision'))} | {m.get('top1')} "
-          f"| {m.get('val_top1')} | {c.get('wall_s')} | {c.get('throughput_img_s')} | {c.get('peak_mem_mb')} "
-          f"| {s.get('epochs_trained', '-')} / {s.get('epochs_exhaustive', '-')} |")
-    if r.get("error"):
-        print(f"\n{r['strategy']}: {r['error'].get('message')}\n")
-PYEOF
-
-for precision in "${PRECISIONS[@]}"; do
-    TAIL=20 step "features-$precision" 120 "$PY" benchmarks/bench_features.py --device "$DEVICE" \
-        --dataset digits --precision "$precision" "${FEATURES_ARGS[@]}"
-    TAIL=20 step "overhead-$precision" 120 "$PY" benchmarks/bench_overhead.py --device "$DEVICE" \
-        --dataset digits --precision "$precision" "${OVERHEAD_ARGS[@]}"
-done
-
-section "total: $(( $(date +%s) - START )) s, $FAILED failed step(s)"
-echo "summary: $SUMMARY ($FAILED failed step(s))"
+echo "summary: $SUMMARY ($FAILED of $TOTAL checks failed)"
 rm -rf "$WORK"
 exit "$FAILED"
