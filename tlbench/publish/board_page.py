@@ -16,15 +16,16 @@ from tlbench.publish.paths import (
     model_path,
 )
 from tlbench.publish.variants import Variant
+from tlbench.report.tables import ONE_DRAW_NOTE, UNDERTRAINED_NOTE
 from tlbench.safeio import csv_cell
 
 
 def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) -> str:
     view = board.suite
     legend = (
-        f"{board.metric} (%): mean ± half the 95% interval, which combines the spread over seeds "
-        "(Student t) with the test set's own sampling noise (binomial), so one seed has one too. "
-        "The small number is the rank on that dataset (1 = best); "
+        f"{board.metric} (%): mean ± half the 95% interval over training seeds and test items "
+        "(the report's: Student t over the seeds plus the noise of the shared test set), so one "
+        "seed has one too. The small number is the rank on that dataset (1 = best); "
     )
     legend += (
         f"the signed number is the gain in points over {board.baseline.label}, the suite's "
@@ -33,6 +34,11 @@ def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) 
         else ""
     )
     legend += "Click a number for its cell: configuration, hyperparameters, cost, environment, errors made."
+    scores = [s for row in board.rows for s in row.scores.values() if s.n]
+    if any(s.one_draw for s in scores):
+        legend += f" {ONE_DRAW_NOTE}"
+    if any(s.still_improving for s in scores):
+        legend += f" {UNDERTRAINED_NOTE}"
     body = [
         f'<p class="description">{esc(view.description)}</p>' if view.description else "",
         strategy_selector(board, page, default),
@@ -164,6 +170,8 @@ def board_csv(board: Leaderboard) -> str:
             "gain",
             "average_rank",
             "mean_gain",
+            "one_training_draw",
+            "still_improving",
         ]
     )
     for row in board.rows:
@@ -190,6 +198,8 @@ def board_csv(board: Leaderboard) -> str:
                         _number(score.gain),
                         _number(row.average_rank),
                         _number(row.mean_gain),
+                        str(score.one_draw).lower() if score.n else "",
+                        str(score.still_improving).lower() if score.n else "",
                     ],
                 )
             )

@@ -2,8 +2,10 @@
 over seeds, the rank of each model on each dataset, its average rank and its gain over the
 suite's from-scratch baseline trained with the same strategy.
 
-Statistics follow ``tlbench report`` (docs/reports.md): for top-1, Student's t over the seeds
-combined with the test set's binomial noise (so one seed has an interval too); ties share
+Statistics are ``tlbench report``'s, computed by the same function
+(``tlbench.report.stats.cell_interval``, docs/reports.md): for top-1, the seeds' spread with
+Student's t plus the noise of the shared test items, from the stored predictions when every seed
+has them (so one seed has an interval too: the test set's noise only, marked); ties share
 the mean of their ranks, a cell without a value ranks last among the models that have the cell.
 A model without a cell on a dataset is not ranked there, so its average covers fewer datasets
 (the page says how many). The baseline is the first model of the suite, in suite order, whose
@@ -20,8 +22,8 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from tlbench.publish.variants import Group, SuiteView, Variant
-from tlbench.report.records import STATUSES
-from tlbench.report.stats import normal_interval, test_set_size
+from tlbench.report.records import STATUSES, still_improving
+from tlbench.report.stats import Interval, cell_interval, read_seed_predictions, test_set_size
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Score:
     rank: float | None = None
     gain: float | None = None
     test_items: float | None = None  # the test split's size, when the metric is a test accuracy
+    interval: Interval | None = None  # the report's interval (``cell_interval``)
 
     @property
     def n(self) -> int:
@@ -45,11 +48,34 @@ class Score:
 
     @property
     def ci95(self) -> float:
-        """Half the 95% interval: the seeds' t interval combined with the test set's own
-        sampling noise (NaN for one seed of a metric without a known test-set size)."""
+        """Half the 95% interval, the report's (NaN for one seed of a metric without a known
+        test-set size or predictions)."""
         if not self.n:
             return math.nan
-        return normal_interval([v for _, v in self.values], self.test_items).half_width
+        if self.interval is not None:
+            return self.interval.half_width
+        return cell_interval([v for _, v in self.values], None, self.test_items).half_width
+
+    @property
+    def one_draw(self) -> bool:
+        """One seed: the interval is the test set's noise only."""
+        return self.n == 1
+
+    @property
+    def still_improving(self) -> bool:
+        """Validation was still improving at the budget in a seed (under-trained)."""
+        return any(
+            still_improving(e.record.get("hparams")) for e in self.group.entries if e.status == "ok"
+        )
+
+    @property
+    def marks(self) -> str:
+        """The report's marks: under-trained, one training draw (``tlbench.report.tables``)."""
+        from tlbench.report.tables import cell_marks
+
+        return cell_marks(
+            {"n": self.n, "one_draw": self.one_draw, "still_improving": self.still_improving}
+        )
 
     @property
     def status(self) -> str:
@@ -63,6 +89,7 @@ class Score:
         if not self.n:
             return self.status
         text = f"{self.mean:.1f}" + (f" ± {self.ci95:.1f}" if not math.isnan(self.ci95) else "")
+        text += f" {self.marks}" if self.marks else ""
         if self.problems:
             text += " (" + ", ".join(f"{c} {s}" for s, c in self.problems.items()) + ")"
         return text
@@ -95,8 +122,18 @@ def score(group: Group, metric: str) -> Score:
     )
     counts = Counter(e.status for e in group.entries if e.metric(metric) is None)
     problems = {s: counts[s] for s in (*STATUSES, *sorted(counts)) if counts.get(s)}
-    return Score(
-        group, values, problems, test_items=_test_items(group) if metric == "top1" else None
+    items = _test_items(group) if metric == "top1" else None
+    interval = None
+    if values:
+        predictions = _predictions(group) if metric == "top1" else None
+        interval = cell_interval([v for _, v in values], predictions, items)
+    return Score(group, values, problems, test_items=items, interval=interval)
+
+
+def _predictions(group: Group):
+    """The stored predictions of the group's ok seeds, read as the report reads them."""
+    return read_seed_predictions(
+        (e.seed, e.run.path, e.record) for e in group.entries if e.metric("top1") is not None
     )
 
 

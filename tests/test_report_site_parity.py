@@ -1,0 +1,68 @@
+"""``tlbench report`` and ``tlbench publish`` show the same interval for every cell: both call
+``tlbench.report.stats.cell_interval`` on the same seeds and stored predictions."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tlbench.publish.command import publish_command
+from tlbench.report.records import load_records
+from tlbench.report.samples import write_sample_run
+from tlbench.report.tables import summarize
+
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "quickstart"
+
+
+def published_intervals(run: Path, site: Path) -> dict[tuple, tuple[float, str, str]]:
+    """(model, dataset, strategy) -> (ci95, one_training_draw, still_improving) from the site's
+    leaderboard downloads."""
+    result = CliRunner().invoke(publish_command, [str(run), "-o", str(site)])
+    assert result.exit_code == 0, result.output
+    found = {}
+    for path in sorted(site.glob("suites/*/leaderboard-*.csv")):
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                key = (row["model"], row["dataset"], row["strategy"])
+                found[key] = (float(row["ci95"]), row["one_training_draw"], row["still_improving"])
+    return found
+
+
+def reported_intervals(run: Path) -> dict[tuple, tuple[float, str, str]]:
+    summary = summarize(load_records(run))
+    return {
+        (row["model"], row["dataset"], row["strategy"]): (
+            round(row["ci95"], 4),
+            str(bool(row["one_draw"])).lower(),
+            str(bool(row["still_improving"])).lower(),
+        )
+        for _, row in summary.iterrows()
+    }
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="no reference run in this checkout")
+def test_the_reference_run_has_the_same_interval_in_the_report_and_on_the_site(tmp_path):
+    site = published_intervals(REFERENCE, tmp_path / "site")
+    report = reported_intervals(REFERENCE)
+
+    assert site.keys() == report.keys() and len(site) == 16
+    assert site == report
+
+
+def test_several_seeds_with_predictions_have_the_same_interval_in_report_and_site(tmp_path):
+    run = write_sample_run(
+        tmp_path / "run",
+        models=["scratch-r18", "lite0-imagenet"],
+        datasets=["fashion-mnist"],
+        seeds=(0, 1, 2),
+        predictions=True,
+    )
+    site = published_intervals(run, tmp_path / "site")
+    report = reported_intervals(run)
+
+    assert site.keys() == report.keys() and len(site) == 6
+    assert site == report
+    assert {draw for _, draw, _ in site.values()} == {"false"}
