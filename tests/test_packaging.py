@@ -194,6 +194,16 @@ def test_every_data_file_of_the_package_is_installed(fresh_install):
     )
 
 
+def test_the_wheel_says_it_is_typed_and_where_the_project_lives(fresh_install):
+    site_packages = next((fresh_install / "lib").glob("python3*/site-packages"))
+    assert (site_packages / "tlbench" / "py.typed").is_file()
+    metadata = next(site_packages.glob("tlbench-*.dist-info")) / "METADATA"
+    text = metadata.read_text()
+    assert "Classifier: Typing :: Typed" in text
+    assert "Classifier: Programming Language :: Python :: 3.11" in text
+    assert "Project-URL: Changelog, " in text and (REPO / "CHANGELOG.md").is_file()
+
+
 def test_python_dash_m_tlbench_is_the_tlbench_command(run_installed):
     result = run_installed("python", "-m", "tlbench", "--help")
     assert result.returncode == 0, result.stderr
