@@ -227,3 +227,29 @@ def test_groups_come_dataset_by_dataset_so_each_dataset_is_read_once_per_worker(
         ("m1", "d3"),
         ("m2", "d3"),
     ]
+
+
+def test_the_gpu_settings_are_recorded_in_env_json_and_every_record(tmp_path, monkeypatch):
+    import json
+
+    from helpers import request, tiny_host, tiny_suite
+
+    from tlbench.runner import run_suite
+
+    monkeypatch.setenv("TLBENCH_TF32", "off")
+    # configure_runtime sets process-wide flags: put them back for the tests that follow
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
+    before_matmul = torch.backends.cuda.matmul.allow_tf32
+    try:
+        outcome = run_suite(
+            request(tmp_path, tiny_suite(tmp_path / "s.toml", seeds=(0,))), tiny_host()
+        )
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = before
+        torch.backends.cuda.matmul.allow_tf32 = before_matmul
+    env = json.loads((outcome.run_dir / "env.json").read_text())
+    assert env["runtime"] == {"deterministic": False, "cudnn_benchmark": True, "tf32": False}
+    assert env["executor"] == {"kind": "local", "workers": None, "options": {}}
+    for record in outcome.records:
+        assert record["runtime"]["precision_auto"] == "fp32"
+        assert record["runtime"]["deterministic"] is False
