@@ -219,7 +219,7 @@ def name_error(value: str) -> str | None:
     for char in value:
         if not char.isprintable() or unicodedata.bidirectional(char) in BIDI_CONTROLS:
             # bidirectional overrides make an id read differently from what it is (U+202E)
-            return f"expected a name of printable characters, without control character U+{ord(char):04X}"
+            return f"expected a name without control characters (U+{ord(char):04X})"
     return None
 
 
