@@ -1,4 +1,5 @@
 # Two commands from a fresh clone to a comparison table: `make demo`, then `make test`.
+# `setup` installs what the demo needs; `make test` adds the `test` and `lint` extras.
 # `setup` is shared by both and re-running it reuses what is installed (a stamp file tracks it).
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml plugins/tlbench-peft/pyproject.toml plugins/tlbench-tra
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(INSTALL) --upgrade pip
 	@$(INSTALL) $(TORCH_PIN)
-	@$(INSTALL) -e '.[dev,peft,hf,wds,photos]' -e plugins/tlbench-peft -e 'plugins/tlbench-trackers[all]'
+	@$(INSTALL) -e '.[peft,hf,wds,photos]' -e plugins/tlbench-peft -e 'plugins/tlbench-trackers[all]'
 	@touch $(STAMP)
 
 # Wheels of tlbench and tlbench-peft in dist/, built with the venv's setuptools (no download).
