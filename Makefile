@@ -79,7 +79,8 @@ typecheck: setup test-deps
 	$(BIN)/python tools/mypy_baseline.py
 
 # Regenerate the published reference run and its reports under results/reference/.
-reference: setup
+# The screenshots need Selenium (the test extra) and Chromium.
+reference: setup browser test-deps
 	rm -rf results/reference/quickstart
 	$(BIN)/tlbench run suites/quickstart.toml --executor process --workers 2 --out results/reference/quickstart
 	$(BIN)/tlbench report results/reference/quickstart --format md -o results/reference/quickstart/report.md
