@@ -135,6 +135,7 @@ def test_records_state_the_tuning_effort_of_trained_strategies_and_of_the_linear
 
 
 def test_a_random_network_trains_from_scratch_with_batch_statistics(run, scratch):
+    assert scratch.weights == "random" and scratch.card["weights"] == "random"
     result = run("full-finetune", source=scratch, lr=1e-3, epochs=1, batch_size=32)
     hparams = result.hparams
     assert hparams["recipe"] == "from-scratch" and hparams["bn"] == "train"

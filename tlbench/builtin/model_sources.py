@@ -126,6 +126,7 @@ def scratch_model(argument: str, options: Mapping[str, Any], context: BuildConte
     card = model_card(
         arch, weights, options, config, weights_source="random init", backbone_seed=context.seed
     )
+    card["weights"] = "random"  # reports tell a network trained from scratch by it
     return source_model(f"scratch:{argument}", weights, "random", fingerprint, config, card)
 
 

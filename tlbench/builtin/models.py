@@ -217,10 +217,11 @@ def register_models(register):
         ModelSpec(
             name="scratch",
             factory="tlbench.builtin.model_sources:scratch_model",
-            description="Any timm architecture with random initialisation (the no-transfer baseline)",
+            description="Any timm architecture with random initialisation (the no-transfer baseline; trained under the from-scratch recipe)",
             takes_argument=True,
             argument_help="timm architecture, e.g. resnet18",
             tags=("random", "baseline", "offline"),
+            card={"weights": "random"},
             available=_installed("timm", "timm"),
         )
     )
