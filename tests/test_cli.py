@@ -81,6 +81,22 @@ def test_mistakes_are_answered_before_torch_or_the_engine_load(args, repo_root):
     assert "Traceback" not in result.stderr, result.stderr
 
 
+def test_a_suite_that_does_not_validate_is_answered_before_torch_loads(tmp_path, repo_root):
+    suite = tmp_path / "typo.toml"
+    suite.write_text(
+        'models = ["scratch:resnet18"]\ndatasets = ["digits"]\nstrategies = ["linear-prob"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", MISTAKE.format(args=["run", str(suite)])],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
+    assert result.stdout.strip().endswith("EXIT:2 LOADED:"), (result.stdout, result.stderr)
+    assert "unknown strategy 'linear-prob'" in result.stderr
+
+
 def test_device_forms_are_spelled_alike_by_the_cli_and_the_resolver():
     from tlbench import cli as cli_module
     from tlbench.engine import runtime

@@ -171,13 +171,14 @@ def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
 
 def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None) -> RunOutcome:
     """Validate, plan, run every pending cell and store each record as soon as it finishes."""
-    from tlbench.engine.runtime import configure_runtime, resolve_device
-
     host = host or request.plugins.load()
     request.executor.check(request.device)
     suite = open_suite(request.suite, host)
     preflight(suite, host)
     cells = plan_cells(suite, request.selection)
+    # torch loads only now: a suite that does not validate is answered without it.
+    from tlbench.engine.runtime import configure_runtime, resolve_device
+
     device = str(resolve_device(request.device))
     configure_runtime()  # cudnn.benchmark, TF32, --deterministic; workers apply the same
     cache = Cache(request.cache_dir)
