@@ -55,6 +55,7 @@ BENCHMARKS = {
     ),
     "linear_probe_digits": ("bench_linear_probe.py", ["--dataset", "digits"], None),
     "seeds": ("bench_seeds.py", [], ["--datasets", "digits", "--repeats", "1", "--px", "32"]),
+    "scale": ("bench_scale.py", [], ["--quick"]),
 }
 
 

@@ -11,7 +11,7 @@ from timm.data import create_transform
 
 from tlbench.cache import Cache
 from tlbench.components import ImageSet, SourceModel, TargetData
-from tlbench.data import prepare
+from tlbench.data import PreparedData, prepare
 from tlbench.datasetlib import local
 from tlbench.datasetlib.common import decode_files
 from tlbench.errors import UserError
@@ -175,16 +175,31 @@ def test_augmentation_is_deterministic_per_seed_and_independent_of_batch_size(di
     assert a.shape == eval_x.shape and not torch.equal(a, eval_x)
 
 
-def test_eval_preprocessing_is_computed_once_and_stored_on_disk(digits, tmp_path):
+def test_eval_preprocessing_is_computed_once_per_image_into_one_store_every_seed_shares(
+    digits, tmp_path, monkeypatch
+):
+    computed = []
+    original = PreparedData._preprocess
+
+    def counting(self, image_set, rows):
+        computed.extend(rows.tolist())
+        return original(self, image_set, rows)
+
+    monkeypatch.setattr(PreparedData, "_preprocess", counting)
     first = prepare(digits, source(32), {}, {}, seed=0, cache=Cache(tmp_path))
     x1 = torch.cat([x for x, _ in first.batches("test", 64)])
-    fresh = Cache(tmp_path)  # a new process would start with an empty memory layer
-    second = prepare(digits, source(32), {}, {}, seed=0, cache=fresh)
+    assert sorted(computed) == sorted(first.indices("test").tolist())
+    second = prepare(digits, source(32), {}, {}, seed=0, cache=Cache(tmp_path))  # a new process
     x2 = torch.cat([x for x, _ in second.batches("test", 64)])
-    assert torch.equal(x1, x2) and fresh.hits == 1 and fresh.misses == 0
-    other_seed = prepare(digits, source(32), {}, {}, seed=1, cache=fresh)
-    next(other_seed.batches("train", 8))
-    assert fresh.misses == 1  # different indices: a different entry, never a stale one
+    assert torch.equal(x1, x2) and len(computed) == first.size("test")  # read, not recomputed
+    other_seed = prepare(digits, source(32), {}, {}, seed=1, cache=Cache(tmp_path))
+    x3 = torch.cat([x for x, _ in other_seed.batches("train", 64)])
+    assert len(computed) == len(set(computed))  # no image preprocessed twice
+    assert set(computed) == {*first.indices("test").tolist(), *other_seed.indices("train")}
+    assert torch.equal(x3, torch.cat([x for x, _ in other_seed.batches("train", 7)]))
+    stores = list((tmp_path / "prepared").glob("*.u8"))
+    assert len(stores) == 1  # one store of the image set, no per-seed copies
+    assert stores[0].stat().st_size == len(digits.train) * 1 * 32 * 32
 
 
 def test_fingerprint_changes_with_everything_that_changes_content(digits, tmp_path):

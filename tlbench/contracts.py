@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tlbench.imagestore import ImageStore
 from tlbench.safeio import TlbenchWarning
 
 # The class count of the usual source (ImageNet-1k), for the logits warning when a model does
@@ -109,7 +110,7 @@ def check_image_set(images, split: str, classes: int) -> None:
 
 
 def _check_pixels(pixels, count: int, split: str) -> None:
-    if not isinstance(pixels, np.ndarray):
+    if not isinstance(pixels, np.ndarray | ImageStore):  # a store: decoded rows on disk
         raise _dataset_error(f"{split} images are {kind_of(pixels)}; expected a NumPy uint8 array")
     if pixels.dtype != np.uint8:
         raise _dataset_error(

@@ -2,11 +2,13 @@
 
 Preprocessing is timm's own (``create_transform`` from the model's data config). The eval
 transform (resize shorter side to ``floor(size / crop_pct)``, center crop) is applied once per
-(data, split indices, transform) and kept as uint8 NCHW tensors in memory and in the on-disk
-cache; ``batches`` then only converts, replicates channels and normalises, on the target device.
-When every step of timm's eval transform accepts tensors (Resize with bilinear/bicubic/nearest,
-CenterCrop), it runs batched on uint8 tensors; otherwise, and for path-based datasets, timm's
-PIL transform runs per image through a DataLoader, once.
+image and preprocessing, into an on-disk uint8 NCHW store of the whole image set
+(``PreparedData.store``) that every split and seed indexes; ``batches`` reads it batch by batch
+and only converts, replicates channels and normalises, on the target device. Memory therefore
+does not grow with the number of images. When every step of timm's eval transform accepts
+tensors (Resize with bilinear/bicubic/nearest, CenterCrop), it runs batched on uint8 tensors;
+otherwise, and for path-based datasets, timm's PIL transform runs per image through DataLoader
+workers, once. Augmented batches come from persistent DataLoader workers.
 """
 
 from __future__ import annotations
@@ -19,16 +21,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from tlbench.cache import Cache, stable_hash
 from tlbench.components import ImageSet, SourceModel, TargetData
 from tlbench.errors import UserError
+from tlbench.imagestore import (
+    ImageStore,
+    mark_rows,
+    open_sparse,
+    rows_present,
+    scratch_dir,
+    write_rows,
+)
 from tlbench.splits import Splits, check_split, indices_hash, make_splits
 
 PREP_VERSION = 1  # bump when the stored preprocessing changes
-# Eval-preprocessed splits larger than this are transformed batch by batch instead of stored.
-MATERIALIZE_MAX_BYTES = int(os.environ.get("TLBENCH_PREP_MAX_MB", "1024")) << 20
 CHUNK = 512  # images per batched-transform call: bounds peak memory of the float intermediate
+CHUNK_BYTES = 128 << 20  # ... and so does this, for large source images
+# In-memory image sets smaller than this are transformed in the main process (no workers).
+WORKERS_MIN_IMAGES = 4096
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class PreparedData:
     transforms: Transforms
     cache: Cache | None = None
     _stored: dict = field(default_factory=dict, repr=False, compare=False)
+    _loaders: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- what each split is -----------------------------------------------------------------
     def _source(self, split: str) -> tuple[ImageSet, str]:
@@ -128,7 +141,8 @@ class PreparedData:
         (seed, image index), so it does not depend on batch size or order. ``positions`` (int64,
         into the split) yields only those images, in that order (``shuffle`` is then ignored).
         Images come in ``memory_format`` (the model's, e.g. channels-last), written so by the
-        normalisation itself rather than by a second copy.
+        normalisation itself rather than by a second copy. On CUDA, uint8 batches are pinned and
+        copied one batch ahead on a side stream, then normalised on the device.
         """
         labels = self.labels(split)
         n = len(labels)
@@ -139,20 +153,13 @@ class PreparedData:
         else:
             order = torch.arange(n)
         if augment:
-            stream = self._loader(split, order, batch_size, self.transforms.train, seed)
+            stream = self._augmented(split, order, batch_size, seed)
         else:
-            stored = self.stored(split)
-            if stored is not None:
-                stream = ((stored[chunk], labels[chunk]) for chunk in order.split(batch_size))
-            else:
-                stream = self._eval_stream(split, order, batch_size)
-        for images, y in stream:
-            images = self._normalise(images, device, memory_format)
-            yield images, y.to(device) if device is not None else y
+            stream = self._eval_stream(split, order, batch_size)
+        for images, y in _to_device(stream, device):
+            yield self._normalise(images, memory_format), y
 
-    def _normalise(self, images: torch.Tensor, device, memory_format) -> torch.Tensor:
-        if device is not None:
-            images = images.to(device, non_blocking=True)  # move uint8: 4x fewer bytes than float
+    def _normalise(self, images: torch.Tensor, memory_format) -> torch.Tensor:
         std = torch.tensor(self.transforms.std, device=images.device).view(1, -1, 1, 1)
         mean = torch.tensor(self.transforms.mean, device=images.device).view(1, -1, 1, 1)
         # One fused pass from uint8 straight into the model's layout; broadcasting a 1-channel
@@ -165,96 +172,196 @@ class PreparedData:
         )
         return torch.addcmul(-mean / std, images, 1.0 / (255.0 * std), out=out)
 
-    # -- eval preprocessing, computed once ------------------------------------------------------
-    def stored(self, split: str) -> torch.Tensor | None:
-        """The eval-preprocessed uint8 NCHW tensor of a split, or None when it is too big to keep."""
-        check_split(split)
-        if split in self._stored:
-            return self._stored[split]
-        if split == "trainval":
-            parts = [self.stored("train"), self.stored("val")]
-            if parts[0] is None or parts[1] is None:
-                return None
-            self._stored[split] = torch.cat(parts)
-            return self._stored[split]
-        _, height, width = self.input_size
-        if self.size(split) * self.transforms.native_chans * height * width > MATERIALIZE_MAX_BYTES:
-            return None
-        _, source = self._source(split)
+    # -- eval preprocessing, computed once per image ----------------------------------------------
+    def store(self, image_set: str) -> ImageStore:
+        """The eval-preprocessed uint8 NCHW store of one image set (``"train"`` or ``"test"``),
+        shared by every split and seed that indexes it: one file per (data, transform) in the
+        cache's ``prepared/`` folder (a scratch folder without a cache), filled on demand."""
+        if image_set in self._stored:
+            return self._stored[image_set]
+        imageset = self.target.train if image_set == "train" else self.target.test
         key = {
             "target": self.target.fingerprint,
-            "from": source,
-            "indices": indices_hash(self.indices(split)),
+            "from": image_set,
             "transform": self.transforms.describe()["eval"],
             "batched": self.transforms.batched,
             "native_chans": self.transforms.native_chans,
             "version": PREP_VERSION,
         }
-        compute = lambda: self._preprocess_all(split)  # noqa: E731
-        value = (
-            self.cache.get_or_compute("prep", key, compute) if self.cache is not None else compute()
-        )
-        self._stored[split] = value
-        return value
+        enabled = self.cache is not None and self.cache.enabled
+        folder = self.cache.root / "prepared" if enabled else scratch_dir()
+        _, height, width = self.input_size
+        shape = (len(imageset), self.transforms.native_chans, height, width)
+        path = folder / f"{stable_hash(key)}.u8"
+        with FileLock(f"{path}.lock"):
+            store = open_sparse(path, shape)
+        self._stored[image_set] = store
+        return store
 
-    def _preprocess_all(self, split: str) -> torch.Tensor:
-        order = torch.arange(self.size(split))
-        return torch.cat([images for images, _ in self._eval_stream(split, order, CHUNK)])
+    def stored(self, split: str) -> torch.Tensor:
+        """The eval-preprocessed uint8 NCHW images of a split, read into memory (small splits,
+        tests and benchmarks; ``batches`` reads the store batch by batch instead)."""
+        check_split(split)
+        rows = self.indices(split)
+        store = self._ensure(self.image_set(split), rows)
+        return torch.from_numpy(store[rows])
+
+    def _ensure(self, image_set: str, rows: np.ndarray) -> ImageStore:
+        """Preprocess the images of ``rows`` not yet in the store (under the store's lock, so
+        concurrent workers preprocess an image once)."""
+        store = self.store(image_set)
+        present = rows_present(store)
+        if present[rows].all():
+            return store
+        with FileLock(f"{store.path}.lock"):
+            present = rows_present(store)
+            missing = np.unique(rows[~present[rows]])
+            step = self._chunk_rows(image_set)
+            for start in range(0, len(missing), step):
+                chunk = missing[start : start + step]
+                write_rows(store, chunk, self._preprocess(image_set, chunk).numpy())
+                mark_rows(store, chunk)
+        return store
+
+    def _chunk_rows(self, image_set: str) -> int:
+        """Images per preprocessing chunk: ``CHUNK``, fewer when their float intermediate
+        (source size, float32) would pass ``CHUNK_BYTES``."""
+        images = (self.target.train if image_set == "train" else self.target.test).images
+        source = int(np.prod(images.shape[1:])) if images is not None else 3 * 512 * 512
+        return max(1, min(CHUNK, CHUNK_BYTES // (4 * source)))
+
+    def _preprocess(self, image_set: str, rows: np.ndarray) -> torch.Tensor:
+        """timm's eval transform of image-set ``rows``: batched on uint8 tensors when every step
+        allows it, else per image with PIL through DataLoader workers."""
+        imageset = self.target.train if image_set == "train" else self.target.test
+        if imageset.images is not None and self.transforms.batched:
+            return apply_batched(self.transforms.eval, to_nchw(imageset.images[rows]))
+        dataset = _TransformedImages(
+            imageset, rows, self.transforms.eval, self.transforms.native_chans
+        )
+        items = [(i, None) for i in range(len(rows))]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=64, sampler=items, num_workers=loader_workers(imageset, len(rows))
+        )
+        return torch.cat([images for images, _ in _unwrap_errors(loader)])
 
     def _eval_stream(self, split: str, order: torch.Tensor, batch_size: int):
-        imageset, _ = self._source(split)
-        if imageset.images is None or not self.transforms.batched:
-            yield from self._loader(split, order, batch_size, self.transforms.eval, None)
-            return
         rows = self.indices(split)
         labels = self.labels(split)
-        for chunk in order.split(batch_size):
-            batch = to_nchw(imageset.images[rows[chunk.numpy()]])
-            yield apply_batched(self.transforms.eval, batch), labels[chunk]
+        wanted = rows[order.numpy()]
+        store = self._ensure(self.image_set(split), wanted)
+        for start in range(0, len(order), batch_size):
+            chunk = slice(start, start + batch_size)
+            yield torch.from_numpy(store[wanted[chunk]]), labels[order[chunk]]
 
-    def _loader(
-        self, split: str, order: torch.Tensor, batch_size: int, transform, seed: int | None
-    ):
-        imageset, _ = self._source(split)
-        dataset = _TransformedImages(
-            imageset, self.indices(split), transform, self.transforms.native_chans, seed
-        )
-        workers = 0 if imageset.images is not None else min(8, max(0, (os.cpu_count() or 1) - 1))
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=order.tolist(),
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-        )
-        try:
-            yield from loader
-        except UserError as exc:
-            # A worker's error arrives wrapped in its traceback; the user needs its last line.
-            last = str(exc).rstrip().splitlines()[-1] if str(exc).strip() else "UserError"
-            raise UserError(last.removeprefix("tlbench.errors.UserError: ")) from None
+    # -- augmented batches: persistent workers ---------------------------------------------------
+    def _augmented(self, split: str, order: torch.Tensor, batch_size: int, seed: int):
+        """timm's train transform per image in DataLoader workers that persist across passes
+        (one loader per split and batch size; each pass hands it a new order and seed)."""
+        key = ("augment", split, batch_size)
+        if key not in self._loaders:
+            imageset, _ = self._source(split)
+            dataset = _TransformedImages(
+                imageset, self.indices(split), self.transforms.train, self.transforms.native_chans
+            )
+            sampler = _Order()
+            workers = loader_workers(imageset, self.size(split))
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=torch.cuda.is_available(),
+            )
+            self._loaders[key] = (loader, sampler)
+        loader, sampler = self._loaders[key]
+        sampler.items = [(i, seed) for i in order.tolist()]
+        yield from _unwrap_errors(loader)
+
+
+def loader_workers(imageset: ImageSet, count: int) -> int:
+    """DataLoader workers for per-image transforms: up to 8 (one core left to the model) for
+    images read from files or a store, and for in-memory arrays of over ``WORKERS_MIN_IMAGES``
+    images; none for small in-memory sets, where starting workers costs more than it saves.
+    ``TLBENCH_LOADER_WORKERS`` overrides."""
+    if os.environ.get("TLBENCH_LOADER_WORKERS"):
+        return int(os.environ["TLBENCH_LOADER_WORKERS"])
+    if isinstance(imageset.images, np.ndarray) and count < WORKERS_MIN_IMAGES:
+        return 0
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+class _Order(torch.utils.data.Sampler):
+    """The (position, seed) items of the current pass; a persistent loader reads it anew each
+    time it is iterated."""
+
+    def __init__(self):
+        self.items: list[tuple[int, int | None]] = []
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _unwrap_errors(loader):
+    try:
+        yield from loader
+    except UserError as exc:
+        # A worker's error arrives wrapped in its traceback; the user needs its last line.
+        last = str(exc).rstrip().splitlines()[-1] if str(exc).strip() else "UserError"
+        raise UserError(last.removeprefix("tlbench.errors.UserError: ")) from None
+
+
+def _to_device(stream, device):
+    """Batches moved to ``device``; on CUDA pinned and copied one batch ahead on a side stream
+    (timm's PrefetchLoader), so the copy overlaps the model's work and nothing waits on the host."""
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type == "cpu":
+        yield from stream
+        return
+    if device.type != "cuda":
+        for images, y in stream:
+            yield images.to(device), y.to(device)
+        return
+    side = torch.cuda.Stream(device)
+    pending = None
+    for images, y in stream:
+        with torch.cuda.stream(side):
+            images = images.pin_memory().to(device, non_blocking=True)
+            y = y.pin_memory().to(device, non_blocking=True)
+        if pending is not None:
+            yield pending
+        torch.cuda.current_stream(device).wait_stream(side)
+        images.record_stream(torch.cuda.current_stream(device))
+        y.record_stream(torch.cuda.current_stream(device))
+        pending = (images, y)
+    if pending is not None:
+        yield pending
 
 
 class _TransformedImages(torch.utils.data.Dataset):
-    """Per-image timm (PIL) transform; with a seed, each image's randomness is seeded from
-    (seed, index) inside a forked CPU RNG so the caller's global RNG state is untouched."""
+    """Per-image timm (PIL) transform of ``rows`` of an image set; items are (position, seed):
+    with a seed, each image's randomness is seeded from (seed, row) inside a forked CPU RNG so
+    the caller's global RNG state is untouched."""
 
-    def __init__(
-        self, imageset: ImageSet, rows: np.ndarray, transform, channels: int, seed: int | None
-    ):
-        self.imageset, self.rows, self.transform, self.seed = imageset, rows, transform, seed
+    def __init__(self, imageset: ImageSet, rows: np.ndarray, transform, channels: int):
+        self.imageset, self.rows, self.transform = imageset, rows, transform
         self.mode = "L" if channels == 1 else "RGB"
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, position: int):
+    def __getitem__(self, item: tuple[int, int | None]):
+        position, seed = item
         row = int(self.rows[position])
         image = self.imageset.load(row).convert(self.mode)
-        if self.seed is None:
+        if seed is None:
             out = self.transform(image)
         else:
-            out = _seeded_call(self.transform, image, self.seed * 1_000_003 + row)
+            out = _seeded_call(self.transform, image, seed * 1_000_003 + row)
         return out, int(self.imageset.labels[row])
 
 

@@ -44,7 +44,12 @@ class FeatureClassifier:
         precision = resolve_precision(self.options["precision"], device)
         meter = CostMeter(device, precision)
         with meter.phase("features_s"):
-            feats = cell_features(ctx, ("train", "val", "trainval", "test"), precision=precision)
+            feats = cell_features(
+                ctx,
+                ("train", "val", "trainval", "test"),
+                precision=precision,
+                batch_size=self.options.get("extract_batch_size") or "auto",
+            )
         num_classes = ctx.data.num_classes
         with meter.phase("train_s"):
             choice, val_top1, tried = self.choose(feats["train"], feats["val"], num_classes)
@@ -195,6 +200,13 @@ _COMMON = (
         bool,
         default=True,
         help="Answer the test split from train+val (true) or from train only.",
+    ),
+    Option(
+        "extract_batch_size",
+        int,
+        default=None,
+        help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
+        minimum=1,
     ),
 )
 

@@ -175,8 +175,14 @@ class LinearProbe:
         from tlbench.engine.probes import probe_fit, probe_search
 
         with meter.phase("features_s"):
-            feats = cell_features(ctx, ("train", "val", "trainval", "test"), precision=precision)
+            feats = cell_features(
+                ctx,
+                ("train", "val", "trainval", "test"),
+                precision=precision,
+                batch_size=self.options.get("extract_batch_size") or "auto",
+            )
         grid = tuple(self.options["l2"] or DEFAULT_L2_GRID)
+        started = time.perf_counter()
         with meter.phase("train_s"):
             search = probe_search(
                 ctx,
@@ -273,6 +279,13 @@ LINEAR_PROBE_OPTIONS = (
         bool,
         default=True,
         help="Refit on train+val with the chosen strength before testing.",
+    ),
+    Option(
+        "extract_batch_size",
+        int,
+        default=None,
+        help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
+        minimum=1,
     ),
 )
 

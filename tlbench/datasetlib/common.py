@@ -6,15 +6,18 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tlbench.cache import atomic_write_text
 from tlbench.components import ImageSet, TargetData
 from tlbench.datasetlib.catalog import default_data_root
 from tlbench.errors import UserError
+from tlbench.imagestore import ImageStore, StoreWriter, scratch_dir
 from tlbench.splits import SPLIT_OPTIONS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -22,6 +25,8 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 # they stay on disk as paths and are decoded by a DataLoader (see docs/datasets.md).
 MEMORY_BUDGET_BYTES = 1 << 30
 GRAY_MODES = ("L", "1", "LA", "I;16", "I")
+DECODED_VERSION = 1  # bump when what a decoded store holds changes
+DECODE_WINDOW = 256  # images decoded at once into a store (threads; bounds the memory held)
 
 
 def data_root(options: Mapping[str, Any]) -> Path:
@@ -106,6 +111,7 @@ def decode_files(
     on_corrupt: str = "fail",
     decode: str = "auto",
     what: str = "dataset",
+    store_dir: os.PathLike | None = None,
 ) -> Decoded:
     """Read image files into a ``Decoded``: its ``imageset`` holds the images in memory when
     they share one size and fit 1 GiB (``decode = "auto"``; ``"memory"`` insists, ``"lazy"``
@@ -114,7 +120,9 @@ def decode_files(
     ``paths`` and ``labels`` (class indices) are aligned. Every file's header is read once here,
     so unreadable files are found up front; with ``on_corrupt = "skip"`` they are dropped and
     listed in ``Decoded.skipped``, otherwise a ``UserError`` names the file (``what`` prefixes
-    the message, usually the dataset's name).
+    the message, usually the dataset's name). Images "in memory" are an ``ImageStore``: decoded
+    once into a file in ``store_dir`` (the cache's ``decoded/`` folder; a scratch folder when
+    None), read back by row, so memory does not grow with the number of images.
     """
     from PIL import Image
 
@@ -150,17 +158,73 @@ def decode_files(
             ),
             skipped,
         )
-    arrays, good = [], []
+    imageset, late = _decode_to_store(kept, mode, headers[0][0], on_corrupt, what, store_dir)
+    return Decoded(imageset, skipped + late)
+
+
+def _decode_to_store(kept, mode: str, size, on_corrupt: str, what: str, store_dir):
+    """Decode ``kept`` (path, label) pairs row by row into an ``ImageStore`` file in
+    ``store_dir``, never holding more than one image: the same bytes ``np.stack`` of the decoded
+    arrays would hold. A store written earlier from the same files (path, size, mtime) is reused."""
+    import json
+
+    store_dir = Path(store_dir) if store_dir is not None else scratch_dir()
+    width, height = size
+    row_shape = (height, width) if mode == "L" else (height, width, 3)
+    digest = hashlib.sha256(repr((DECODED_VERSION, mode, on_corrupt)).encode())
     for path, label in kept:
+        stat = os.stat(path)
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    base = store_dir / digest.hexdigest()
+    meta_path = Path(f"{base}.json")
+    if meta_path.exists():
         try:
-            arrays.append(load_array(path, mode))
-            good.append(label)
+            meta = json.loads(meta_path.read_text())
+            store = ImageStore(f"{base}.u8", (len(meta["labels"]), *row_shape))
+            if os.path.getsize(store.path) == store.nbytes:
+                return ImageSet(labels=np.asarray(meta["labels"], np.int64), images=store), meta[
+                    "skipped"
+                ]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or partial: decode again
+    writer = StoreWriter(f"{base}.u8", row_shape)
+    good, skipped = [], []
+
+    def decode(path):
+        try:
+            return load_array(path, mode)
         except Exception as exc:  # a truncated file passes the header check, fails here
-            _corrupt(path, exc, on_corrupt, what)
-            skipped.append(path)
-    return Decoded(
-        ImageSet(labels=np.asarray(good, dtype=np.int64), images=np.stack(arrays)), skipped
-    )
+            return exc
+
+    # Pillow decodes without the GIL: threads decode a window of files at once, rows are written
+    # in order, and at most one window of decoded images is held.
+    threads = min(8, os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for start in range(0, len(kept), DECODE_WINDOW):
+                window = kept[start : start + DECODE_WINDOW]
+                for (path, label), array in zip(
+                    window, pool.map(decode, [p for p, _ in window]), strict=True
+                ):
+                    if isinstance(array, Exception):
+                        _corrupt(path, array, on_corrupt, what)
+                        skipped.append(path)
+                        continue
+                    writer.append(array[None])
+                    good.append(label)
+    except BaseException:
+        writer.abort()
+        raise
+    store = writer.close()
+    atomic_write_text(meta_path, json.dumps({"labels": good, "skipped": skipped}))
+    return ImageSet(labels=np.asarray(good, dtype=np.int64), images=store), skipped
+
+
+def store_dir_of(context) -> Path | None:
+    """Where a loader given ``context`` keeps decoded stores: the cache's ``decoded/`` folder,
+    or None (a scratch folder) without an enabled cache."""
+    cache = getattr(context, "cache", None)
+    return cache.root / "decoded" if cache is not None and cache.enabled else None
 
 
 def _corrupt(path, exc: Exception, on_corrupt: str, what: str) -> None:
@@ -195,9 +259,12 @@ def array_fingerprint(name: str, class_names: Sequence[str], *sets: ImageSet | N
             digest.update(b"none")
             continue
         digest.update(np.ascontiguousarray(imageset.labels, dtype=np.int64).tobytes())
-        if imageset.images is not None:
+        if isinstance(imageset.images, ImageStore):  # the same bytes, read block by block
             digest.update(repr(imageset.images.shape).encode())
-            digest.update(np.ascontiguousarray(imageset.images).tobytes())
+            imageset.images.update_hash(digest)
+        elif imageset.images is not None:
+            digest.update(repr(imageset.images.shape).encode())
+            digest.update(memoryview(np.ascontiguousarray(imageset.images)).cast("B"))
         else:
             for path in imageset.paths:  # path, size and mtime: cheap and changes when a file does
                 stat = os.stat(path)

@@ -20,6 +20,7 @@ from tlbench.datasetlib.common import (
     decode_files,
     decode_once,
     make_target,
+    store_dir_of,
 )
 from tlbench.errors import UserError
 
@@ -151,12 +152,12 @@ def scan_folder(root: Path, what: str) -> dict[str, list[Path]]:
 
 
 @decode_once
-def imagefolder(argument: str | None, options: Mapping[str, Any]) -> TargetData:
+def imagefolder(argument: str | None, options: Mapping[str, Any], context=None) -> TargetData:
     root = Path(options["root"]).expanduser()
     what = f"imagefolder {str(root)!r}"
     train_classes = scan_folder(root, what)
     class_names = list(train_classes)
-    train = _decode_classes(train_classes, class_names, options, what)
+    train = _decode_classes(train_classes, class_names, options, what, store_dir_of(context))
     test = None
     if options.get("test_root"):
         test_root = Path(options["test_root"]).expanduser()
@@ -167,14 +168,14 @@ def imagefolder(argument: str | None, options: Mapping[str, Any]) -> TargetData:
             raise UserError(
                 f"{test_what}: class folder {unknown[0]!r} is not a class of root {str(root)!r} (classes: {', '.join(class_names)})"
             )
-        test = _decode_classes(test_classes, class_names, options, test_what)
+        test = _decode_classes(test_classes, class_names, options, test_what, store_dir_of(context))
     return _target_from_decoded(
         f"imagefolder:{root}", class_names, train, test, f"image folder {root}"
     )
 
 
 def _decode_classes(
-    classes: dict[str, list[Path]], class_names: list[str], options, what: str
+    classes: dict[str, list[Path]], class_names: list[str], options, what: str, store_dir=None
 ) -> Decoded:
     paths = [p for name in classes for p in classes[name]]
     labels = [class_names.index(name) for name in classes for _ in classes[name]]
@@ -184,6 +185,7 @@ def _decode_classes(
         on_corrupt=options.get("on_corrupt", "fail"),
         decode=options.get("decode", "auto"),
         what=what,
+        store_dir=store_dir,
     )
 
 
@@ -207,7 +209,7 @@ def _target_from_decoded(
 
 
 @decode_once
-def manifest(argument: str | None, options: Mapping[str, Any]) -> TargetData:
+def manifest(argument: str | None, options: Mapping[str, Any], context=None) -> TargetData:
     csv_path = Path(options["path"]).expanduser()
     what = f"manifest {str(csv_path)!r}"
     rows = _read_manifest(csv_path, what)
@@ -224,6 +226,7 @@ def manifest(argument: str | None, options: Mapping[str, Any]) -> TargetData:
         "on_corrupt": options.get("on_corrupt", "fail"),
         "decode": options.get("decode", "auto"),
         "what": what,
+        "store_dir": store_dir_of(context),
     }
     train = decode_files(*parts["train"], **kw)
     test = decode_files(*parts["test"], **kw) if parts["test"][0] else None

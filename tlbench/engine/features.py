@@ -36,9 +36,59 @@ _HEAD_CHILDREN = {"global_pool", "classifier", "fc", "head", "head_drop", "fc_no
 MAX_PREFIX_CACHE_BYTES = 3 * 2**30
 # Bump when what a bank part holds changes; it enters every pool key.
 BANK_VERSION = 1
+# Extraction batches ("auto"): at most this many images, and no more than the memory budget
+# holds at ACTIVATION_FACTOR times an image's float32 input bytes. lite0's forward at 224 px
+# peaked at ~23x (3.45 GiB for 256 images); 32x leaves room for wider models.
+MAX_BATCH = 256
+ACTIVATION_FACTOR = 32
+# The share of the memory available that one extraction batch may use (CPU: at most 1 GiB).
+CPU_BUDGET_SHARE, CPU_BUDGET_MAX = 0.25, 1 << 30
+CUDA_BUDGET_SHARE = 0.5
 
 
 Backbone = nn.Module | Callable[[], nn.Module]
+BatchSize = int | str | None  # an int, or "auto"/None: sized by ``auto_batch_size``
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for one batch's activations: the CUDA allocator's free memory, else the
+    host's MemAvailable (Linux; 4 GiB assumed where it cannot be read)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def auto_batch_size(input_size, device: torch.device, available: int | None = None) -> int:
+    """The extraction batch for images of ``input_size`` (C, H, W): the largest power of two
+    up to ``MAX_BATCH`` whose estimated forward memory fits the budget. On CPU an image's
+    features do not depend on its batch, so this never changes a number, only the peak memory."""
+    available = available_memory(device) if available is None else available
+    if device.type == "cuda":
+        budget = CUDA_BUDGET_SHARE * available
+    else:
+        budget = min(CPU_BUDGET_SHARE * available, CPU_BUDGET_MAX)
+    channels, height, width = input_size
+    per_image = ACTIVATION_FACTOR * 4 * max(int(channels), 3) * int(height) * int(width)
+    batch = MAX_BATCH
+    while batch > 1 and batch * per_image > budget:
+        batch //= 2
+    return batch
+
+
+def resolve_batch_size(batch_size: BatchSize, data, device: torch.device) -> int:
+    if batch_size is None or batch_size == "auto":
+        return auto_batch_size(data.input_size, device)
+    if isinstance(batch_size, str) or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    return int(batch_size)
 
 
 @torch.no_grad()
@@ -302,7 +352,7 @@ def extract_features(
     *,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    batch_size: int = 256,
+    batch_size: BatchSize = "auto",
     cache=None,
     weights_fingerprint: str | None = None,
     params_out: list | None = None,
@@ -317,6 +367,7 @@ def extract_features(
     """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
+    batch_size = resolve_batch_size(batch_size, data, device)
     frozen = _backbone_module(backbone, weights_fingerprint)
     if cache is None or weights_fingerprint is None:
         module = frozen.module(device)
@@ -377,12 +428,14 @@ class CellFeatures:
 
 
 def cell_features(
-    ctx, splits=BASE_SPLITS, *, precision: str = "auto", batch_size: int = 256
+    ctx, splits=BASE_SPLITS, *, precision: str = "auto", batch_size: BatchSize = "auto"
 ) -> CellFeatures:
     """Features of a cell's splits from the bank, building the backbone only if some image is
-    missing. ``trainval`` may be requested; it is assembled from train and val."""
+    missing. ``trainval`` may be requested; it is assembled from train and val. ``batch_size``
+    "auto" sizes extraction batches to the memory available (``auto_batch_size``)."""
     device = resolve_device(ctx.device)
     precision = resolve_precision(precision, device)
+    batch_size = resolve_batch_size(batch_size, ctx.data, device)
     frozen = _backbone_module(
         lambda: ctx.source.build(num_classes=0, in_chans=ctx.data.in_chans, seed=ctx.seed),
         ctx.source.fingerprint,
@@ -486,7 +539,7 @@ def prefix_outputs(
     splits: tuple[str, ...],
     *,
     precision: str,
-    batch_size: int = 256,
+    batch_size: BatchSize = "auto",
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Reuse]:
     """Outputs of the frozen prefix on ``splits`` (no augmentation) with their labels, from the
     bank (namespace ``prefix``; the pool is keyed by weights, architecture and cut as well)."""
@@ -499,19 +552,20 @@ def prefix_outputs(
         },
         lambda: split_model.prefix,
     )
+    device = resolve_device(ctx.device)
     outputs, reuse = FeatureBank(ctx.cache, "prefix").outputs(
         ctx.data,
         splits,
         frozen,
-        device=resolve_device(ctx.device),
+        device=device,
         precision=precision,
-        batch_size=batch_size,
+        batch_size=resolve_batch_size(batch_size, ctx.data, device),
     )
     return {s: (outputs[s], ctx.data.labels(s)) for s in splits}, reuse
 
 
 def prefix_activations(
-    split_model: PrefixSplit, ctx, split: str, *, precision: str, batch_size: int = 256
+    split_model: PrefixSplit, ctx, split: str, *, precision: str, batch_size: BatchSize = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of the frozen prefix on one split and its labels (see ``prefix_outputs``)."""
     out, _ = prefix_outputs(split_model, ctx, (split,), precision=precision, batch_size=batch_size)

@@ -168,6 +168,13 @@ CURVATURE = 0.5
 # fewer axes than they have entries (digits at 32 px: ~840 of 3072).
 
 
+# Fitting sets up to this many float64 bytes are standardised and decomposed whole (an SVD);
+# larger ones by chunks (``_Problem._axes_by_chunks``), so the solver's memory stays near one
+# float64 copy of the coordinates instead of four copies of the features.
+DIRECT_MAX_BYTES = 256 << 20
+SOLVER_CHUNK = 4096
+
+
 class _Problem:
     """One standardised fitting set on the device, with warm starts kept per strength.
 
@@ -186,23 +193,60 @@ class _Problem:
         tol: float,
         scaling: str = "feature",
     ):
-        x = x.to(device, solver_dtype(device))
-        self.mean, self.std = _standardiser(x, scaling)
-        self.z = (x - self.mean) / self.std
+        dtype = solver_dtype(device)
+        self.n = len(x)
         self.y = y.to(device)
         self.num_classes = num_classes
         self.max_iter, self.tol = max_iter, tol
-        _, singular, vh = torch.linalg.svd(self.z, full_matrices=False)
-        keep = singular / math.sqrt(max(len(self.z), 1)) > tol / 2
-        self.axes = vh[keep].T  # (dim, rank); rank 0 when every feature is constant
-        self.coords = self.z @ self.axes  # (n, rank): the features on their principal axes
-        self.curvature = CURVATURE * singular[keep].pow(2) / max(len(self.z), 1)
+        if self.n * x.shape[1] * 8 <= DIRECT_MAX_BYTES:
+            x = x.to(device, dtype)
+            self.mean, self.std = _standardiser(x, scaling)
+            z = (x - self.mean) / self.std
+            del x
+            _, singular, vh = torch.linalg.svd(z, full_matrices=False)
+            keep = singular / math.sqrt(max(self.n, 1)) > tol / 2
+            self.axes = vh[keep].T  # (dim, rank); rank 0 when every feature is constant
+            self.coords = z @ self.axes  # (n, rank): the features on their principal axes
+        else:
+            singular, keep = self._axes_by_chunks(x, device, dtype, scaling)
+        self.curvature = CURVATURE * singular[keep].pow(2) / max(self.n, 1)
         self.solutions: dict[float, torch.Tensor] = {}
         self._reduced: dict[float, torch.Tensor] = {}
 
+    def _axes_by_chunks(self, x: torch.Tensor, device, dtype, scaling: str):
+        """The same axes and coordinates for a set too large to copy whole in float64: statistics
+        and the Gram matrix accumulated chunk by chunk, the axes from its eigenvectors (singular
+        values are the square roots of its eigenvalues), so the only full-size float64 array is
+        ``coords`` (n x rank)."""
+
+        def chunks():
+            for start in range(0, self.n, SOLVER_CHUNK):
+                yield x[start : start + SOLVER_CHUNK].to(device, dtype)
+
+        total = sum(c.sum(0) for c in chunks())
+        mean = total / self.n
+        std = (sum((c - mean).pow(2).sum(0) for c in chunks()) / self.n).sqrt()
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        if scaling == "global":
+            std = std.mean().expand_as(std)
+        self.mean, self.std = mean, std.clamp_min(1e-6)
+        gram = sum((z := (c - self.mean) / self.std).T @ z for c in chunks())
+        eigenvalues, vectors = torch.linalg.eigh(gram)
+        singular = eigenvalues.clamp_min(0).sqrt().flip(0)  # descending, as svd orders them
+        vectors = vectors.flip(1)
+        keep = singular / math.sqrt(max(self.n, 1)) > self.tol / 2
+        self.axes = vectors[:, keep]
+        self.coords = torch.cat([((c - self.mean) / self.std) @ self.axes for c in chunks()])
+        return singular, keep
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the solver sees it (standardised with the fitting set's statistics)."""
+        return (x.to(self.mean) - self.mean) / self.std
+
     def fit(self, l2: float) -> LinearHead:
         nearest = min(self._reduced, key=lambda s: abs(math.log(s) - math.log(l2)), default=None)
-        one = torch.ones(1, device=self.z.device, dtype=self.z.dtype)
+        one = torch.ones(1, device=self.coords.device, dtype=self.coords.dtype)
         scale = torch.cat([(self.curvature + l2).rsqrt(), one])[:, None]
         u = _lbfgs(
             self.coords,
