@@ -358,6 +358,12 @@ def test_no_page_names_where_the_publisher_keeps_the_runs(harness, monkeypatch):
     build_site(["given"], site, targets=Targets(), notes=notes, gallery_size=2)
     assert any(line.startswith("given/cells.jsonl:") for line in notes), list(notes)
     assert str(harness.root) not in "".join(p.read_text() for p in site.rglob("*.html"))
+    notes = Notes()  # given as an absolute path: stderr names it in full, the pages do not
+    build_site([harness.root / "given"], site, targets=Targets(), notes=notes, gallery_size=2)
+    assert any(line.startswith(f"{harness.root}/given/cells.jsonl:") for line in notes)
+    front = (site / "index.html").read_text()
+    assert "given/cells.jsonl:2: metrics is a string" in front
+    assert str(harness.root) not in "".join(p.read_text() for p in site.rglob("*.html"))
 
 
 def test_fuzz_counts_are_reported(harness):

@@ -38,7 +38,7 @@ from tlbench.publish.paths import (
 )
 from tlbench.publish.runs import Run, load_run
 from tlbench.publish.site_pages import index_page, run_page
-from tlbench.publish.targets import Targets
+from tlbench.publish.targets import Targets, scrub
 from tlbench.publish.variants import SuiteView, Variant, suite_views
 from tlbench.results import git_revision, now_iso
 from tlbench.safeio import StorageError, fault
@@ -178,7 +178,8 @@ def _write_site(writer, views, runs, defaults, site, notes, thumbs, targets, gal
             writer.write(page, dataset_page(view, dataset_id, page, site, scores))
     for run in runs:
         writer.write(run_path(run.label), run_page(run, views, run_path(run.label), site))
-    writer.write("index.html", index_page(views, runs, list(notes), site))
+    public = [_public(line, runs) for line in notes]  # stderr keeps the full paths
+    writer.write("index.html", index_page(views, runs, public, site))
     writer.write(".nojekyll", "")  # GitHub Pages: serve the folder as it is
     writer.write(MANIFEST, _manifest(views, runs, site))
 
@@ -207,6 +208,16 @@ def _write_cells(
                 target,
                 cell_page(view, group, score, target, page, site, found, reference, ranked),
             )
+
+
+def _public(line: str, runs: list[Run]) -> str:
+    """A note as the front page shows it: a run directory given as an absolute path is named
+    from its own folder on (``/home/me/results/acme/x`` -> ``acme/x``), and any other absolute
+    path is cut to its last component, so the page never shows where the publisher keeps files."""
+    for run in runs:
+        if run.path.is_absolute():
+            line = line.replace(str(run.path), run.path.name)
+    return scrub(line)
 
 
 def _unique_labels(runs: list[Run]) -> list[Run]:
