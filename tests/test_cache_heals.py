@@ -10,6 +10,7 @@ import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,3 +306,23 @@ def test_cache_prune_command_evicts_down_to_the_size(tmp_path):
     assert result.exit_code == 0 and "3 entries evicted" in result.output, result.output
     bad = _invoke("cache", "prune", "--max-size", "lots", "--cache-dir", str(tmp_path))
     assert bad.exit_code == 2 and "expected a size" in bad.output
+
+
+@pytest.mark.parametrize("which", ["store", "mask"])
+def test_a_prepared_image_store_that_is_not_a_regular_file_is_rebuilt_not_read(tmp_path, which):
+    import numpy as np
+
+    from tlbench.imagestore import mark_rows, open_sparse, rows_present, write_rows
+
+    path = tmp_path / "prepared" / "abc.u8"
+    store = open_sparse(path, (4, 1, 2, 2))
+    write_rows(store, np.array([0, 1]), np.ones((2, 1, 2, 2), dtype=np.uint8))
+    mark_rows(store, np.array([0, 1]))
+    target = path if which == "store" else Path(f"{path}.rows")
+    target.unlink()
+    target.symlink_to("/dev/zero")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = open_sparse(path, (4, 1, 2, 2))
+    assert not rows_present(again).any(), "every row is computed again"
+    assert not target.is_symlink() and len(_tlbench_warnings(caught)) == 1

@@ -141,12 +141,38 @@ def open_sparse(path: os.PathLike, shape: tuple[int, ...]) -> ImageStore:
     with its row mask when missing. Callers serialise writers (a file lock)."""
     path = Path(path)
     store = ImageStore(path, shape)
+    for item in (path, _mask_path(path)):  # a link to /dev/zero, a folder: never read
+        _discard_if_not_regular(item)
     if not path.exists() or path.stat().st_size != store.nbytes:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
             fh.truncate(store.nbytes)
         _mask_path(path).unlink(missing_ok=True)
     return store
+
+
+def _discard_if_not_regular(path: Path) -> None:
+    """Remove what sits at ``path`` when it is not a regular file, with one warning: the store
+    is then rebuilt (a cache that heals, docs/running.md)."""
+    import shutil
+    import stat
+    import warnings
+
+    from tlbench.safeio import TlbenchWarning
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    warnings.warn(
+        f"cache {path}: not a regular file; discarded and recomputed", TlbenchWarning, stacklevel=3
+    )
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
 
 
 def _mask_path(path: os.PathLike) -> Path:
