@@ -530,3 +530,102 @@ def test_cells_of_an_entry_with_axis_options_take_that_entrys_place_in_the_suite
         "surgical[block=last]",
         "linear-probe",
     ]
+
+
+def _with_training_fields(run: Path, still_improving: dict, tuning: dict) -> Path:
+    """Add ``hparams.convergence`` ((model, strategy) -> still improving in seed 0) and
+    ``hparams.tuning`` (strategy -> its record) as trained records carry them."""
+    path = run / "cells.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        rising = still_improving.get((record["model"], record["strategy"]), False)
+        record["hparams"]["convergence"] = {
+            "best_epoch": 3,
+            "epochs_run": 3,
+            "budget_epochs": 3,
+            "stopped": "budget",
+            "still_improving": rising and record["seed"] == 0,
+        }
+        record["hparams"]["tuning"] = tuning[record["strategy"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_under_trained_cells_are_marked_in_every_format_and_the_tuning_budgets_shown(tmp_path):
+    from tlbench.report.document import render_report
+
+    run = _with_training_fields(
+        write_sample_run(
+            tmp_path / "run",
+            models=["scratch-r18", "lite0-imagenet"],
+            datasets=["cifar10"],
+            strategies=["linear-probe", "full-finetune"],
+            seeds=(0, 1),
+        ),
+        still_improving={("lite0-imagenet", "full-finetune"): True},
+        tuning={
+            "linear-probe": {
+                "configurations": 15,
+                "epochs": 0,
+                "train_s": 2.0,
+                "schedule": "solver",
+            },
+            "full-finetune": {
+                "configurations": 3,
+                "epochs": 24,
+                "train_s": 90.0,
+                "schedule": "asha",
+            },
+        },
+    )
+    records = load_records(run)
+    tables = build_tables(records)
+    full = rows(
+        table(tables, "top1 by model and dataset: strategy full-finetune").text, "lite0-imagenet"
+    )
+    probe = rows(
+        table(tables, "top1 by model and dataset: strategy linear-probe").text, "lite0-imagenet"
+    )
+    budget = table(tables, "Tuning budget per strategy").text.set_index("strategy")
+    console = Console(record=True, width=200)
+    render_terminal(records, console)
+
+    assert full["cifar10"].endswith(" ↗") and "↗" not in probe["cifar10"]
+    for fmt in ("md", "html"):
+        assert "↗ under-trained: validation was still improving" in render_report(records, fmt)
+    assert r"$\nearrow$" in render_report(records, "latex")
+    assert "true" in render_report(records, "csv").lower()  # the still_improving column
+    assert "↗" in console.export_text()
+    assert budget.loc["linear-probe", "configurations tried"] == "15.0"
+    assert budget.loc["full-finetune", "epochs tuning"] == "24.0"
+    assert budget.loc["full-finetune", "seconds tuning"] == "90.0"
+
+
+def test_random_init_probes_are_random_init_features_and_full_finetuning_is_from_scratch(
+    tmp_path,
+):
+    run = write_sample_run(
+        tmp_path / "run",
+        models=["scratch-r18", "lite0-imagenet"],
+        datasets=["cifar10"],
+        strategies=["linear-probe", "full-finetune"],
+        seeds=(0,),
+    )
+    tables = build_tables(load_records(run))
+
+    probe = table(tables, "top1 by model and dataset: strategy linear-probe").text
+    full = table(tables, "top1 by model and dataset: strategy full-finetune").text
+
+    assert "scratch-r18 (random-init features)" in list(probe["model"])
+    assert "scratch-r18 (trained from scratch)" in list(full["model"])
+    assert (
+        "random-init features"
+        in table(tables, "top1 by model and dataset: strategy linear-probe").note
+    )
+
+
+def test_records_without_convergence_or_tuning_fields_still_render_without_marks(full_run):
+    tables = build_tables(load_records(full_run))
+    text = "\n".join(t.to_markdown() for t in tables)
+
+    assert "↗" not in text
