@@ -167,7 +167,7 @@ def tuning(hparams: Any) -> dict:
     if isinstance(found, Mapping):
         return {k: found.get(k) for k in ("configurations", "epochs", "train_s", "schedule")}
     sweep, schedule = hparams.get("sweep"), hparams.get("sweep_schedule")
-    older = {}
+    older: dict[str, Any] = {}
     if isinstance(sweep, list) and sweep:
         older["configurations"] = len(sweep)
     if isinstance(schedule, Mapping):
