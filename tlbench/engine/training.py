@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import itertools
+import json
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,7 +130,9 @@ class TrainOutcome:
     feeder: Any = None
     epochs_trained: int = 0
     early_stopped: bool = False  # stopped by patience before its last epoch
+    steps: int = 0  # optimizer steps taken (a resumed candidate continues the lr schedule there)
     optimizer: Any = None  # kept so a paused sweep candidate can be moved off the device
+    scaler: Any = None  # the fp16 loss scaler, checkpointed with the optimizer
 
 
 def training_recipe(ctx: CellContext, options: Mapping[str, Any]) -> str:
@@ -419,12 +426,15 @@ def train_epochs(
     meter: CostMeter | None = None,
     val_split: str | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> Iterator[TrainOutcome]:
     """Train ``epochs`` epochs on ``split``, yielding the outcome after each epoch so that a sweep
     can pause a candidate and continue it later (the lr schedule spans all ``epochs`` either
     way); with ``val_split``, evaluate after every epoch and stop
     after ``cfg.patience`` epochs without improvement. ``penalty(model)`` is added to the loss
-    (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss."""
+    (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss. ``resume`` (a
+    checkpoint ``_Checkpoints`` wrote after an epoch) continues from that epoch: weights,
+    optimizer state (its learning rates included), step count and curve."""
     optimizer = _optimizer(model, cfg)
     scaler = grad_scaler(device, precision)  # enabled for fp16 on CUDA only
     scheduler = _scheduler(optimizer, cfg, epochs, steps_per_epoch)
@@ -435,9 +445,20 @@ def train_epochs(
         prefix_cache=feeder.prefix_cache,
         optimizer=optimizer,
     )
-    step = 0
+    step = start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler") and scaler is not None:
+            scaler.load_state_dict(resume["scaler"])
+        step = start = outcome.steps = resume["steps"]
+        start = outcome.epochs_trained = resume["epochs_trained"]
+        outcome.best_epoch, outcome.best_val = resume["best_epoch"], resume["best_val"]
+        outcome.history = list(resume["history"])
+        outcome.best_state = resume["best_state"]
+    outcome.scaler = scaler
     frozen_bn = freeze_bn_stats(cfg)
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         set_train_mode(model, frozen_bn)
         with meter.phase("train_s") if meter else contextlib.nullcontext():
             for x, y in feeder.batches(
@@ -456,6 +477,7 @@ def train_epochs(
                 optimizer.zero_grad(set_to_none=True)
                 backward_step(loss, optimizer, scaler)
                 step += 1
+                outcome.steps = step
                 scheduler.step_update(num_updates=step)
                 if meter:
                     meter.train_images += len(y)
@@ -521,7 +543,20 @@ class _Candidate:
     the batch size, as ``with_oom_retry`` does; a non-finite loss stops it (``diverged``)."""
 
     def __init__(
-        self, ctx, recipe, cfg, *, phase, split, epochs, val_split, precision, meter, shared
+        self,
+        ctx,
+        recipe,
+        cfg,
+        *,
+        phase,
+        split,
+        epochs,
+        val_split,
+        precision,
+        meter,
+        shared,
+        name: str = "",
+        checkpoints: _Checkpoints | None = None,
     ):
         self.ctx, self.recipe, self.cfg, self.phase = ctx, recipe, cfg, phase
         self.split, self.val_split, self.precision, self.meter = split, val_split, precision, meter
@@ -535,6 +570,42 @@ class _Candidate:
         self._run: Iterator[TrainOutcome] | None = None
         self._rng: tuple | None = None
         self._parked: dict | None = None
+        self.name, self.checkpoints = name, checkpoints
+        self._resume: dict | None = None
+        saved = checkpoints.load(name) if checkpoints is not None else None
+        if saved is not None:
+            self._resume_from(saved)
+
+    def _resume_from(self, saved: dict) -> None:
+        """Take up where a killed run's last checkpoint left this candidate: its curve and
+        epoch count now (so a sweep ranks it without training), its weights and optimizer when
+        it trains again or its model is needed."""
+        self._resume = saved
+        self.batch_size = saved["batch_size"]
+        self.epochs_trained, self.stopped = saved["epochs_trained"], saved["stopped"]
+        self._rng = _unpack_rng(saved["rng"])
+        self.outcome = TrainOutcome(
+            None,
+            best_epoch=saved["best_epoch"],
+            best_val=saved["best_val"],
+            history=list(saved["history"]),
+            best_state=saved["best_state"],
+            epochs_trained=saved["epochs_trained"],
+            early_stopped=saved["early_stopped"],
+            steps=saved["steps"],
+        )
+
+    def materialise(self) -> None:
+        """Rebuild the model (and feeder) of a candidate resumed from a checkpoint that stopped
+        before the kill: its last weights, on its device."""
+        if self._resume is None or self._run is not None:
+            return
+        with self._own_rng():
+            self._start()
+            saved, self._resume = self._resume, None
+            self.outcome.model = self._run_model
+            self.outcome.model.load_state_dict(saved["model"])
+            self.outcome.feeder = self.feeder
 
     @property
     def score(self) -> float | None:
@@ -567,6 +638,7 @@ class _Candidate:
                     self._start()
                 self.outcome = next(self._run)
                 self.outcome.feeder = self.feeder
+                self._resume = None
             except StopIteration:
                 self.stopped = True
                 return
@@ -581,6 +653,27 @@ class _Candidate:
         self.meter.batch_size = self.batch_size
         self.epochs_trained = self.outcome.epochs_trained
         self.stopped = self.outcome.early_stopped or self.epochs_trained >= self.max_epochs
+        if self.checkpoints is not None:
+            self.checkpoints.save(self.name, self._checkpoint())
+
+    def _checkpoint(self) -> dict:
+        outcome = self.outcome
+        scaler = outcome.scaler
+        return {
+            "batch_size": self.batch_size,
+            "epochs_trained": self.epochs_trained,
+            "stopped": self.stopped,
+            "steps": outcome.steps,
+            "best_epoch": outcome.best_epoch,
+            "best_val": outcome.best_val,
+            "history": list(outcome.history),
+            "early_stopped": outcome.early_stopped,
+            "best_state": outcome.best_state,
+            "model": outcome.model.state_dict(),
+            "optimizer": outcome.optimizer.state_dict() if outcome.optimizer else None,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "rng": _pack_rng(_rng_state()),  # this candidate's stream, after the epoch
+        }
 
     def _start(self) -> None:
         self.batch_size = self.batch_size or self.meter.batch_size or self.cfg.batch_size
@@ -601,11 +694,15 @@ class _Candidate:
             meter=self.meter,
             val_split=self.val_split,
             penalty=self.recipe.penalty,
+            resume=self._resume,
         )
-        self.feeder = feeder
+        self.feeder, self._run_model = feeder, model
+        if self._resume is not None:
+            _set_rng_state(_unpack_rng(self._resume["rng"]))
 
     def _restart(self, batch_size: int) -> None:
         self._run, self.outcome, self.epochs_trained, self._rng = None, None, 0, None
+        self._resume = None
         self.batch_size = self.meter.batch_size = max(1, batch_size)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -622,7 +719,7 @@ class _Candidate:
             _set_rng_state(outside)
 
     def _park(self) -> None:
-        if self.outcome is None or self._parked is not None:
+        if self.outcome is None or self.outcome.model is None or self._parked is not None:
             return
         self._parked = _move_training_state(self.outcome, torch.device("cpu"))
 
@@ -644,6 +741,77 @@ def _set_rng_state(state: tuple) -> None:
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _pack_rng(state: tuple) -> list:
+    """An ``_rng_state`` that ``torch.load(weights_only=True)`` reads back (numpy's key array as
+    a tensor)."""
+    python, (kind, keys, pos, has_gauss, cached), cpu, cuda = state
+    return [
+        python,
+        [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        cpu,
+        cuda,
+    ]
+
+
+def _unpack_rng(packed: list) -> tuple:
+    python, (kind, keys, pos, has_gauss, cached), cpu, cuda = packed
+    numpy_state = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    return python, numpy_state, cpu, cuda
+
+
+class _Checkpoints:
+    """Per-epoch training state of one cell's candidates and refit, under
+    ``<run dir>/checkpoints/<cell digest>/<candidate>.pt``: a cell killed mid-training (a worker
+    lost, a Slurm requeue) takes every candidate up at its last finished epoch and ends with the
+    record an uninterrupted run gives on CPU. The digest covers everything the cell computes, so
+    a changed suite never resumes a stale state; ``clear`` removes them once the cell is done.
+    Without a run directory (library use, tests) nothing is written."""
+
+    def __init__(self, ctx: CellContext):
+        self.dir = None
+        run_dir = getattr(ctx, "run_dir", None)
+        if run_dir is None:
+            return
+        cell = ctx.cell
+        identity = [
+            cell.suite,
+            list(cell.key),
+            cell.model_ref,
+            cell.dataset_ref,
+            cell.strategy_ref,
+            dict(cell.model_options),
+            dict(cell.dataset_options),
+            dict(cell.strategy_options),
+            dict(cell.versions),
+        ]
+        digest = hashlib.sha256(
+            json.dumps(identity, sort_keys=True, default=str).encode()
+        ).hexdigest()[:20]
+        self.dir = Path(run_dir) / "checkpoints" / digest
+
+    def load(self, name: str) -> dict | None:
+        if self.dir is None or not (self.dir / f"{name}.pt").is_file():
+            return None
+        try:
+            return torch.load(self.dir / f"{name}.pt", map_location="cpu", weights_only=True)
+        except Exception:  # a checkpoint cut short by the kill itself: start that one over
+            return None
+
+    def save(self, name: str, state: dict) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        partial = self.dir / f".{name}.pt.partial"
+        torch.save(state, partial)
+        os.replace(partial, self.dir / f"{name}.pt")
+
+    def clear(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.dir.parent.rmdir()  # only when no other cell's checkpoints remain
 
 
 def _move_training_state(
@@ -713,8 +881,9 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
     precision = resolve_precision(configs[0].precision, device)
     meter = CostMeter(device, precision)
     shared: dict = {}  # frozen-prefix activations, the same for every candidate and the refit
+    checkpoints = _Checkpoints(ctx)
 
-    def candidate(cfg, phase, split, epochs, val_split) -> _Candidate:
+    def candidate(cfg, phase, split, epochs, val_split, name) -> _Candidate:
         return _Candidate(
             ctx,
             recipe,
@@ -726,9 +895,14 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
             precision=precision,
             meter=meter,
             shared=shared,
+            name=name,
+            checkpoints=checkpoints,
         )
 
-    candidates = [candidate(cfg, "search", "train", cfg.epochs, "val") for cfg in configs]
+    candidates = [
+        candidate(cfg, "search", "train", cfg.epochs, "val", f"search-{i}")
+        for i, cfg in enumerate(configs)
+    ]
     started = time.perf_counter()
     plan = run_sweep(candidates, options.get("sweep") or "asha", options.get("grace_epochs"))
     tuning = {
@@ -746,6 +920,7 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
     finished = [c for c in candidates if c.diverged is None and c.outcome is not None]
     if not finished:
         first = next(c.diverged for c in candidates if c.diverged is not None)
+        checkpoints.clear()
         raise Diverged(f"{cell_label(ctx)}: every candidate diverged ({first})", step=first.step)
     best_candidate = max(finished, key=lambda c: c.outcome.best_val)  # first wins ties
     best, best_cfg = best_candidate.outcome, best_candidate.cfg
@@ -753,15 +928,18 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         if c is not best_candidate:
             c.release()
     if best_cfg.refit:
-        refit = candidate(best_cfg, "refit", "trainval", best.best_epoch, None)
+        refit = candidate(best_cfg, "refit", "trainval", best.best_epoch, None, "refit")
         refit.advance(refit.max_epochs)
         if refit.diverged is not None:
+            checkpoints.clear()
             raise refit.diverged
+        refit.materialise()  # resumed after it had finished: its weights from the checkpoint
         final = refit.outcome
         best_candidate.release()
     else:
+        best_candidate.materialise()
         best_candidate._unpark()
-        final = best
+        final = best = best_candidate.outcome
         final.model.load_state_dict(best.best_state)
     with meter.phase("eval_s"):
         logits, labels = predict(
@@ -782,6 +960,7 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
     }
     hparams["lr_groups"] = lr_groups(final.model, best_cfg)
     trainable, total = count_params(final.model)
+    checkpoints.clear()
     return StrategyResult(
         metrics={"top1": round(top1, 3), "val_top1": round(best.best_val, 3)},
         hparams=hparams,
