@@ -41,7 +41,7 @@ browser:
 	else echo "note: the HTML report test needs: sudo apt-get install chromium chromium-driver"; fi
 
 # Linear probe, partial unfreezing and full fine-tuning of two source models on two datasets for one
-# seed, under a reduced budget (suites/quickstart-demo.toml: 3 epochs, 9 from scratch; under-trained
+# seed, under a reduced budget (suites/quickstart-demo.toml: 2 epochs, 6 from scratch; under-trained
 # cells are marked): 12 cells, under 5 minutes of run time on 2 CPU cores. The converged quickstart
 # with 3 seeds and its trivial baselines is `make reference` (about 25 minutes).
 DEMO := --executor process --workers 2
