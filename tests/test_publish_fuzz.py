@@ -64,8 +64,8 @@ def write_run(run_dir: Path, records: list[dict], env: object = None, raw_env: s
     for record in records:
         entry = record.get("predictions")
         if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-            source = REFERENCE / entry["file"]
-            if source.is_file() and ".." not in entry["file"]:
+            source = REFERENCE / entry["file"][:200]  # a mutated name may be 200 000 long
+            if ".." not in entry["file"] and source.is_file():
                 shutil.copy(source, run_dir / "predictions" / source.name)
     lines = [
         json.dumps(r, sort_keys=True).replace(f'"{DEEP}"', "[" * 3000 + "]" * 3000) for r in records

@@ -138,6 +138,9 @@ def _nested_problem(record: dict) -> str | None:
             return f"options.{_short(kind)} is {_kind(options)}, expected an object"
     split = record.get("split") or {}
     for key, expected in (("hashes", dict), ("sizes", dict), ("test_from", str), ("hash", str)):
+        # present means of its type: readers take a present key for one (``sizes: null``)
+        if key in split and not isinstance(split[key], expected) and key != "test_from":
+            return f"split.{key} is {_kind(split[key])}, expected {_name(expected)}"
         if split.get(key) is not None and not isinstance(split[key], expected):
             return f"split.{key} is {_kind(split[key])}, expected {_name(expected)}"
     for name, value in (split.get("hashes") or {}).items():
