@@ -77,7 +77,6 @@ def test_a_plain_module_runs_with_every_built_in_strategy(records, strategy):
     assert record["metrics"]["top1"] > 40, "10 classes: far above chance"
 
 
-@pytest.mark.slow
 def test_a_plain_module_runs_lp_ft(tmp_path):
     suite = {
         "models": ["plain-cnn"],

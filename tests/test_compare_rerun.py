@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from tlbench.report.commands import compare_command
@@ -36,7 +35,6 @@ def run(tmp_path: Path, name: str, seeds: str, train_size: int) -> Path:
     return place / "run"
 
 
-@pytest.mark.slow  # six linear-probe cells on raw pixels: about a minute on 2 busy cores
 def test_a_rerun_with_disjoint_seeds_passes_and_fewer_training_images_fail(tmp_path):
     first = run(tmp_path, "first", "0, 1", 400)
     rerun = run(tmp_path, "rerun", "2, 3", 400)

@@ -46,6 +46,7 @@ def local_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_mixed_sources_and_datasets_run_end_to_end_and_report(
     tmp_path, image_folder, local_checkpoint
 ):

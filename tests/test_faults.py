@@ -699,7 +699,6 @@ def reached(gate: Path) -> list[Path]:
     return sorted(gate.parent.glob(gate.name + ".reached-*"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_checking_cells_stops_at_once_with_its_code(
     tmp_path, suite, clean, signum, code
@@ -723,7 +722,6 @@ def test_a_signal_while_checking_cells_stops_at_once_with_its_code(
     assert_one_record_per_cell_equal_to(clean[1], run_dir)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_a_cell_runs_finishes_it_and_stops_with_its_code(
     tmp_path, suite, clean, signum, code
@@ -788,7 +786,6 @@ def alive(pid: int, start: str) -> bool:
 
 
 @needs_proc
-@pytest.mark.slow
 def test_killing_the_parent_with_sigkill_leaves_no_worker_behind(tmp_path, suite):
     gate = tmp_path / "run-gate"
     gate.touch()

@@ -182,7 +182,6 @@ def test_fingerprint_is_stable_and_follows_the_datasets_own_fingerprint(tmp_path
     assert hf.hf_dataset("a", {"path": str(tmp_path / "b")}).fingerprint != first
 
 
-@pytest.mark.slow
 def test_a_suite_over_a_local_parquet_dataset_runs_end_to_end(tmp_path):
     folder = _parquet_dir(
         tmp_path / "pq", splits=(("train", 150, 0), ("validation", 30, 150), ("test", 60, 180))

@@ -200,7 +200,6 @@ def test_the_downloaded_cache_is_huggingface_hubs_own_layout(connected_home):
     assert all(f.file_path.is_symlink() and f.blob_path.is_file() for f in revision.files)
 
 
-@pytest.mark.slow  # trains two real probes
 def test_timm_model_from_an_offline_cache_equals_the_packaged_model(offline_repo, tmp_path):
     import torch
 

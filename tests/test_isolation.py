@@ -653,7 +653,6 @@ def _entries_of(cache_dir: Path, model: str) -> dict[str, float]:
     return found
 
 
-@pytest.mark.slow  # two linear-probe runs
 def test_cache_entries_name_their_model_and_can_be_cleared_or_refreshed_by_it(tmp_path):
     path = suite(tmp_path, ["tiny-proj"], ["tiny-digits"], ["linear-probe"])
     run(tmp_path, path)
@@ -702,7 +701,6 @@ def test_the_end_of_run_summary_keeps_a_long_failure_message_whole(tmp_path):
     assert message.replace(" ", "") in "".join(result.stdout.split())
 
 
-@pytest.mark.slow  # starts a worker process (torch import)
 def test_a_plugin_that_exits_fails_only_its_cell_under_the_process_executor_too(tmp_path):
     strategies = [{"name": "exits", "raises": "exit-0"}, "ridge"]
     path = suite(tmp_path, ["tiny-proj"], ["tiny-digits"], strategies)

@@ -100,7 +100,6 @@ def test_report_figures_add_the_layer_curve_only_when_a_run_has_one(records):
     assert layer_table(plain) is None
 
 
-@pytest.mark.slow
 def test_one_suite_entry_runs_the_whole_curve_and_the_report_draws_it(tmp_path):
     from tlbench.report.plots import figures
     from tlbench.report.records import load_records

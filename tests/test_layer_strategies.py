@@ -204,7 +204,6 @@ def test_layer_transfer_frozen_trains_only_the_reinitialised_top_and_caches_the_
     assert result.hparams["bn"] == "train"  # the re-initialised top normalises with its batches
 
 
-@pytest.mark.slow
 def test_layer_transfer_of_every_group_fine_tuned_is_full_fine_tuning(strategy):
     transfer, ctx = strategy("layer-transfer", keep=8, mode="finetune", **FAST)
     full, full_ctx = strategy("full-finetune", **FAST)
@@ -252,7 +251,6 @@ def test_l2_sp_penalty_is_half_alpha_distance_to_the_source_plus_half_beta_head_
     assert l2sp.penalty(model).item() == pytest.approx(moved + head, rel=1e-5)
 
 
-@pytest.mark.slow
 def test_l2_sp_fine_tunes_with_sgd_and_no_weight_decay_by_default(strategy):
     l2sp, ctx = strategy("l2-sp", epochs=1, lr=1e-2, batch_size=32, refit=False)
     result = l2sp.run(ctx)

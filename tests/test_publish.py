@@ -727,7 +727,6 @@ def test_the_reference_run_publishes(tmp_path):
     assert broken_links(tmp_path / "site") == []
 
 
-@pytest.mark.slow
 def test_a_real_tiny_run_publishes_with_its_predictions(tmp_path, tlbench_run):
     suite = {
         "name": "tiny",

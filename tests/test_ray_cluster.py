@@ -126,7 +126,6 @@ def _namespaces(cache: Path) -> set[str]:
     return {row["namespace"] for row in Cache(cache).info() if row["entries"]}
 
 
-@pytest.mark.slow
 def test_cells_land_on_both_nodes_once_each_and_equal_the_local_loop(
     nodes, suite, local_run, tmp_path
 ):

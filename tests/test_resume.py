@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from helpers import PLUGIN, cli, metrics_by_cell, request, subprocess_env, tiny_host, tiny_suite
 
 from tlbench.results import read_records
@@ -55,6 +56,7 @@ def records_in(run_dir: Path) -> list[dict]:
     return read_records(run_dir / "cells.jsonl")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run_without_duplicates(tmp_path):
     from tlbench.runner import run_suite
 

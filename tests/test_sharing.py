@@ -70,6 +70,7 @@ def banked(lite0, data, split, cache, builds=None, device=DEVICE):
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_banked_features_equal_a_fresh_extraction(lite0, digits_by_seed, tmp_path):
     data = digits_by_seed(0)
     cache = Cache(tmp_path)
@@ -165,6 +166,7 @@ def quick_probe(monkeypatch):
     monkeypatch.setattr(logistic, "DEFAULT_MAX_ITER", 30)
 
 
+@pytest.mark.slow
 def test_linear_probe_cells_record_features_computed_and_reused(
     lite0, digits_by_seed, tmp_path, quick_probe
 ):
@@ -177,6 +179,7 @@ def test_linear_probe_cells_record_features_computed_and_reused(
     assert first.metrics == again.metrics
 
 
+@pytest.mark.slow
 def test_lp_ft_starts_from_the_linear_probe_head_when_it_scales_features_the_same_way(
     lite0, digits_by_seed, tmp_path, quick_probe
 ):
@@ -192,6 +195,7 @@ def test_lp_ft_starts_from_the_linear_probe_head_when_it_scales_features_the_sam
     assert own.cost["features_computed"] == 0
 
 
+@pytest.mark.slow
 def test_seeds_share_prefix_activations_of_the_images_they_have_in_common(
     lite0, digits_by_seed, tmp_path
 ):
@@ -207,6 +211,7 @@ def test_seeds_share_prefix_activations_of_the_images_they_have_in_common(
 
 @pytest.mark.device
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_fine_tuning_with_a_halving_sweep_runs_on_the_device(
     lite0, digits_by_seed, tmp_path, precision
 ):
@@ -234,6 +239,7 @@ def test_fine_tuning_with_a_halving_sweep_runs_on_the_device(
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_full_fine_tuning_and_the_linear_probe_run_on_the_device(
     lite0, digits_by_seed, tmp_path, quick_probe
 ):

@@ -241,7 +241,6 @@ def test_slurm_without_submitit_says_what_to_install(monkeypatch):
 # -- jobs that run --------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_one_job_per_group_and_every_cell_recorded_once_as_in_the_local_loop(
     tmp_path, jobs_find_this_plugin
 ):
@@ -276,7 +275,6 @@ def test_one_job_per_group_and_every_cell_recorded_once_as_in_the_local_loop(
     assert list((run_dir / "slurm").glob("*_log.out")), "job logs sit in the run directory"
 
 
-@pytest.mark.slow
 def test_a_killed_job_fails_only_its_unfinished_cells_and_resume_reruns_only_them(
     tmp_path, jobs_find_this_plugin
 ):
@@ -313,7 +311,6 @@ def test_a_killed_job_fails_only_its_unfinished_cells_and_resume_reruns_only_the
     assert counts == {"first": 1, "flagged": 2, "last": 2}
 
 
-@pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_finishes_its_cells_each_once(
     tmp_path, jobs_find_this_plugin
 ):

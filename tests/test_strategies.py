@@ -75,6 +75,7 @@ def test_builtin_strategies_register_through_the_public_hook():
     assert {"linear-probe", "partial-unfreeze", "full-finetune", "lp-ft", "bitfit"} <= set(names)
 
 
+@pytest.mark.slow
 def test_linear_probe_selects_on_val_refits_and_reports_cost(run):
     result = run("linear-probe")
     assert result.metrics["top1"] > 65 and result.metrics["val_top1"] > 65  # 10 classes, few images
@@ -88,6 +89,7 @@ def test_linear_probe_selects_on_val_refits_and_reports_cost(run):
     }
 
 
+@pytest.mark.slow
 def test_partial_unfreeze_trains_only_the_suffix_on_cached_prefix_activations(run):
     result = run("partial-unfreeze", k=1, **(FAST | {"epochs": 4}))
     assert result.cost["prefix_cache"] is True and result.cost["prefix_boundary"] == "blocks.6.0"
@@ -95,6 +97,7 @@ def test_partial_unfreeze_trains_only_the_suffix_on_cached_prefix_activations(ru
     assert result.metrics["top1"] > 25  # 10 classes: well above chance after 4 short epochs
 
 
+@pytest.mark.slow
 def test_partial_unfreeze_with_augmentation_runs_the_whole_model(run):
     result = run("partial-unfreeze", k=1, augment=True, **FAST)
     assert result.cost["prefix_cache"] is False
@@ -108,6 +111,7 @@ def test_k_larger_than_the_model_is_a_user_error_naming_the_cell(run):
         run("partial-unfreeze", k=99, **FAST)
 
 
+@pytest.mark.slow
 def test_full_finetune_is_deterministic_per_seed(run):
     options = {**FAST, "refit": False}
     first, again, other = (
@@ -119,6 +123,7 @@ def test_full_finetune_is_deterministic_per_seed(run):
     assert first.hparams["sweep"] != other.hparams["sweep"]
 
 
+@pytest.mark.slow
 def test_sweep_records_every_candidate_and_refits_for_the_best_epoch(run):
     result = run("full-finetune", epochs=2, lr=[1e-3, 3e-3], batch_size=32)
     sweep = result.hparams["sweep"]
@@ -128,6 +133,7 @@ def test_sweep_records_every_candidate_and_refits_for_the_best_epoch(run):
     assert result.metrics["val_top1"] == best["val_top1"]
 
 
+@pytest.mark.slow
 def test_absurd_learning_rate_is_recorded_as_divergence_with_its_step(run):
     with pytest.raises(Diverged) as caught:
         run("full-finetune", epochs=1, lr=1e12, batch_size=32, warmup_epochs=0.0)
@@ -158,11 +164,13 @@ def test_negative_learning_rate_is_a_user_error_before_training(lite0, digits_da
         make_full_finetune(options).check(ctx)
 
 
+@pytest.mark.slow
 def test_bitfit_trains_only_biases_and_the_head(run):
     result = run("bitfit", **FAST)
     assert 1280 * 10 < result.cost["trainable_params"] < 60_000
 
 
+@pytest.mark.slow
 def test_lp_ft_starts_from_the_probe_and_keeps_its_accuracy(run):
     result = run("lp-ft", epochs=1, lr=1e-4, batch_size=32)
     probe = run("linear-probe")
@@ -174,6 +182,7 @@ def test_lp_ft_starts_from_the_probe_and_keeps_its_accuracy(run):
     assert result.metrics["val_top1"] >= probe.metrics["val_top1"] - 5
 
 
+@pytest.mark.slow
 def test_lora_adapts_pointwise_convs_and_rejects_targets_that_match_nothing(run):
     result = run("lora", **FAST)
     assert 0 < result.cost["trainable_params"] < result.cost["total_params"] / 5

@@ -227,6 +227,7 @@ def run(lite0, digits_data, cache):
     return _run
 
 
+@pytest.mark.slow
 def test_a_sweep_record_shows_what_was_pruned_and_when(run):
     result = run("partial-unfreeze", **QUICK)
     sweep = result.hparams["sweep"]
@@ -242,6 +243,7 @@ def test_a_sweep_record_shows_what_was_pruned_and_when(run):
     assert result.hparams["sweep_schedule"]["epochs_exhaustive"] == 4
 
 
+@pytest.mark.slow
 def test_a_continued_candidate_trains_exactly_as_in_the_exhaustive_grid(run):
     halving = run("partial-unfreeze", **QUICK)
     grid = run("partial-unfreeze", **(QUICK | {"sweep": "grid"}))
@@ -254,6 +256,7 @@ def test_a_continued_candidate_trains_exactly_as_in_the_exhaustive_grid(run):
         assert halving.metrics == grid.metrics
 
 
+@pytest.mark.slow
 def test_same_seed_same_choices(run):
     first, again = run("partial-unfreeze", **QUICK), run("partial-unfreeze", **QUICK)
     for result in (first, again):
@@ -261,6 +264,7 @@ def test_same_seed_same_choices(run):
     assert first.hparams == again.hparams and first.metrics == again.metrics
 
 
+@pytest.mark.slow
 def test_one_configuration_trains_the_same_under_either_schedule(run):
     single = QUICK | {"lr": [3e-3], "refit": True}
     halving, grid = (

@@ -112,6 +112,7 @@ def lines(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / ESTIMATES_FILE).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_every_pair_gets_a_record_per_estimator_and_a_rerun_resumes(host, cache, tmp_path):
     suite = small_suite(host, ["logme", "leep", "nce", "hscore"])
     runner = CellRunner(host, cache, "cpu")

@@ -100,7 +100,6 @@ def test_missing_shard_missing_cls_and_too_few_names_are_one_line(tmp_path):
         wds.wds_dataset("nocls.tar", {"root": str(tmp_path), "workers": 0})
 
 
-@pytest.mark.slow
 def test_a_suite_over_webdataset_shards_runs_end_to_end(tmp_path):
     """The data path reads the tar members lazily, in its DataLoader workers."""
     from click.testing import CliRunner
