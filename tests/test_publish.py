@@ -765,7 +765,10 @@ def test_a_failed_cell_is_shown_as_failed_ranks_last_and_merges_with_its_retry(t
     assert publish(tmp_path / "failed", "-o", site)[0] == 0
     rows = table_rows(Page(site / "suites" / "quickstart" / "index.html"), "#")
     assert [(row[1].split()[0], row[2]) for row in rows] == [
-        ("lite0-scratch", f"{other['metrics']['top1']:.1f} ± {interval(other):.1f} ¹ 1"),  # ¹: one seed
+        (
+            "lite0-scratch",
+            f"{other['metrics']['top1']:.1f} ± {interval(other):.1f} ¹ 1",
+        ),  # ¹: one seed
         ("lite0-imagenet", "failed 2"),
     ]
     page = cell_page(site, "lite0-imagenet", "fashion-mnist", "linear-probe")
