@@ -304,7 +304,7 @@ def test_dry_run_prints_the_plan_and_creates_and_loads_nothing(tmp_path):
         "feature_pools": 1,  # both seeds split the same images: their features are computed once
         "sweeps": {"asha": 0, "candidates": 0, "grid": 0},  # the test's strategies sweep nothing
     }
-    assert {row["namespace"] for row in plan["cache"]["namespaces"]} >= {"prep"}, (
+    assert {row["namespace"] for row in plan["cache"]["namespaces"]} >= {"prepared"}, (
         "the first run cached its preprocessing"
     )
     new = cli("run", str(suite), "--dry-run", "--out", str(tmp_path / "fresh"))
