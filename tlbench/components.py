@@ -64,6 +64,8 @@ class ImageSet:
 
         if self.images is not None:
             return Image.fromarray(self.images[index])
+        if self.paths is None or self.loader is None:
+            raise TypeError("an ImageSet holds images, or paths and a loader")
         return self.loader(self.paths[index])
 
 
