@@ -81,10 +81,11 @@ def test_banked_features_equal_a_fresh_extraction(lite0, digits_by_seed, tmp_pat
         ours, labels, _ = banked(lite0, data, split, cache)
         fresh, fresh_labels = _run_frozen(model, data, split, DEVICE, "fp32", 64)
         assert torch.equal(labels, fresh_labels)
-        if DEVICE.type == "cpu":  # an image's features do not depend on its batch here
-            assert torch.equal(ours, fresh)
-        else:
-            assert torch.allclose(ours, fresh, rtol=1e-3, atol=1e-3)
+        # One forward pass, so rounding is not amplified; but oneDNN picks kernels by batch shape
+        # (AVX-512 builds round differently for other batch sizes), so bit-equality would hold on
+        # some CPUs only (issue 26).
+        tol = 1e-3 if DEVICE.type != "cpu" else 1e-5
+        torch.testing.assert_close(ours, fresh, rtol=tol, atol=tol * fresh.abs().max().item())
 
 
 def test_a_second_seed_computes_only_the_images_the_first_did_not(lite0, digits_by_seed, tmp_path):
