@@ -426,15 +426,9 @@ def _print_plan(plan, as_json: bool) -> None:
 
 
 def _print_table(run_dir: Path, console) -> None:
-    """The run's table: boxed in a terminal; on a stdout that is a pipe or a file, the
-    summary as csv lines (as `tlbench report --format csv`)."""
-    from tlbench.report import load_records, render_report, render_terminal
+    from tlbench.report import load_records, render_terminal
 
-    records = load_records([run_dir])
-    if console.file is sys.stdout and _plain_output():
-        click.echo(render_report(records, "csv"), nl=False)
-    else:
-        render_terminal(records, console)
+    render_terminal(load_records([run_dir]), console)
 
 
 @cli.command("list")
