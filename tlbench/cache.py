@@ -212,7 +212,7 @@ class Cache:
             )
             lock = None
         except OSError as exc:
-            self._cannot_store(path.parent, exc)
+            self.cannot_store(path.parent, exc)
             lock = None
         try:
             yield lock is not None
@@ -220,7 +220,9 @@ class Cache:
             if lock is not None:
                 lock.release()
 
-    def _cannot_store(self, where: Path, exc: BaseException) -> None:
+    def cannot_store(self, where: Path, exc: BaseException) -> None:
+        """One warning per cause that entries under ``where`` cannot be stored (a full disk):
+        the caller goes on computing without the cache."""
         cause = describe(exc)
         if cause not in self._unstorable:
             self._unstorable.add(cause)
@@ -314,7 +316,7 @@ class Cache:
         except Exception as exc:
             # A full disk surfaces from torch.save as RuntimeError and from safetensors as
             # SafetensorError, not only as OSError. The value is good; only storing it failed.
-            self._cannot_store(payload.parent, exc)
+            self.cannot_store(payload.parent, exc)
         finally:
             if tmp_path is not None:
                 with contextlib.suppress(OSError):
@@ -352,7 +354,7 @@ class Cache:
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as exc:
-            self._cannot_store(path.parent, exc)
+            self.cannot_store(path.parent, exc)
             return False
         return True
 

@@ -17,6 +17,7 @@ import os
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,9 @@ class PreparedData:
     transforms: Transforms
     cache: Cache | None = None
     _stored: dict = field(default_factory=dict, repr=False, compare=False)
+    # Image sets whose store could not be written in the cache (a full disk): kept in a scratch
+    # folder instead, so the cell goes on.
+    _spilled: set = field(default_factory=set, repr=False, compare=False)
     _loaders: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- what each split is -----------------------------------------------------------------
@@ -188,7 +192,7 @@ class PreparedData:
             "native_chans": self.transforms.native_chans,
             "version": PREP_VERSION,
         }
-        enabled = self.cache is not None and self.cache.enabled
+        enabled = self.cache is not None and self.cache.enabled and image_set not in self._spilled
         folder = self.cache.root / "prepared" if enabled else scratch_dir()
         _, height, width = self.input_size
         shape = (len(imageset), self.transforms.native_chans, height, width)
@@ -208,8 +212,20 @@ class PreparedData:
 
     def _ensure(self, image_set: str, rows: np.ndarray) -> ImageStore:
         """Preprocess the images of ``rows`` not yet in the store (under the store's lock, so
-        concurrent workers preprocess an image once)."""
+        concurrent workers preprocess an image once). A cache that cannot take the rows (a full
+        disk) costs one warning: the set moves to a scratch folder and the cell goes on."""
         store = self.store(image_set)
+        try:
+            return self._fill(store, rows, image_set)
+        except OSError as exc:
+            if self.cache is None or image_set in self._spilled:
+                raise
+            self.cache.cannot_store(Path(store.path).parent, exc)
+            self._spilled.add(image_set)
+            del self._stored[image_set]
+            return self._fill(self.store(image_set), rows, image_set)
+
+    def _fill(self, store: ImageStore, rows: np.ndarray, image_set: str) -> ImageStore:
         present = rows_present(store)
         if present[rows].all():
             return store
