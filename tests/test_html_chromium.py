@@ -64,7 +64,11 @@ def test_report_renders_tables_images_and_sorts_in_chromium(browser, report_page
 
     assert browser.find_element("tag name", "h1").text == "tlbench report: quickstart"
     linear_probe = browser.find_elements("css selector", "table.sortable")[0]
-    assert first_column(linear_probe) == ["scratch-r18", "r18-imagenet", "lite0-imagenet"]
+    assert first_column(linear_probe) == [
+        "scratch-r18 (random-init features)",
+        "r18-imagenet",
+        "lite0-imagenet",
+    ]
     assert column(linear_probe, 3)[1] == "failed"
     bold = linear_probe.find_elements("css selector", "tbody b")
     assert [b.text.split(" ±")[0] for b in bold] == ["89.5", "83.8"]  # lite0 wins both datasets
@@ -79,14 +83,14 @@ def test_report_renders_tables_images_and_sorts_in_chromium(browser, report_page
     cifar10 = linear_probe.find_elements("css selector", "thead th")[2]
     cifar10.click()
     assert first_column(linear_probe) == [
-        "scratch-r18",
+        "scratch-r18 (random-init features)",
         "lite0-imagenet",
         "r18-imagenet",
     ]  # 27.1, 83.8, failed
     cifar10.click()
     assert first_column(linear_probe) == [
         "lite0-imagenet",
-        "scratch-r18",
+        "scratch-r18 (random-init features)",
         "r18-imagenet",
     ]  # failed stays last
 
