@@ -817,3 +817,17 @@ def test_copies_of_a_run_and_an_unreadable_env_are_handled(tmp_path):
     page = cell_page(tmp_path / "site", "lite0-imagenet", "digits", "linear-probe")
     assert len(table_rows(page, "seed")) == 1  # the same cell twice is one entry
     assert broken_links(tmp_path / "site") == []
+
+
+def test_an_option_recorded_at_its_none_default_selects_the_default_dataset():
+    # fashion-mnist records test_shift = None when no shift was asked for: the gallery must build
+    # the plain dataset, not refuse the record's None as an invalid choice.
+    from tlbench.publish.targets import publisher_options
+    from tlbench.specs import Option
+
+    shift = Option("test_shift", str, default=None, help="", choices=("invert", "rotate90"))
+    assert publisher_options((shift,), {"test_shift": None}) == ({"test_shift": None}, "")
+    assert publisher_options((shift,), {"test_shift": "invert"}) == ({"test_shift": "invert"}, "")
+    assert publisher_options((shift,), {"test_shift": "sideways"})[1] == (
+        "option 'test_shift' of the record is not valid here"
+    )

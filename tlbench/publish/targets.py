@@ -98,7 +98,13 @@ def publisher_options(schema: tuple, recorded: dict) -> tuple[dict, str]:
     for option in schema:
         value = recorded.get(option.name, option.default)
         numeric = option.type in (int, float) and option.type is not bool
-        if option.name in recorded and (option.choices or numeric) and not option.sweep:
+        unset = value is None and option.default is None  # recorded as left at its default
+        if (
+            option.name in recorded
+            and (option.choices or numeric)
+            and not option.sweep
+            and not unset
+        ):
             try:
                 options[option.name] = option.coerce(value)
             except (ValueError, TypeError):
