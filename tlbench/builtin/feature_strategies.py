@@ -15,6 +15,15 @@ from typing import Any
 
 from tlbench.api import Option, StrategySpec, UserError, hookimpl
 
+# Every strategy that extracts frozen features takes this option (the probe, k-NN, NCM).
+EXTRACT_BATCH_SIZE = Option(
+    "extract_batch_size",
+    int,
+    default=None,
+    help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
+    minimum=1,
+)
+
 _FACTORY = "tlbench.builtin.feature_strategies:"
 NORMALISATIONS = ("none", "l2", "cl2n")
 QUERY_CHUNK = 1024  # test rows per similarity matrix: bounds memory at chunk x bank floats
@@ -201,13 +210,7 @@ _COMMON = (
         default=True,
         help="Answer the test split from train+val (true) or from train only.",
     ),
-    Option(
-        "extract_batch_size",
-        int,
-        default=None,
-        help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
-        minimum=1,
-    ),
+    EXTRACT_BATCH_SIZE,
 )
 
 SPECS = (

@@ -22,6 +22,7 @@ from tlbench.api import (
     hookimpl,
     training_options,
 )
+from tlbench.builtin.feature_strategies import EXTRACT_BATCH_SIZE
 from tlbench.builtin.layer_choice import UNITS, GroupStrategy, by_fraction, model_groups, select
 
 _FACTORY = "tlbench.builtin.strategies:"
@@ -280,13 +281,7 @@ LINEAR_PROBE_OPTIONS = (
         default=True,
         help="Refit on train+val with the chosen strength before testing.",
     ),
-    Option(
-        "extract_batch_size",
-        int,
-        default=None,
-        help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
-        minimum=1,
-    ),
+    EXTRACT_BATCH_SIZE,
 )
 
 SPECS = (
