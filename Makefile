@@ -43,7 +43,8 @@ browser:
 # Linear probe, partial unfreezing and full fine-tuning of two source models on two datasets for one
 # seed, under a reduced budget (suites/quickstart-demo.toml: 2 epochs, 6 from scratch; under-trained
 # cells are marked): 12 cells, under 5 minutes of run time on 2 CPU cores. The converged quickstart
-# with 3 seeds and its trivial baselines is `make reference` (about 25 minutes).
+# with 3 seeds and its trivial baselines is `make reference` (about 25 minutes estimated on quiet
+# cores; the published run took 45 on a loaded machine).
 DEMO := --executor process --workers 2
 demo: setup
 	$(BIN)/tlbench run suites/quickstart-demo.toml $(DEMO)
