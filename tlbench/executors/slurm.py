@@ -38,7 +38,7 @@ from typing import Any
 
 from tlbench.cell import CellResult, StopRun, failed_result, interrupted_result
 from tlbench.components import Cell
-from tlbench.errors import UserError
+from tlbench.errors import UserError, first_line
 from tlbench.executors.base import (
     Executor,
     Option,
@@ -370,7 +370,7 @@ class SlurmExecutor(Executor):
             executor.update_parameters(**self.options.parameters(f"tlbench-{suite}"))
         except (ValueError, NameError, AssertionError, RuntimeError) as exc:
             raise UserError(
-                f"--executor slurm: submitit refuses its options: {_first_line(exc)}"
+                f"--executor slurm: submitit refuses its options: {first_line(exc)}"
             ) from None
         return executor
 
@@ -516,14 +516,9 @@ def _raised(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _error_line(exc: BaseException) -> str:
     """sbatch's own complaint (``sbatch: error: invalid partition specified: gpux``) when the
     message holds one, else its first line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line.lower()]
-    return errors[-1] if errors else _first_line(exc)
+    return errors[-1] if errors else first_line(exc)
