@@ -218,8 +218,8 @@ class PreparedData:
         try:
             return self._fill(store, rows, image_set)
         except OSError as exc:
-            if self.cache is None or image_set in self._spilled:
-                raise
+            if self.cache is None or not self.cache.enabled or image_set in self._spilled:
+                raise  # already in a scratch folder: nowhere else to go
             self.cache.cannot_store(Path(store.path).parent, exc)
             self._spilled.add(image_set)
             del self._stored[image_set]
