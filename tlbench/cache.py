@@ -41,7 +41,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from tlbench.errors import UserError
+from tlbench.errors import UserError, typed_first_line
 from tlbench.safeio import TlbenchWarning, describe, fault, probe_writable
 
 logger = logging.getLogger("tlbench.cache")
@@ -278,7 +278,7 @@ class Cache:
             value = load(payload)
         except Exception as exc:
             # Corrupted or half-written by a killed process: drop it and recompute.
-            self.discard(payload, f"damaged ({_first_line(exc)})", meta_path)
+            self.discard(payload, f"damaged ({typed_first_line(exc)})", meta_path)
             return _MISS
         _touch(meta_path)  # last use, for eviction under a size cap
         return value
@@ -335,7 +335,7 @@ class Cache:
         try:
             text = read_bytes_at_most(path, MAX_INDEX_BYTES).decode("utf-8")
         except (OSError, ValueError) as exc:
-            self.discard(path, f"damaged ({_first_line(exc)})")
+            self.discard(path, f"damaged ({typed_first_line(exc)})")
             return []
         records = []
         for line in text.splitlines():
@@ -527,11 +527,6 @@ def _regular(path: Path) -> bool:
 def _touch(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _unlink_if_unlocked(path: Path) -> bool:

@@ -26,3 +26,10 @@ def first_line(exc: BaseException) -> str:
     what one line of output or one record field says about it."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def typed_first_line(exc: BaseException) -> str:
+    """``TypeName: first line`` (or the bare type name when the message is blank), for places
+    where the type says as much as the message: a damaged file's ``KeyError: 'shape'``."""
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name
