@@ -19,6 +19,7 @@ _EXPORTS = {
     "FORMATS": "document",
     "figures": "plots",
     "write_plots": "plots",
+    "val_curves": "plots",
     "compare": "compare",
     "Comparison": "compare",
     "render_comparison": "compare",

@@ -1,12 +1,13 @@
 """The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot
 state, no display needed): accuracy vs trainable parameters with the Pareto front, strategy
-bars with confidence intervals, a model x dataset heatmap per strategy, and the layer-transfer
-curve when a run holds one."""
+bars with confidence intervals, a model x dataset heatmap per strategy, the validation curves of
+trained cells, and the layer-transfer curve when a run holds one."""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
+from tlbench.errors import UserError
+from tlbench.report.curves import chosen_curves
 from tlbench.report.layers import (
     CURVE_KEY,
     LAYER_STRATEGY,
@@ -28,7 +32,7 @@ from tlbench.report.layers import (
 )
 from tlbench.report.tables import summarize
 
-PLOTS = ("accuracy_vs_params", "strategies", "heatmap")
+PLOTS = ("accuracy_vs_params", "strategies", "heatmap", "val_curves")
 MARKERS = "osD^vP*Xh<>"
 
 
@@ -40,9 +44,9 @@ class Plot:
 
 
 def figures(records: pd.DataFrame, metric: str = "top1") -> dict[str, Figure]:
-    """The report's figures by file stem, in PLOTS order. Layer-transfer cells (one strategy id
-    per point of a curve) get their own figure, ``layer_transfer``, instead of crowding the
-    others."""
+    """The report's figures by file stem, in PLOTS order; ``val_curves`` only when some cell
+    recorded validation curves. Layer-transfer cells (one strategy id per point of a curve) get
+    their own figure, ``layer_transfer``, instead of crowding the others."""
     curves = layer_curves(records, metric)
     others = records if curves.empty else records[records["strategy_ref"] != LAYER_STRATEGY]
     drawn = {}
@@ -53,6 +57,9 @@ def figures(records: pd.DataFrame, metric: str = "top1") -> dict[str, Figure]:
             "strategies": strategy_bars(summary, metric),
             "heatmap": heatmap(summary, metric),
         }
+        trained = chosen_curves(others)
+        if not trained.empty:
+            drawn["val_curves"] = _val_curves(trained, others=True)
     if not curves.empty:
         drawn["layer_transfer"] = layer_transfer(curves, references(records, metric), metric)
     return drawn
@@ -255,8 +262,163 @@ def layer_transfer(curves: pd.DataFrame, probes: pd.DataFrame, metric: str = "to
     return figure
 
 
-def _grid(panels: int, width: float, height: float) -> tuple[Figure, list]:
-    columns = min(3, max(1, panels))
+def val_curves(
+    records: pd.DataFrame,
+    *,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    strategies: Sequence[str] | None = None,
+    others: bool = True,
+) -> Figure:
+    """Validation top-1 per epoch of each trained cell's chosen candidate (``hparams.sweep``).
+
+    One panel per (dataset, strategy), laid out strategy x dataset, or one per dataset when
+    each dataset has a single strategy (a suite pairing each size with its own schedule). One
+    colour per model: a thin line per seed, a thick one for their mean (dotted once some seeds
+    had stopped), a dot at each seed's best epoch, a dashed vertical line at the model's epoch
+    budget, ``>`` at the end of a seed still improving when the budget ran out (under-trained).
+    ``others`` draws the sweep's other candidates faintly (a pruned one ends at its cut).
+    ``models`` / ``datasets`` / ``strategies`` keep only those ids, in the order given. Raises
+    ``UserError`` when no cell left recorded a curve.
+    """
+    curves = chosen_curves(records)
+    for column, wanted in (("model", models), ("dataset", datasets), ("strategy", strategies)):
+        if wanted is None:
+            continue
+        present = list(dict.fromkeys(curves[column]))
+        unknown = [name for name in wanted if name not in present]
+        if unknown:
+            raise UserError(
+                f"val_curves: no validation curves for {column} {', '.join(map(repr, unknown))}; "
+                f"recorded: {', '.join(present) or 'none'}"
+            )
+        curves = curves[curves[column].isin(wanted)]
+        order = {name: i for i, name in enumerate(wanted)}
+        curves = curves.sort_values(column, key=lambda c: c.map(order), kind="stable")
+    if curves.empty:
+        raise UserError(
+            "val_curves: no trained cell recorded validation curves (hparams.sweep[].val_curve)"
+        )
+    return _val_curves(curves, others)
+
+
+def _val_curves(curves: pd.DataFrame, others: bool) -> Figure:
+    panels = list(dict.fromkeys(zip(curves["dataset"], curves["strategy"], strict=True)))
+    datasets = list(dict.fromkeys(d for d, _ in panels))
+    strategies = list(dict.fromkeys(s for _, s in panels))
+    if len(panels) == len(datasets) or len(strategies) == 1:
+        columns = 2 if len(panels) == 4 else 3
+        figure, axes = _grid(len(panels), width=4.6, height=3.4, most_columns=columns)
+        places = dict(zip(panels, axes, strict=False))
+    else:  # a strategy per row, a dataset per column; a pair the suite excluded stays blank
+        figure = Figure(
+            figsize=(4.6 * len(datasets) + 1.5, 3.4 * len(strategies) + 0.6),
+            layout="constrained",
+        )
+        grid = figure.subplots(len(strategies), len(datasets), squeeze=False)
+        places = {
+            (d, s): grid[i][j] for i, s in enumerate(strategies) for j, d in enumerate(datasets)
+        }
+        for key, ax in places.items():
+            ax.set_visible(key in panels)
+    colors = _colors(dict.fromkeys(curves["model"]))
+    for (dataset, strategy), ax in places.items():
+        part = curves[(curves["dataset"] == dataset) & (curves["strategy"] == strategy)]
+        if part.empty:
+            continue
+        for model, runs in part.groupby("model", sort=False):
+            _model_curves(ax, runs, colors[model], others)
+        rising = int(part["still_improving"].sum())
+        note = f"\n{rising} of {len(part)} cells still improving at the budget" if rising else ""
+        ax.set_title(f"{dataset} / {strategy}{note}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    figure.legend(
+        handles=_curve_legend(curves, colors, others), loc="outside right upper", fontsize=8
+    )
+    figure.suptitle("Validation top-1 per epoch of each cell's chosen candidate")
+    return figure
+
+
+def _curve_legend(curves: pd.DataFrame, colors: dict, others: bool) -> list[Line2D]:
+    """The models' colours, then only the marks some panel shows."""
+    lengths = curves.groupby(["dataset", "strategy", "model"], sort=False)["curve"].agg(
+        lambda c: len({len(curve) for curve in c})
+    )
+    shown = [
+        (True, {"linewidth": 2.2}, "mean over seeds"),
+        (
+            bool((lengths > 1).any()),
+            {"linewidth": 1.5, "linestyle": ":"},
+            "mean after some seeds stopped",
+        ),
+        (True, {"linewidth": 0.8, "alpha": 0.5}, "one seed"),
+        (True, {"marker": "o", "markersize": 4, "linestyle": ""}, "best epoch"),
+        (
+            curves["budget_epochs"].notna().any(),
+            {"linestyle": "--", "linewidth": 1},
+            "epoch budget",
+        ),
+        (
+            curves["still_improving"].any(),
+            {"marker": ">", "markersize": 7, "markeredgecolor": "black", "linestyle": ""},
+            "still improving at the budget",
+        ),
+        (
+            others and any(len(o) for o in curves["others"]),
+            {"linewidth": 0.8, "alpha": 0.2},
+            "other candidates\n(pruned: end at the cut)",
+        ),
+    ]
+    handles = [Line2D([], [], color=c, linewidth=2.2, label=m) for m, c in colors.items()]
+    return handles + [
+        Line2D([], [], color="0.3", label=label, **style) for on, style, label in shown if on
+    ]
+
+
+def _model_curves(ax, runs: pd.DataFrame, color, others: bool) -> None:
+    """One model's seeds in one panel (see ``val_curves``)."""
+    if others:
+        for candidates in runs["others"]:
+            for other in candidates:
+                curve = other["curve"]
+                ax.plot(_epochs(curve), curve, color=color, alpha=0.2, linewidth=0.8)
+    for _, run in runs.iterrows():
+        curve, best = run["curve"], run["best_epoch"]
+        ax.plot(_epochs(curve), curve, color=color, alpha=0.5, linewidth=0.8)
+        ax.plot([best], [curve[best - 1]], marker="o", markersize=4, color=color)
+        if run["still_improving"]:
+            ax.plot(
+                [len(curve)],
+                [curve[-1]],
+                marker=">",
+                markersize=7,
+                color=color,
+                markeredgecolor="black",
+            )
+    lengths = [len(curve) for curve in runs["curve"]]
+    mean = [
+        sum(curve[i] for curve in runs["curve"] if len(curve) > i)
+        / sum(length > i for length in lengths)
+        for i in range(max(lengths))
+    ]
+    common = min(lengths)  # every seed still trains up to here
+    ax.plot(_epochs(mean[:common]), mean[:common], color=color, linewidth=2.2)
+    if common < len(mean):
+        tail = range(common, len(mean) + 1)
+        ax.plot(tail, mean[common - 1 :], color=color, linewidth=1.5, linestyle=":")
+    for budget in dict.fromkeys(runs["budget_epochs"].dropna()):
+        ax.axvline(budget, color=color, linestyle="--", linewidth=1)
+
+
+def _epochs(curve: list) -> range:
+    return range(1, len(curve) + 1)
+
+
+def _grid(panels: int, width: float, height: float, most_columns: int = 3) -> tuple[Figure, list]:
+    columns = min(most_columns, max(1, panels))
     rows = math.ceil(max(1, panels) / columns)
     figure = Figure(figsize=(width * columns + 1.5, height * rows + 0.6), layout="constrained")
     axes = list(figure.subplots(rows, columns, squeeze=False).flat)
