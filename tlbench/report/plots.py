@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib import colormaps
@@ -347,7 +348,7 @@ def _curve_legend(curves: pd.DataFrame, colors: dict, others: bool) -> list[Line
     lengths = curves.groupby(["dataset", "strategy", "model"], sort=False)["curve"].agg(
         lambda c: len({len(curve) for curve in c})
     )
-    shown = [
+    shown: list[tuple[bool, dict[str, Any], str]] = [
         (True, {"linewidth": 2.2}, "mean over seeds"),
         (
             bool((lengths > 1).any()),
@@ -357,12 +358,12 @@ def _curve_legend(curves: pd.DataFrame, colors: dict, others: bool) -> list[Line
         (True, {"linewidth": 0.8, "alpha": 0.5}, "one seed"),
         (True, {"marker": "o", "markersize": 4, "linestyle": ""}, "best epoch"),
         (
-            curves["budget_epochs"].notna().any(),
+            bool(curves["budget_epochs"].notna().any()),
             {"linestyle": "--", "linewidth": 1},
             "epoch budget",
         ),
         (
-            curves["still_improving"].any(),
+            bool(curves["still_improving"].any()),
             {"marker": ">", "markersize": 7, "markeredgecolor": "black", "linestyle": ""},
             "still improving at the budget",
         ),
