@@ -307,7 +307,7 @@ def _val_curves(curves: pd.DataFrame, others: bool) -> Figure:
     panels = list(dict.fromkeys(zip(curves["dataset"], curves["strategy"], strict=True)))
     datasets = list(dict.fromkeys(d for d, _ in panels))
     strategies = list(dict.fromkeys(s for _, s in panels))
-    if len(panels) == len(datasets) or len(strategies) == 1:
+    if len(panels) == len(datasets) or len(strategies) == 1 or len(datasets) == 1:
         columns = 2 if len(panels) == 4 else 3
         figure, axes = _grid(len(panels), width=4.6, height=3.4, most_columns=columns)
         places = dict(zip(panels, axes, strict=False))
