@@ -166,13 +166,30 @@ def test_the_realistic_tau_leaves_out_scratch_and_reinit_sources():
     assert truth.loc["all", "best"] == "lite0-reinit-top1"
     assert truth.loc["realistic", "best"] == "r4" and truth.loc["realistic", "models"] == 5
     shown = formatted("correlation", tables["correlation"])
-    assert list(shown.columns[-4:]) == [
+    assert list(shown.columns[-5:]) == [
         "realistic_models",
         "realistic_tau",
         "realistic_95ci",
         "realistic_p",
+        "realistic_seeds",
     ]
     assert shown.iloc[0]["realistic_models"] == "5"
+
+
+def test_seeds_are_counted_for_the_realistic_sources_apart():
+    """Extra seeds run for the realistic sources only: their tau rests on 3 seeds, the tau
+    over all sources on 1."""
+    cells = [cell(m, v, seed) for m, vals in SEED_TOP1.items() for seed, v in enumerate(vals)]
+    cells.append(cell("lite0-scratch", 50.0, ref="scratch:tf_efficientnet_lite0"))
+    estimates = [estimate(m, SCORES[m], seed) for m in SEED_TOP1 for seed in range(3)]
+    estimates.append(estimate("lite0-scratch", 0.0, ref="scratch:tf_efficientnet_lite0"))
+    tables = transferability_tables(records_frame(cells), estimates)
+    row = tables["correlation"].iloc[0]
+    assert (row["seeds"], row["realistic_seeds"]) == (1, 3)
+    shown = formatted("correlation", tables["correlation"]).iloc[0]
+    assert (shown["seeds"], shown["realistic_seeds"]) == ("1 (< 3)", "3")
+    truth = formatted("ground_truth", tables["ground_truth"]).set_index("sources")["seeds"]
+    assert truth.to_dict() == {"all": "1-3 (< 3)", "realistic": "3"}
 
 
 def test_without_weakened_sources_there_is_no_realistic_column():

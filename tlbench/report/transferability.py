@@ -185,8 +185,8 @@ def correlation_table(
     truth: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Tau per (dataset, estimator, strategy) over all sources, ``seeds`` (the fewest seeds any
-    ranked source's ground truth averages) and the same statistics over the realistic sources
-    alone (``realistic_models``, ``realistic_kendall_tau``, ...)."""
+    ranked source's ground truth averages) and the same over the realistic sources alone
+    (``realistic_models``, ``realistic_kendall_tau``, ..., ``realistic_seeds``)."""
     ok = est[est["status"] == "ok"]
     scores = _mean_over_seeds(ok, "estimator", "score")
     top1 = _mean_over_seeds(cells, "strategy", "top1")
@@ -206,10 +206,11 @@ def correlation_table(
                         **{k: v for k, v in every.items() if k != "sources"},
                         "seeds": _fewest(seeds, dataset, strategy, every["sources"]),
                         **{f"realistic_{k}": realistic[k] for k in CORRELATION_STATS},
+                        "realistic_seeds": _fewest(seeds, dataset, strategy, realistic["sources"]),
                     }
                 )
     columns = ["dataset", "estimator", "strategy", *CORRELATION_STATS, "seeds"]
-    columns += [f"realistic_{k}" for k in CORRELATION_STATS]
+    columns += [f"realistic_{k}" for k in CORRELATION_STATS] + ["realistic_seeds"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -479,6 +480,7 @@ DIGITS = {
 CORRELATION_SHOWN = ["dataset", "estimator", "strategy", "models", "kendall_tau", "tau_95ci"]
 CORRELATION_SHOWN += ["kendall_p", "weighted_tau", "seeds"]
 REALISTIC_SHOWN = ["realistic_models", "realistic_tau", "realistic_95ci", "realistic_p"]
+REALISTIC_SHOWN += ["realistic_seeds"]
 GROUND_TRUTH_SHOWN = ["dataset", "strategy", "sources", "models", "seeds", "best", "best_top1"]
 GROUND_TRUTH_SHOWN += ["interval", "within_best", "top5_spread"]
 
@@ -538,6 +540,7 @@ def _shown_correlation(frame: pd.DataFrame) -> pd.DataFrame:
         if subset:
             realistic = _shown_tau({k: row[f"realistic_{k}"] for k in CORRELATION_STATS})
             shown.update(
+                realistic_seeds=seeds_text(row.get("realistic_seeds")),
                 realistic_models=realistic["models"],
                 realistic_tau=realistic["kendall_tau"],
                 realistic_95ci=realistic["tau_95ci"],
