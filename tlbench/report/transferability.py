@@ -1,7 +1,7 @@
 """The transferability section of a report: did the estimators rank the source models the way
 fine-tuning did, and how much cheaper were they?
 
-``transferability_tables(cells_df, estimates)`` returns three pandas frames:
+``transferability_tables(cells_df, estimates)`` returns four pandas frames:
 
 ``scores``       one row per (dataset, model): whether the source is realistic or deliberately
                  weakened (``weakened``), each estimator's score next to each strategy's top-1
@@ -616,7 +616,8 @@ def render_transferability(tables: Mapping[str, pd.DataFrame], console) -> None:
             table.add_column(
                 str(column),
                 justify="left"
-                if column in ("dataset", "model", "estimator", "strategy")
+                if column
+                in ("dataset", "model", "estimator", "strategy", "sources", "best", "interval")
                 else "right",
             )
         for row in text.itertuples(index=False):
