@@ -320,6 +320,7 @@ def test_report_tables_put_scores_next_to_accuracies_and_rank_them(report_inputs
     scores = tables["scores"].set_index("model")
     assert list(scores.columns) == [
         "dataset",
+        "weakened",
         "logme",
         "leep",
         "linear-probe top1",

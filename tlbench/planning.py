@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,11 +38,14 @@ class Selection:
     strategies: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
 
-    def keeps(self, cell: Cell) -> bool:
+    def keeps(self, cell: Cell, *, by_strategy: bool = True) -> bool:
+        """Whether ``cell`` is selected. ``by_strategy=False`` ignores the strategy filter, for
+        work that depends only on the (model, dataset, seed) pair (transferability estimates):
+        a strategy filter selects cells, not pairs."""
         return (
             (not self.models or cell.model in self.models)
             and (not self.datasets or cell.dataset in self.datasets)
-            and (not self.strategies or cell.strategy in self.strategies)
+            and (not by_strategy or not self.strategies or cell.strategy in self.strategies)
             and (not self.seeds or cell.seed in self.seeds)
         )
 
@@ -221,8 +224,9 @@ def _recorded_suite_hash(env: dict) -> str | None:
         return None
 
 
-def cell_state(previous: dict | None, retry_failed: bool) -> str:
-    """``pending``, ``recorded`` (skipped on resume) or ``retry`` (recorded failed, rerun)."""
+def cell_state(previous: Mapping | None, retry_failed: bool) -> str:
+    """``pending``, ``recorded`` (skipped on resume) or ``retry`` (recorded failed, rerun).
+    The one rule for resuming, for cells and for transferability estimates alike."""
     if previous is None:
         return "pending"
     status = previous.get("status")

@@ -32,12 +32,12 @@ from tlbench.cache import stable_hash
 from tlbench.cell import escapes_cell
 from tlbench.components import Cell
 from tlbench.errors import UserError
+from tlbench.planning import cell_state
 from tlbench.results import SCHEMA_VERSION, ResultsStore, now_iso, read_records
 from tlbench.suite import Entry, Suite, expand_cells
 
 ESTIMATES_FILE = "estimates.jsonl"
 FEATURES_SPLIT = "train"  # estimators see what a strategy trains on, never val or test
-DONE = ("ok", "skipped")
 
 
 # ---------------------------------------------------------------------------------------- records
@@ -148,19 +148,10 @@ def estimate_pairs(suite: Suite, selection=None) -> list[Cell]:
     """
     pairs: dict[tuple, Cell] = {}
     for cell in expand_cells(suite):
-        if selection is not None and not _selected(selection, cell):
+        if selection is not None and not selection.keeps(cell, by_strategy=False):
             continue
         pairs.setdefault((cell.model, cell.dataset, cell.seed), cell)
     return list(pairs.values())
-
-
-def _selected(selection, cell: Cell) -> bool:
-    # A strategy filter selects cells, not pairs: estimates do not depend on the strategy.
-    return (
-        (not selection.models or cell.model in selection.models)
-        and (not selection.datasets or cell.dataset in selection.datasets)
-        and (not selection.seeds or cell.seed in selection.seeds)
-    )
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -183,7 +174,11 @@ def run_estimators(
     for cell in estimate_pairs(suite, selection):
         hashes = {e.id: estimate_hash(cell, e) for e in suite.estimators}
         wanted += hashes.values()
-        todo = [e for e in suite.estimators if not _done(latest.get(hashes[e.id]), retry_failed)]
+        todo = [
+            e
+            for e in suite.estimators
+            if cell_state(latest.get(hashes[e.id]), retry_failed) != "recorded"
+        ]
         if not todo:
             continue
         runner.log(
@@ -193,12 +188,6 @@ def run_estimators(
             store.append(record)
             latest[record["config_hash"]] = record
     return [latest[h] for h in wanted if h in latest]
-
-
-def _done(record: Mapping[str, Any] | None, retry_failed: bool) -> bool:
-    return record is not None and (
-        record.get("status") in DONE or (not retry_failed and record.get("status") == "failed")
-    )
 
 
 @dataclass

@@ -1,13 +1,21 @@
 """The transferability section of a report: did the estimators rank the source models the way
 fine-tuning did, and how much cheaper were they?
 
-``transferability_tables(cells_df, estimates)`` returns three pandas frames:
+``transferability_tables(cells_df, estimates)`` returns four pandas frames:
 
-``scores``       one row per (dataset, model): each estimator's score next to each strategy's
-                 top-1 (means over seeds; ok records only).
+``scores``       one row per (dataset, model): whether the source is realistic or deliberately
+                 weakened (``weakened``), each estimator's score next to each strategy's top-1
+                 (means over seeds; ok records only).
+``ground_truth`` one row per (dataset, strategy, sources): the ranking the estimators must
+                 recover, and its own noise: how many seeds each source's mean top-1 averages
+                 (flagged below ``MIN_SEEDS``), the best source with its 95% interval
+                 (``tlbench.report.stats.cell_interval``, the report's interval) and how many
+                 other sources lie inside that interval. ``sources`` is ``all``, and also
+                 ``realistic`` when some sources are weakened.
 ``correlation``  one row per (dataset, estimator, strategy): Kendall's tau, its bootstrap interval
                  over source models and its p-value, and weighted tau, between the estimator's
-                 scores and the strategy's accuracies across models. Per dataset, because no
+                 scores and the strategy's accuracies across models, over all sources and
+                 (``realistic_*``) over the realistic ones alone. Per dataset, because no
                  estimator is reliable everywhere (TLlib: weighted tau -0.26..0.92). Shown only
                  where significance is reachable: with n models the smallest two-sided p of
                  Kendall's exact test is 2/n! (0.33 for 3, 0.083 for 4), so below 5 models the
@@ -16,16 +24,24 @@ fine-tuning did, and how much cheaper were they?
                  ``features_s``) against the seconds fine-tuning took (cells' ``cost.wall_s``)
                  on the same (model, dataset, seed) triples, their ratio, and whether it meets
                  the goal of ``SPEEDUP_GOAL`` x.
+
+Scores and accuracies are means over seeds; several run directories of one suite configuration
+(say, extra seeds run into another directory) combine, and ids configured differently in two of
+them are refused (``check_same_configuration``).
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from tlbench.errors import UserError
+from tlbench.report.records import is_baseline
 from tlbench.transferability import rank_correlation
 
 PAIR = ["model", "dataset", "seed"]
@@ -35,6 +51,10 @@ BOOTSTRAP_SAMPLES = 2000
 CI_LEVEL = 0.95
 SPEEDUP_GOAL = 100.0  # an estimator should cost at most 1% of fine-tuning the same sources
 TOO_FEW = "too few sources"
+MIN_SEEDS = 3  # a ground truth averaged over fewer seeds is flagged (issue 25)
+ALL, REALISTIC = "all", "realistic"
+# Model references that construct a weakened source from another (docs/transferability.md).
+WEAKENED_PREFIXES = ("scratch:", "reinit-top:")
 
 
 def transferability_tables(
@@ -44,11 +64,52 @@ def transferability_tables(
     run's estimate records (``tlbench.transferability.load_estimates``)."""
     est = estimates_frame(estimates)
     cells = _ok_cells(cells_df)
+    truth = ground_truth(cells_df)
+    weak = weakened_models(cells_df, estimates)
     return {
-        "scores": scores_table(est, cells),
-        "correlation": correlation_table(est, cells),
+        "scores": scores_table(est, cells, weak),
+        "ground_truth": ground_truth_table(truth, weak),
+        "correlation": correlation_table(est, cells, weak, truth),
         "time": time_table(est, cells),
     }
+
+
+def weakened(model_ref: Any, model_card: Any = None) -> bool:
+    """A source built to be weak rather than a realistic pretrained model: randomly
+    initialised (``scratch:``, or a card with ``weights = "random"``), pretrained weights
+    partly re-initialised (``reinit-top:``, card ``reinit_top``), or a trivial baseline (card
+    ``trivial_baseline``: raw pixels, random features)."""
+    if is_baseline(model_ref, model_card):
+        return True
+    if isinstance(model_ref, str) and model_ref.startswith(WEAKENED_PREFIXES):
+        return True
+    card = model_card if isinstance(model_card, Mapping) else {}
+    return bool(card.get("reinit_top") or card.get("trivial_baseline"))
+
+
+def weakened_models(cells_df: pd.DataFrame | None, estimates: Sequence[Mapping]) -> set[str]:
+    """Model ids any record (cell or estimate) shows to be ``weakened``."""
+    found = {e.get("model") for e in estimates if weakened(e.get("model_ref"))}
+    if cells_df is not None and not cells_df.empty:
+        cards = cells_df.get("model_card", pd.Series([None] * len(cells_df), index=cells_df.index))
+        refs = cells_df.get("model_ref", pd.Series([None] * len(cells_df), index=cells_df.index))
+        for model, ref, card in zip(cells_df["model"], refs, cards, strict=True):
+            if weakened(ref, card):
+                found.add(model)
+    return {m for m in found if isinstance(m, str)}
+
+
+def ground_truth(cells_df: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per (dataset, model, strategy) with a value: ``mean`` top-1 over its ok seeds,
+    ``n`` (seeds), and the report's 95% interval ``ci_low``/``ci_high`` with its ``interval``
+    method (``tlbench.report.tables.summarize``: the same numbers as the main table)."""
+    from tlbench.report.tables import summarize
+
+    columns = ["dataset", "model", "strategy", "mean", "n", "ci_low", "ci_high", "interval"]
+    if cells_df is None or cells_df.empty:
+        return pd.DataFrame(columns=columns)
+    summary = summarize(cells_df, "top1")
+    return summary.loc[summary["n"] > 0, columns].reset_index(drop=True)
 
 
 def estimates_frame(estimates: Sequence[Mapping]) -> pd.DataFrame:
@@ -83,7 +144,7 @@ def _mean_over_seeds(frame: pd.DataFrame, column: str, value: str) -> pd.DataFra
     )
 
 
-def scores_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+def scores_table(est: pd.DataFrame, cells: pd.DataFrame, weak: Iterable[str] = ()) -> pd.DataFrame:
     datasets = _ordered([*est["dataset"], *cells["dataset"]])
     models = _ordered([*est["model"], *cells["model"]])
     present = set(zip(est["dataset"], est["model"], strict=True)) | set(
@@ -100,43 +161,85 @@ def scores_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         index=index, columns=_ordered(cells["strategy"])
     )
     top1.columns = [f"{s} top1" for s in top1.columns]
-    return scores.join(top1).reset_index()
+    table = scores.join(top1).reset_index()
+    table.insert(2, "weakened", table["model"].isin(set(weak)))
+    return table
 
 
-def correlation_table(est: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+CORRELATION_STATS = [
+    "models",
+    "kendall_tau",
+    "tau_ci_low",
+    "tau_ci_high",
+    "kendall_p",
+    "weighted_tau",
+    "min_p",
+    "powered",
+]
+
+
+def correlation_table(
+    est: pd.DataFrame,
+    cells: pd.DataFrame,
+    weak: Iterable[str] = (),
+    truth: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Tau per (dataset, estimator, strategy) over all sources, ``seeds`` (the fewest seeds any
+    ranked source's ground truth averages) and the same over the realistic sources alone
+    (``realistic_models``, ``realistic_kendall_tau``, ..., ``realistic_seeds``)."""
     ok = est[est["status"] == "ok"]
     scores = _mean_over_seeds(ok, "estimator", "score")
     top1 = _mean_over_seeds(cells, "strategy", "top1")
+    seeds = _seeds_per_source(truth if truth is not None else _seed_counts(cells))
+    weak = set(weak)
     rows = []
     for dataset in _ordered(est["dataset"]):
         for estimator in _ordered(est["estimator"]):
             for strategy in _ordered(cells["strategy"]):
+                every = _correlate(scores, top1, dataset, estimator, strategy)
+                realistic = _correlate(scores, top1, dataset, estimator, strategy, weak)
                 rows.append(
                     {
                         "dataset": dataset,
                         "estimator": estimator,
                         "strategy": strategy,
-                        **_correlate(scores, top1, dataset, estimator, strategy),
+                        **{k: v for k, v in every.items() if k != "sources"},
+                        "seeds": _fewest(seeds, dataset, strategy, every["sources"]),
+                        **{f"realistic_{k}": realistic[k] for k in CORRELATION_STATS},
+                        "realistic_seeds": _fewest(seeds, dataset, strategy, realistic["sources"]),
                     }
                 )
-    columns = [
-        "dataset",
-        "estimator",
-        "strategy",
-        "models",
-        "kendall_tau",
-        "tau_ci_low",
-        "tau_ci_high",
-        "kendall_p",
-        "weighted_tau",
-        "min_p",
-        "powered",
-    ]
+    columns = ["dataset", "estimator", "strategy", *CORRELATION_STATS, "seeds"]
+    columns += [f"realistic_{k}" for k in CORRELATION_STATS] + ["realistic_seeds"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _correlate(scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, strategy) -> dict:
+def _seed_counts(cells: pd.DataFrame) -> pd.DataFrame:
+    counts = cells.dropna(subset=["top1"]).groupby(["dataset", "model", "strategy"], sort=False)
+    return counts.size().rename("n").reset_index()
+
+
+def _seeds_per_source(truth: pd.DataFrame) -> dict[tuple, int]:
+    return {
+        (d, m, s): int(n)
+        for d, m, s, n in zip(
+            truth["dataset"], truth["model"], truth["strategy"], truth["n"], strict=True
+        )
+    }
+
+
+def _fewest(seeds: Mapping[tuple, int], dataset, strategy, models) -> float:
+    counts = [seeds[(dataset, m, strategy)] for m in models if (dataset, m, strategy) in seeds]
+    return min(counts) if counts else math.nan
+
+
+def _correlate(
+    scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, strategy, leave_out=()
+) -> dict:
+    """The statistics over the sources with both a score and an accuracy, less ``leave_out``;
+    ``sources`` lists the models that entered."""
     empty = {
+        "sources": [],
         "models": 0,
         "kendall_tau": math.nan,
         "tau_ci_low": math.nan,
@@ -151,6 +254,7 @@ def _correlate(scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, str
     s = _column_for(scores, dataset, estimator)
     a = _column_for(top1, dataset, strategy)
     both = s.to_frame("s").join(a.to_frame("a"), how="inner").dropna()
+    both = both[~both.index.isin(list(leave_out))]
     result = rank_correlation(both["s"].tolist(), both["a"].tolist())
     n = result["n"]
     powered = min_reachable_p(n) < ALPHA
@@ -161,6 +265,7 @@ def _correlate(scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, str
     )
     return {
         **empty,
+        "sources": list(both.index),
         "models": n,
         "kendall_tau": result["kendall_tau"],
         "tau_ci_low": low,
@@ -169,6 +274,66 @@ def _correlate(scores: pd.DataFrame, top1: pd.DataFrame, dataset, estimator, str
         "weighted_tau": result["weighted_tau"],
         "min_p": min_reachable_p(n),
         "powered": powered,
+    }
+
+
+GROUND_TRUTH_COLUMNS = [
+    "dataset",
+    "strategy",
+    "sources",
+    "models",
+    "seeds",
+    "max_seeds",
+    "few_seeds",
+    "best",
+    "best_top1",
+    "best_ci_low",
+    "best_ci_high",
+    "interval",
+    "within_best",
+    "top5_spread",
+]
+
+
+def ground_truth_table(truth: pd.DataFrame, weak: Iterable[str] = ()) -> pd.DataFrame:
+    """The ranking each tau is measured against, and how much of it is noise: per (dataset,
+    strategy) and source set, the sources ranked, the fewest and most seeds a source's mean
+    averages (``few_seeds`` below ``MIN_SEEDS``), the best source with its 95% interval, how
+    many other sources' means lie inside that interval (``within_best``: their order among
+    themselves is not established) and the gap from the best to the fifth (``top5_spread``)."""
+    weak = set(weak)
+    rows = []
+    for (dataset, strategy), group in truth.groupby(["dataset", "strategy"], sort=False):
+        subsets = [(ALL, group)]
+        if weak & set(group["model"]):
+            subsets.append((REALISTIC, group[~group["model"].isin(weak)]))
+        for name, part in subsets:
+            if len(part):
+                rows.append(
+                    {"dataset": dataset, "strategy": strategy, "sources": name, **_noise(part)}
+                )
+    return pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
+
+
+def _noise(part: pd.DataFrame) -> dict:
+    ranked = part.sort_values("mean", ascending=False, kind="stable")
+    best = ranked.iloc[0]
+    others = ranked["mean"].iloc[1:]
+    low = float(best["ci_low"])
+    return {
+        "models": len(ranked),
+        "seeds": int(ranked["n"].min()),
+        "max_seeds": int(ranked["n"].max()),
+        "few_seeds": bool(ranked["n"].min() < MIN_SEEDS),
+        "best": best["model"],
+        "best_top1": float(best["mean"]),
+        "best_ci_low": low,
+        "best_ci_high": float(best["ci_high"]),
+        "interval": best["interval"],
+        "within_best": math.nan if math.isnan(low) else int((others >= low).sum()),
+        "top5_spread": float(best["mean"] - ranked["mean"].iloc[4])
+        if len(ranked) >= 5
+        else math.nan,
     }
 
 
@@ -273,15 +438,29 @@ def _ordered(values) -> list:
 
 TITLES = {
     "scores": "Transferability scores (higher = predicted to transfer better) and actual top-1 (%)",
+    "ground_truth": "The ranking to recover: actual top-1 per source, and how much of it is noise",
     "correlation": "Rank correlation between estimator scores and actual top-1 across models, per dataset",
     "time": "Estimator time (features/logits + scoring) vs. fine-tuning time on the same models",
 }
 NOTES = {
+    "scores": (
+        "Means over seeds. weakened: a source built to be weak (scratch:, reinit-top:, random "
+        "weights, a trivial baseline), left out of the realistic taus."
+    ),
+    "ground_truth": (
+        f"Each source's top-1 is its mean over seeds; seeds: the fewest (and most) a source "
+        f"averages, marked below {MIN_SEEDS}. best: the best source with the report's "
+        f"{CI_LEVEL:.0%} interval (one seed: test-set noise only); within_best: how many other "
+        "sources' means lie inside that interval, so their order is not established; "
+        "top5_spread: points from the best to the fifth."
+    ),
     "correlation": (
         f"Kendall's tau-b with a {CI_LEVEL:.0%} percentile bootstrap interval over source models "
         f"({BOOTSTRAP_SAMPLES} resamples) and its exact p-value, shown where n models can reach "
         f"p < {ALPHA} (n >= 5; the smallest p is 2/n!: 0.33 for 3 models, 0.083 for 4); "
-        f"otherwise '{TOO_FEW}'."
+        f"otherwise '{TOO_FEW}'. Scores and top-1 are means over seeds; seeds: the fewest a "
+        f"ranked source's top-1 averages, marked below {MIN_SEEDS}. realistic_*: the same over "
+        "the sources that are not deliberately weakened (when some are)."
     ),
     "time": (
         f"The goal is an estimator at least {SPEEDUP_GOAL:.0f}x cheaper than fine-tuning the same "
@@ -289,6 +468,7 @@ NOTES = {
     ),
 }
 DIGITS = {
+    "top5_spread": 1,
     "kendall_tau": 2,
     "weighted_tau": 2,
     "kendall_p": 3,
@@ -298,42 +478,101 @@ DIGITS = {
 }
 # What the correlation table shows instead of the raw columns (see NOTES).
 CORRELATION_SHOWN = ["dataset", "estimator", "strategy", "models", "kendall_tau", "tau_95ci"]
-CORRELATION_SHOWN += ["kendall_p", "weighted_tau"]
+CORRELATION_SHOWN += ["kendall_p", "weighted_tau", "seeds"]
+REALISTIC_SHOWN = ["realistic_models", "realistic_tau", "realistic_95ci", "realistic_p"]
+REALISTIC_SHOWN += ["realistic_seeds"]
+GROUND_TRUTH_SHOWN = ["dataset", "strategy", "sources", "models", "seeds", "best", "best_top1"]
+GROUND_TRUTH_SHOWN += ["interval", "within_best", "top5_spread"]
 
 
 def formatted(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Strings for display: scores to 3 significant places, top-1 to 1 decimal, NaN as a dash;
-    correlations only where enough sources exist for significance (else "too few sources")."""
+    correlations only where enough sources exist for significance (else "too few sources"),
+    with the realistic-subset columns beside them when some sources are weakened."""
     if name == "correlation" and "powered" in frame:
         return _shown_correlation(frame)
+    if name == "ground_truth" and "few_seeds" in frame:
+        return _shown_ground_truth(frame)
     return frame.apply(lambda column: column.map(lambda v, c=column.name: _fmt(name, c, v)))
 
 
+def seeds_text(fewest, most=None) -> str:
+    """``3``, ``1-3``, marked ``(< 3)`` when the fewest is below ``MIN_SEEDS``."""
+    if fewest is None or (isinstance(fewest, float) and math.isnan(fewest)):
+        return MISSING
+    text = str(int(fewest)) if most is None or most == fewest else f"{int(fewest)}-{int(most)}"
+    return text + (f" (< {MIN_SEEDS})" if fewest < MIN_SEEDS else "")
+
+
+def _shown_ground_truth(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for row in frame.to_dict("records"):
+        interval = (row["best_ci_low"], row["best_ci_high"])
+        best = f"{row['best_top1']:.1f}" + (
+            ""
+            if any(math.isnan(v) for v in interval)
+            else f" [{interval[0]:.1f}, {interval[1]:.1f}]"
+        )
+        rows.append(
+            {
+                **{c: str(row[c]) for c in ("dataset", "strategy", "sources", "models", "best")},
+                "seeds": seeds_text(row["seeds"], row["max_seeds"]),
+                "best_top1": best,
+                "interval": row["interval"] or MISSING,
+                "within_best": MISSING
+                if math.isnan(row["within_best"])
+                else f"{int(row['within_best'])} of {row['models'] - 1}",
+                "top5_spread": _fmt("ground_truth", "top5_spread", row["top5_spread"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=GROUND_TRUTH_SHOWN)
+
+
 def _shown_correlation(frame: pd.DataFrame) -> pd.DataFrame:
+    subset = "realistic_models" in frame and bool(
+        (frame["realistic_models"] != frame["models"]).any()
+    )
     rows = []
     for row in frame.to_dict("records"):
         shown = {c: _fmt("correlation", c, row[c]) for c in ("dataset", "estimator", "strategy")}
-        shown["models"] = str(row["models"])
-        if not row["powered"]:
-            enough = f" ({row['models']}: min p {row['min_p']:.2g})" if row["models"] >= 2 else ""
+        shown.update(_shown_tau(row))
+        shown["seeds"] = seeds_text(row.get("seeds"))
+        if subset:
+            realistic = _shown_tau({k: row[f"realistic_{k}"] for k in CORRELATION_STATS})
             shown.update(
-                kendall_tau=TOO_FEW + enough,
-                tau_95ci=MISSING,
-                kendall_p=MISSING,
-                weighted_tau=MISSING,
-            )
-        else:
-            interval = (row["tau_ci_low"], row["tau_ci_high"])
-            shown.update(
-                kendall_tau=_fmt("correlation", "kendall_tau", row["kendall_tau"]),
-                tau_95ci=MISSING
-                if any(math.isnan(v) for v in interval)
-                else f"[{interval[0]:.2f}, {interval[1]:.2f}]",
-                kendall_p=_fmt("correlation", "kendall_p", row["kendall_p"]),
-                weighted_tau=_fmt("correlation", "weighted_tau", row["weighted_tau"]),
+                realistic_seeds=seeds_text(row.get("realistic_seeds")),
+                realistic_models=realistic["models"],
+                realistic_tau=realistic["kendall_tau"],
+                realistic_95ci=realistic["tau_95ci"],
+                realistic_p=realistic["kendall_p"],
             )
         rows.append(shown)
-    return pd.DataFrame(rows, columns=CORRELATION_SHOWN)
+    return pd.DataFrame(rows, columns=CORRELATION_SHOWN + (REALISTIC_SHOWN if subset else []))
+
+
+def _shown_tau(row: Mapping) -> dict:
+    """models, kendall_tau, tau_95ci, kendall_p and weighted_tau as text ("too few sources"
+    where n models cannot reach significance)."""
+    shown = {"models": str(row["models"])}
+    if not row["powered"]:
+        enough = f" ({row['models']}: min p {row['min_p']:.2g})" if row["models"] >= 2 else ""
+        return {
+            **shown,
+            "kendall_tau": TOO_FEW + enough,
+            "tau_95ci": MISSING,
+            "kendall_p": MISSING,
+            "weighted_tau": MISSING,
+        }
+    interval = (row["tau_ci_low"], row["tau_ci_high"])
+    return {
+        **shown,
+        "kendall_tau": _fmt("correlation", "kendall_tau", row["kendall_tau"]),
+        "tau_95ci": MISSING
+        if any(math.isnan(v) for v in interval)
+        else f"[{interval[0]:.2f}, {interval[1]:.2f}]",
+        "kendall_p": _fmt("correlation", "kendall_p", row["kendall_p"]),
+        "weighted_tau": _fmt("correlation", "weighted_tau", row["weighted_tau"]),
+    }
 
 
 def _fmt(table: str, column, value) -> str:
@@ -377,7 +616,8 @@ def render_transferability(tables: Mapping[str, pd.DataFrame], console) -> None:
             table.add_column(
                 str(column),
                 justify="left"
-                if column in ("dataset", "model", "estimator", "strategy")
+                if column
+                in ("dataset", "model", "estimator", "strategy", "sources", "best", "interval")
                 else "right",
             )
         for row in text.itertuples(index=False):
@@ -402,8 +642,70 @@ def transferability_html(tables: Mapping[str, pd.DataFrame]) -> str:
 
 
 def section_for_runs(cells_df: pd.DataFrame, run_dirs) -> dict[str, pd.DataFrame] | None:
-    """The section's tables when any of ``run_dirs`` holds estimates, else ``None``."""
+    """The section's tables when any of ``run_dirs`` holds estimates, else ``None``.
+
+    The runs' records combine: an estimate recorded in two runs counts once (the later run's,
+    as for cells), and means go over every seed any run recorded, so extra seeds run into
+    another directory join the ground truth. Runs that configure a shared id differently are
+    refused (``check_same_configuration``)."""
     from tlbench.transferability import load_estimates
 
-    estimates = [e for run_dir in run_dirs for e in load_estimates(run_dir)]
-    return transferability_tables(cells_df, estimates) if estimates else None
+    latest: dict[tuple, dict] = {}
+    for run_dir in run_dirs:
+        for record in load_estimates(run_dir):
+            key = (record.get("model"), record.get("dataset"), record.get("seed"))
+            latest[(*key, record.get("estimator"))] = {**record, "run_dir": str(run_dir)}
+    if not latest:
+        return None
+    estimates = list(latest.values())
+    check_same_configuration(cells_df, estimates)
+    return transferability_tables(cells_df, estimates)
+
+
+def check_same_configuration(cells_df: pd.DataFrame | None, estimates: Sequence[Mapping]) -> None:
+    """Refuse, in one line, to combine run directories that configure one model, dataset,
+    strategy or estimator id differently (reference, options or recipe version): their means
+    over seeds would mix two configurations. Records carry their ``run_dir``; differences
+    inside one run directory (an edited suite, resumed) are left to the run's own report."""
+    seen: dict[tuple[str, str], tuple[dict, str]] = {}
+    for kind, name, config, run_dir in _configurations(cells_df, estimates):
+        first, where = seen.setdefault((kind, name), (config, run_dir))
+        if config != first and run_dir != where:
+            differ = next(k for k in config if config[k] != first.get(k))
+            raise UserError(
+                f"{where} and {run_dir} configure {kind} {name!r} differently ({differ} "
+                f"{_compact(first.get(differ))} vs {_compact(config[differ])}): combine only "
+                "runs of one suite configuration (other seeds of the same cells)"
+            )
+
+
+def _configurations(cells_df: pd.DataFrame | None, estimates: Sequence[Mapping]):
+    """(kind, id, {reference, options, version}, run_dir) of every component of every record."""
+    rows = [] if cells_df is None or cells_df.empty else cells_df.to_dict("records")
+    for record in [*rows, *estimates]:
+        run_dir = str(record.get("run_dir") or "")
+        options = _mapping(record.get("options"))
+        versions = _mapping(record.get("versions"))
+        kinds = ["model", "dataset", "strategy" if "strategy" in record else "estimator"]
+        for kind in kinds:
+            version = versions.get(kind)
+            if kind == "dataset":
+                version = [version, versions.get("protocol")]
+            config = {
+                "reference": _text(record.get(f"{kind}_ref")),
+                "options": _mapping(options.get(kind)),
+                "version": version,
+            }
+            yield kind, record.get(kind), config, run_dir
+
+
+def _mapping(value) -> dict:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _compact(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
