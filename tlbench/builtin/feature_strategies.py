@@ -9,6 +9,7 @@ refit, as every strategy does) and hand per-example predictions to the runner.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,19 @@ EXTRACT_BATCH_SIZE = Option(
 _FACTORY = "tlbench.builtin.feature_strategies:"
 NORMALISATIONS = ("none", "l2", "cl2n")
 QUERY_CHUNK = 1024  # test rows per similarity matrix: bounds memory at chunk x bank floats
+
+
+def tuning_record(configurations: int, seconds: float, schedule: str, epochs: float = 0.0) -> dict:
+    """``hparams.tuning`` of a strategy that tunes without training epochs: the configurations
+    scored on val and the seconds that took (``tlbench.report.records.tuning`` reads it), so
+    reports can set its tuning budget beside the trained strategies'. ``schedule``: "grid"
+    (every candidate scored once) or "solver" (each candidate solved to its optimum)."""
+    return {
+        "configurations": configurations,
+        "epochs": float(epochs),
+        "train_s": round(seconds, 3),
+        "schedule": schedule,
+    }
 
 
 @dataclass
@@ -61,7 +75,9 @@ class FeatureClassifier:
             )
         num_classes = ctx.data.num_classes
         with meter.phase("train_s"):
+            started = time.perf_counter()
             choice, val_top1, tried = self.choose(feats["train"], feats["val"], num_classes)
+            tuning = tuning_record(len(tried), time.perf_counter() - started, "grid")
             fit = feats["trainval"] if self.options["refit"] else feats["train"]
         with meter.phase("eval_s"):
             logits = self.logits(fit, feats["test"][0], num_classes, choice)
@@ -77,6 +93,7 @@ class FeatureClassifier:
                 "refit": self.options["refit"],
                 "precision": precision,
                 "sweep": tried,
+                "tuning": tuning,
             },
             cost=cost | {"prefix_cache": True},
             predictions=cell_predictions(ctx, logits, test_labels),
