@@ -15,8 +15,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from tlbench.api import Option, StrategySpec, UserError, hookimpl
+from tlbench.specs import PRECISIONS
 
-# Every strategy that extracts frozen features takes this option (the probe, k-NN, NCM).
+# Every strategy that classifies frozen features takes these options (the probe, k-NN, NCM).
+PRECISION = Option(
+    "precision",
+    str,
+    default="auto",
+    help="Feature extraction precision.",
+    choices=PRECISIONS,
+)
+REFIT = Option(
+    "refit",
+    bool,
+    default=True,
+    help="Answer the test split from train+val with the choice made on val (true), or from train only.",
+)
 EXTRACT_BATCH_SIZE = Option(
     "extract_batch_size",
     int,
@@ -24,6 +38,7 @@ EXTRACT_BATCH_SIZE = Option(
     help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
     minimum=1,
 )
+FEATURE_OPTIONS = (PRECISION, REFIT, EXTRACT_BATCH_SIZE)
 
 _FACTORY = "tlbench.builtin.feature_strategies:"
 NORMALISATIONS = ("none", "l2", "cl2n")
@@ -213,23 +228,6 @@ def make_ncm(options: Mapping[str, Any]) -> NearestClassMean:
     return NearestClassMean(dict(options))
 
 
-_COMMON = (
-    Option(
-        "precision",
-        str,
-        default="auto",
-        help="Feature extraction precision.",
-        choices=("auto", "fp32", "bf16", "fp16"),
-    ),
-    Option(
-        "refit",
-        bool,
-        default=True,
-        help="Answer the test split from train+val (true) or from train only.",
-    ),
-    EXTRACT_BATCH_SIZE,
-)
-
 SPECS = (
     StrategySpec(
         "knn",
@@ -252,7 +250,7 @@ SPECS = (
                 minimum=0.0,
             ),
         )
-        + _COMMON,
+        + FEATURE_OPTIONS,
         tags=("frozen", "cached", "non-parametric"),
     ),
     StrategySpec(
@@ -269,7 +267,7 @@ SPECS = (
                 sweep=True,
             ),
         )
-        + _COMMON,
+        + FEATURE_OPTIONS,
         tags=("frozen", "cached"),
     ),
 )

@@ -22,7 +22,7 @@ from tlbench.api import (
     hookimpl,
     training_options,
 )
-from tlbench.builtin.feature_strategies import EXTRACT_BATCH_SIZE, tuning_record
+from tlbench.builtin.feature_strategies import FEATURE_OPTIONS, tuning_record
 from tlbench.builtin.layer_choice import UNITS, GroupStrategy, by_fraction, model_groups, select
 
 _FACTORY = "tlbench.builtin.strategies:"
@@ -295,21 +295,7 @@ LINEAR_PROBE_OPTIONS = (
         help="Interval-halving rounds around the best grid point.",
         minimum=0,
     ),
-    Option(
-        "precision",
-        str,
-        default="auto",
-        help="Feature extraction precision.",
-        choices=("auto", "fp32", "bf16", "fp16"),
-    ),
-    Option(
-        "refit",
-        bool,
-        default=True,
-        help="Refit on train+val with the chosen strength before testing.",
-    ),
-    EXTRACT_BATCH_SIZE,
-)
+) + FEATURE_OPTIONS
 
 SPECS = (
     StrategySpec(
