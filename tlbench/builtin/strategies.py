@@ -23,7 +23,13 @@ from tlbench.api import (
     training_options,
 )
 from tlbench.builtin.feature_strategies import FEATURE_OPTIONS, tuning_record
-from tlbench.builtin.layer_choice import UNITS, GroupStrategy, by_fraction, model_groups, select
+from tlbench.builtin.layer_choice import (
+    GroupStrategy,
+    by_fraction,
+    model_groups,
+    select,
+    unit_option,
+)
 
 _FACTORY = "tlbench.builtin.strategies:"
 
@@ -332,13 +338,7 @@ SPECS = (
                 default=None,
                 help="Instead: the groups that train, comma-separated positions (-1), slices (-3:), first/middle/last, or module names (blocks.5).",
             ),
-            Option(
-                "unit",
-                str,
-                default="block",
-                help="Layer-group granularity: timm's blocks (group_matcher fine) or stages (coarse).",
-                choices=UNITS,
-            ),
+            unit_option("block"),
         )
         + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("partial", "cached"),
