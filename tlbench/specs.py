@@ -12,6 +12,9 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 _MISSING = object()
+# The numeric precisions the engine runs in ("auto" resolves per device,
+# tlbench.engine.resolve_precision): kept here so options list them without importing torch.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLIT_SIZE_LIMIT = 10**9  # images in a split: larger values are typos, never a real dataset
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from tlbench.errors import UserError
-from tlbench.specs import Option
+from tlbench.specs import PRECISIONS, Option
 
 __all__ = [
     "FineTuneStrategy",
@@ -178,7 +178,7 @@ def _training_options(lr, epochs, weight_decay, batch_size) -> tuple[Option, ...
             str,
             default="auto",
             help="auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), fp16 with loss scaling on older GPUs, fp32 on CPU.",
-            choices=("auto", "fp32", "bf16", "fp16"),
+            choices=PRECISIONS,
         ),
         Option(
             "augment",

@@ -9,13 +9,28 @@ refit, as every strategy does) and hand per-example predictions to the runner.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tlbench.api import Option, StrategySpec, UserError, hookimpl
+from tlbench.specs import PRECISIONS
 
-# Every strategy that extracts frozen features takes this option (the probe, k-NN, NCM).
+# Every strategy that classifies frozen features takes these options (the probe, k-NN, NCM).
+PRECISION = Option(
+    "precision",
+    str,
+    default="auto",
+    help="Feature extraction precision.",
+    choices=PRECISIONS,
+)
+REFIT = Option(
+    "refit",
+    bool,
+    default=True,
+    help="Answer the test split from train+val with the choice made on val (true), or from train only.",
+)
 EXTRACT_BATCH_SIZE = Option(
     "extract_batch_size",
     int,
@@ -23,10 +38,24 @@ EXTRACT_BATCH_SIZE = Option(
     help="Images per feature-extraction batch; default: sized to the memory available (at most 256).",
     minimum=1,
 )
+FEATURE_OPTIONS = (PRECISION, REFIT, EXTRACT_BATCH_SIZE)
 
 _FACTORY = "tlbench.builtin.feature_strategies:"
 NORMALISATIONS = ("none", "l2", "cl2n")
 QUERY_CHUNK = 1024  # test rows per similarity matrix: bounds memory at chunk x bank floats
+
+
+def tuning_record(configurations: int, seconds: float, schedule: str, epochs: float = 0.0) -> dict:
+    """``hparams.tuning`` of a strategy that tunes without training epochs: the configurations
+    scored on val and the seconds that took (``tlbench.report.records.tuning`` reads it), so
+    reports can set its tuning budget beside the trained strategies'. ``schedule``: "grid"
+    (every candidate scored once) or "solver" (each candidate solved to its optimum)."""
+    return {
+        "configurations": configurations,
+        "epochs": float(epochs),
+        "train_s": round(seconds, 3),
+        "schedule": schedule,
+    }
 
 
 @dataclass
@@ -61,7 +90,9 @@ class FeatureClassifier:
             )
         num_classes = ctx.data.num_classes
         with meter.phase("train_s"):
+            started = time.perf_counter()
             choice, val_top1, tried = self.choose(feats["train"], feats["val"], num_classes)
+            tuning = tuning_record(len(tried), time.perf_counter() - started, "grid")
             fit = feats["trainval"] if self.options["refit"] else feats["train"]
         with meter.phase("eval_s"):
             logits = self.logits(fit, feats["test"][0], num_classes, choice)
@@ -77,6 +108,7 @@ class FeatureClassifier:
                 "refit": self.options["refit"],
                 "precision": precision,
                 "sweep": tried,
+                "tuning": tuning,
             },
             cost=cost | {"prefix_cache": True},
             predictions=cell_predictions(ctx, logits, test_labels),
@@ -196,23 +228,6 @@ def make_ncm(options: Mapping[str, Any]) -> NearestClassMean:
     return NearestClassMean(dict(options))
 
 
-_COMMON = (
-    Option(
-        "precision",
-        str,
-        default="auto",
-        help="Feature extraction precision.",
-        choices=("auto", "fp32", "bf16", "fp16"),
-    ),
-    Option(
-        "refit",
-        bool,
-        default=True,
-        help="Answer the test split from train+val (true) or from train only.",
-    ),
-    EXTRACT_BATCH_SIZE,
-)
-
 SPECS = (
     StrategySpec(
         "knn",
@@ -235,7 +250,7 @@ SPECS = (
                 minimum=0.0,
             ),
         )
-        + _COMMON,
+        + FEATURE_OPTIONS,
         tags=("frozen", "cached", "non-parametric"),
     ),
     StrategySpec(
@@ -252,7 +267,7 @@ SPECS = (
                 sweep=True,
             ),
         )
-        + _COMMON,
+        + FEATURE_OPTIONS,
         tags=("frozen", "cached"),
     ),
 )

@@ -20,9 +20,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tlbench.api import FineTuneStrategy, UserError, head_names, probe_model
+from tlbench.api import FineTuneStrategy, Option, UserError, head_names, probe_model
 
 UNITS = ("stage", "block")
+_UNIT_WORDS = {"stage": ("stages", "coarse"), "block": ("blocks", "fine")}
 _SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
 _ALIASES = ("first", "middle", "last")
 
@@ -34,6 +35,19 @@ class LayerGroup:
     name: str
     params: tuple[str, ...]
     size: int
+
+
+def unit_option(default: str) -> Option:
+    """The ``unit`` option of every strategy or model that chooses layer groups."""
+    other = next(unit for unit in UNITS if unit != default)
+    (first, first_matcher), (second, second_matcher) = _UNIT_WORDS[default], _UNIT_WORDS[other]
+    return Option(
+        "unit",
+        str,
+        default=default,
+        help=f"Layer-group granularity: timm's {first} (group_matcher {first_matcher}) or {second} ({second_matcher}).",
+        choices=UNITS,
+    )
 
 
 def model_groups(model, unit: str = "block") -> list[LayerGroup]:

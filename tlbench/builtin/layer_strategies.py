@@ -25,25 +25,15 @@ from tlbench.api import (
     training_options,
 )
 from tlbench.builtin.layer_choice import (
-    UNITS,
     GroupStrategy,
     LayerGroup,
     model_groups,
     reinitialise,
     select,
+    unit_option,
 )
 
 _FACTORY = "tlbench.builtin.layer_strategies:"
-
-
-def _unit_option(default: str) -> Option:
-    return Option(
-        "unit",
-        str,
-        default=default,
-        help="Layer-group granularity: timm's stages (group_matcher coarse) or blocks (fine).",
-        choices=UNITS,
-    )
 
 
 # ------------------------------------------------------------------------------ layer transfer
@@ -267,7 +257,7 @@ STRATEGIES = (
                 choices=("frozen", "finetune"),
                 axis=True,
             ),
-            _unit_option("stage"),
+            unit_option("stage"),
         )
         + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("layers", "study"),
@@ -287,7 +277,7 @@ STRATEGIES = (
                 help="Which group trains: first, middle, last, a position (-1), a slice (2:4) or a module name (blocks.3); a list gives one cell per value.",
                 axis=True,
             ),
-            _unit_option("stage"),
+            unit_option("stage"),
         )
         + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("layers", "partial", "cached"),
@@ -341,7 +331,7 @@ def register_models(register):
                     help="Layer groups re-initialised, counted from the output side (the head is kept).",
                     minimum=0,
                 ),
-                _unit_option("stage"),
+                unit_option("stage"),
             ),
             takes_argument=True,
             argument_help="a registered model without required options, e.g. efficientnet_lite0.in1k",

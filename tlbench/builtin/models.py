@@ -172,92 +172,86 @@ _SELF_PRETRAINED = (
 )
 
 
+SPECS = (
+    ModelSpec(
+        name="pixels",
+        factory="tlbench.builtin.baselines:pixels_model",
+        description="Trivial baseline: the image itself, flattened (a linear probe on raw pixels); every transfer claim must beat it",
+        tags=("baseline", "trivial", "offline"),
+        card={"architecture": "flattened pixels", "trivial_baseline": True},
+    ),
+    ModelSpec(
+        name="random-features",
+        factory="tlbench.builtin.baselines:random_features_model",
+        description="Trivial baseline: a fixed random ReLU projection of the pixels (Rahimi & Recht 2007)",
+        options=(
+            Option(
+                "dim",
+                int,
+                default=4096,
+                help="Number of random features.",
+                minimum=1,
+                maximum=1_000_000,
+            ),
+        ),
+        tags=("baseline", "trivial", "offline"),
+        card={"architecture": "random ReLU features", "trivial_baseline": True},
+    ),
+    *(
+        ModelSpec(
+            name=packaged.name,
+            factory=f"tlbench.builtin.model_sources:{packaged.name.replace('.', '_')}",
+            description=f"ImageNet-1k {packaged.arch} weights from the PyPI package {packaged.distribution}",
+            tags=("imagenet", "pretrained", "offline"),
+            card={"architecture": packaged.arch, "weights": packaged.distribution},
+            available=_installed(packaged.module, packaged.distribution),
+        )
+        for packaged in PACKAGED.values()
+    ),
+    ModelSpec(
+        name="scratch",
+        factory="tlbench.builtin.model_sources:scratch_model",
+        description="Any timm architecture with random initialisation (the no-transfer baseline; trained under the from-scratch recipe)",
+        takes_argument=True,
+        argument_help="timm architecture, e.g. resnet18",
+        tags=("random", "baseline", "offline"),
+        card={"weights": "random"},
+        available=_installed("timm", "timm"),
+    ),
+    ModelSpec(
+        name="timm",
+        factory="tlbench.builtin.model_sources:timm_model",
+        description="Any timm model with a pretrained tag, downloaded from the Hugging Face hub",
+        takes_argument=True,
+        argument_help="architecture.tag, e.g. resnet18.a1_in1k",
+        tags=("pretrained", "hub"),
+        available=_hub_available,
+    ),
+    ModelSpec(
+        name="file",
+        factory="tlbench.builtin.model_sources:file_model",
+        description="A local checkpoint loaded into a timm architecture through timm's own pretrained-file mechanism",
+        options=(_PATH,),
+        takes_argument=True,
+        argument_help="timm architecture (optionally .tag to pick that tag's preprocessing), e.g. resnet18.a1_in1k",
+        tags=("pretrained", "local", "offline"),
+        available=_installed("timm", "timm"),
+    ),
+    ModelSpec(
+        name="self-pretrained",
+        factory="tlbench.builtin.self_pretrained:self_pretrained_model",
+        description="A timm architecture pretrained inside the suite on a registered source dataset (cached by content)",
+        options=_SELF_PRETRAINED,
+        takes_argument=True,
+        argument_help="timm architecture, e.g. resnet18",
+        tags=("pretrained", "offline"),
+        available=_installed("timm", "timm"),
+        version="2",  # 2: trains on the source reserve only (tlbench.splits, tlbench.leakage)
+    ),
+)
+
+
 @hookimpl
 def register_models(register):
-    register(
-        ModelSpec(
-            name="pixels",
-            factory="tlbench.builtin.baselines:pixels_model",
-            description="Trivial baseline: the image itself, flattened (a linear probe on raw pixels); every transfer claim must beat it",
-            tags=("baseline", "trivial", "offline"),
-            card={"architecture": "flattened pixels", "trivial_baseline": True},
-        )
-    )
-    register(
-        ModelSpec(
-            name="random-features",
-            factory="tlbench.builtin.baselines:random_features_model",
-            description="Trivial baseline: a fixed random ReLU projection of the pixels (Rahimi & Recht 2007)",
-            options=(
-                Option(
-                    "dim",
-                    int,
-                    default=4096,
-                    help="Number of random features.",
-                    minimum=1,
-                    maximum=1_000_000,
-                ),
-            ),
-            tags=("baseline", "trivial", "offline"),
-            card={"architecture": "random ReLU features", "trivial_baseline": True},
-        )
-    )
-    for packaged in PACKAGED.values():
-        register(
-            ModelSpec(
-                name=packaged.name,
-                factory=f"tlbench.builtin.model_sources:{packaged.name.replace('.', '_')}",
-                description=f"ImageNet-1k {packaged.arch} weights from the PyPI package {packaged.distribution}",
-                tags=("imagenet", "pretrained", "offline"),
-                card={"architecture": packaged.arch, "weights": packaged.distribution},
-                available=_installed(packaged.module, packaged.distribution),
-            )
-        )
-    register(
-        ModelSpec(
-            name="scratch",
-            factory="tlbench.builtin.model_sources:scratch_model",
-            description="Any timm architecture with random initialisation (the no-transfer baseline; trained under the from-scratch recipe)",
-            takes_argument=True,
-            argument_help="timm architecture, e.g. resnet18",
-            tags=("random", "baseline", "offline"),
-            card={"weights": "random"},
-            available=_installed("timm", "timm"),
-        )
-    )
-    register(
-        ModelSpec(
-            name="timm",
-            factory="tlbench.builtin.model_sources:timm_model",
-            description="Any timm model with a pretrained tag, downloaded from the Hugging Face hub",
-            takes_argument=True,
-            argument_help="architecture.tag, e.g. resnet18.a1_in1k",
-            tags=("pretrained", "hub"),
-            available=_hub_available,
-        )
-    )
-    register(
-        ModelSpec(
-            name="file",
-            factory="tlbench.builtin.model_sources:file_model",
-            description="A local checkpoint loaded into a timm architecture through timm's own pretrained-file mechanism",
-            options=(_PATH,),
-            takes_argument=True,
-            argument_help="timm architecture (optionally .tag to pick that tag's preprocessing), e.g. resnet18.a1_in1k",
-            tags=("pretrained", "local", "offline"),
-            available=_installed("timm", "timm"),
-        )
-    )
-    register(
-        ModelSpec(
-            name="self-pretrained",
-            factory="tlbench.builtin.self_pretrained:self_pretrained_model",
-            description="A timm architecture pretrained inside the suite on a registered source dataset (cached by content)",
-            options=_SELF_PRETRAINED,
-            takes_argument=True,
-            argument_help="timm architecture, e.g. resnet18",
-            tags=("pretrained", "offline"),
-            available=_installed("timm", "timm"),
-            version="2",  # 2: trains on the source reserve only (tlbench.splits, tlbench.leakage)
-        )
-    )
+    for spec in SPECS:
+        register(spec)

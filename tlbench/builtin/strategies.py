@@ -22,8 +22,14 @@ from tlbench.api import (
     hookimpl,
     training_options,
 )
-from tlbench.builtin.feature_strategies import EXTRACT_BATCH_SIZE
-from tlbench.builtin.layer_choice import UNITS, GroupStrategy, by_fraction, model_groups, select
+from tlbench.builtin.feature_strategies import FEATURE_OPTIONS, tuning_record
+from tlbench.builtin.layer_choice import (
+    GroupStrategy,
+    by_fraction,
+    model_groups,
+    select,
+    unit_option,
+)
 
 _FACTORY = "tlbench.builtin.strategies:"
 
@@ -87,6 +93,7 @@ class LinearProbeThenFineTune(FineTuneStrategy):
 
     _probes: dict = field(default_factory=dict)
     _reuse: dict = field(default_factory=lambda: {"computed": 0, "reused": 0})
+    _probe_time: dict = field(default_factory=dict)  # the probe search's seconds (_probe)
 
     @property
     def probe_scaling(self) -> str:
@@ -116,13 +123,22 @@ class LinearProbeThenFineTune(FineTuneStrategy):
         from tlbench.engine.probes import probe_fit, probe_search
 
         if "search" not in self._probes:
+            started = time.perf_counter()
+            feats = self._features(ctx, ("train", "val"))
+            searching = time.perf_counter()
             self._probes["search"] = probe_search(
                 ctx,
-                self._features(ctx, ("train", "val")),
+                feats,
                 grid=DEFAULT_L2_GRID,
                 refine_steps=DEFAULT_REFINE_STEPS,
                 scaling=self.probe_scaling,
             )
+            done = time.perf_counter()
+            self._probe_time = {
+                "features_s": searching - started,
+                "search_s": done - searching,
+                "phase": phase,
+            }
         search = self._probes["search"].value
         if phase == "search":
             return search.head
@@ -143,10 +159,32 @@ class LinearProbeThenFineTune(FineTuneStrategy):
         result.hparams["probe_scaling"] = self.probe_scaling
         result.hparams["sweep_probe"] = search.value.tried
         result.hparams["probe_shared"] = search.shared
+        result.hparams["tuning"] = self._tuning(result.hparams["tuning"], search)
         result.cost.update(
             features_computed=self._reuse["computed"], features_reused=self._reuse["reused"]
         )
         return result
+
+    def _tuning(self, fine_tune: dict, search) -> dict:
+        """Both stages' tuning: the probe's strengths solved on val and the fine-tuning sweep,
+        each under ``stages``, with their sums in the fields every strategy records. The probe
+        is searched while the first fine-tuning candidate is built, so its seconds (and its
+        features') are taken out of the sweep's. A probe read from the cache (``shared``) was
+        paid for by the cell that fitted it: its seconds here are the read's."""
+        timed = self._probe_time
+        fine_tune = dict(fine_tune)
+        if timed.get("phase") == "search":
+            inside = timed["features_s"] + timed["search_s"]
+            fine_tune["train_s"] = round(max(0.0, fine_tune["train_s"] - inside), 3)
+        probe = tuning_record(len(search.value.tried), timed.get("search_s", 0.0), "solver")
+        probe["shared"] = search.shared
+        return {
+            "configurations": probe["configurations"] + fine_tune["configurations"],
+            "epochs": fine_tune["epochs"],
+            "train_s": round(probe["train_s"] + fine_tune["train_s"], 3),
+            "schedule": f"solver + {fine_tune['schedule']}",
+            "stages": {"probe": probe, "fine-tune": fine_tune},
+        }
 
 
 # ------------------------------------------------------------------------------ linear probe
@@ -215,12 +253,7 @@ class LinearProbe:
                 "sweep": search.tried,
                 # The strengths tried, each solved to its optimum (no epochs), beside the
                 # trained strategies' "tuning" so reports can show tuning effort side by side.
-                "tuning": {
-                    "configurations": len(search.tried),
-                    "epochs": 0.0,
-                    "train_s": round(search_s, 3),
-                    "schedule": "solver",
-                },
+                "tuning": tuning_record(len(search.tried), search_s, "solver"),
             },
             cost=meter.as_dict(trainable=trainable, total=feats.backbone_params + trainable)
             | {"prefix_cache": True}
@@ -268,21 +301,7 @@ LINEAR_PROBE_OPTIONS = (
         help="Interval-halving rounds around the best grid point.",
         minimum=0,
     ),
-    Option(
-        "precision",
-        str,
-        default="auto",
-        help="Feature extraction precision.",
-        choices=("auto", "fp32", "bf16", "fp16"),
-    ),
-    Option(
-        "refit",
-        bool,
-        default=True,
-        help="Refit on train+val with the chosen strength before testing.",
-    ),
-    EXTRACT_BATCH_SIZE,
-)
+) + FEATURE_OPTIONS
 
 SPECS = (
     StrategySpec(
@@ -319,13 +338,7 @@ SPECS = (
                 default=None,
                 help="Instead: the groups that train, comma-separated positions (-1), slices (-3:), first/middle/last, or module names (blocks.5).",
             ),
-            Option(
-                "unit",
-                str,
-                default="block",
-                help="Layer-group granularity: timm's blocks (group_matcher fine) or stages (coarse).",
-                choices=UNITS,
-            ),
+            unit_option("block"),
         )
         + training_options(lr=[3e-4, 1e-3, 3e-3], epochs=15),
         tags=("partial", "cached"),

@@ -33,7 +33,6 @@ import torch
 from tlbench.errors import UserError
 
 T = TypeVar("T")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DETERMINISTIC_ENV = "TLBENCH_DETERMINISTIC"
 TF32_ENV = "TLBENCH_TF32"
 CUBLAS_WORKSPACE = ":4096:8"
