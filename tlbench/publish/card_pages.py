@@ -13,9 +13,10 @@ from tlbench.publish.html import (
     table,
     td,
 )
-from tlbench.publish.leaderboard import Score, baseline_model
+from tlbench.publish.leaderboard import Score
 from tlbench.publish.paths import cell_path, suite_index_path
 from tlbench.publish.variants import Group, SuiteView
+from tlbench.report.records import FROM_SCRATCH
 
 
 def model_page(
@@ -23,17 +24,15 @@ def model_page(
 ) -> str:
     rows = [m for m in view.models if m.id == model_id]
     groups = [g for g in view.groups if g.model.id == model_id]
-    baseline = baseline_model(view)
     body = []
     for row in rows:
         mine = [g for g in groups if g.model.key == row.key]
         body.append(f"<h2>{esc(row.label)}: {esc(row.ref)}</h2>")
         if row.index:
             body.append(note(f"A separate variant of {row.id}: {row.difference}", "warning"))
-        if baseline is not None and baseline.key == row.key:
-            body.append(note("Trained from scratch: the suite's baseline for the gains."))
-        elif any(g.baseline for g in mine):
-            body.append(note("Trained from scratch."))
+        roles = {g.strategy.label: g.role for g in mine if g.role}
+        if roles:
+            body.append(note(_roles_text(roles)))
         body += ["<h3>Cells</h3>", _grid(view, mine, "strategy", "dataset", page, scores)]
         body += ["<h3>Model card</h3>", _card(mine, "model_card")]
     crumbs = [(view.name, suite_index_path(view.name)), (f"model {model_id}", None)]
@@ -115,3 +114,17 @@ def _runs(view: SuiteView, groups: list[Group]) -> list:
         r.label for g in groups for e in g.entries for r in [e.run, *(o for _, o in e.superseded)]
     }
     return [run for run in view.runs if run.label in labels]
+
+
+def _roles_text(roles: dict[str, str]) -> str:
+    """What a randomly initialised model's cells measure, per strategy (the report's roles)."""
+    parts = [
+        f"{role} with {', '.join(s for s, r in roles.items() if r == role)}"
+        for role in dict.fromkeys(roles.values())
+    ]
+    text = "Randomly initialised: " + "; ".join(parts) + "."
+    if FROM_SCRATCH in roles.values():
+        text += (
+            " Gains over training from scratch are measured against its trained-from-scratch cells."
+        )
+    return text

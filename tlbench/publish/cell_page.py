@@ -30,6 +30,7 @@ from tlbench.publish.paths import (
     suite_index_path,
 )
 from tlbench.publish.variants import Group, SuiteView
+from tlbench.report.records import FROM_SCRATCH
 
 CONFUSION_MAX_CLASSES = 25  # beyond this a matrix is unreadable; list the top confusions
 TOP_CONFUSIONS = 20
@@ -44,12 +45,12 @@ def cell_page(
     board_page: str,
     site: SiteInfo,
     evidences: dict[str, Evidence],
-    baseline: Score | None = None,
+    reference: Score | None = None,
     ranked: int = 0,
 ) -> str:
     title = f"{group.model.label} on {group.dataset.label} with {group.strategy.label}"
     body = [
-        _summary(view, group, score, page, board_page, site.metric, baseline, ranked),
+        _summary(view, group, score, page, board_page, site.metric, reference, ranked),
         *[note(text, "warning") for text in _variant_notes(group)],
         "<h2>Seeds</h2>",
         _seed_table(group, page, site.metric),
@@ -73,23 +74,24 @@ def cell_page(
     return document(page, title, "\n".join(body), site, runs, crumbs)
 
 
-def _summary(view, group, score, page, board_page, metric, baseline, ranked) -> str:
+def _summary(view, group, score, page, board_page, metric, reference, ranked) -> str:
     parts = [f"<strong>{esc(metric)} {esc(score.text)}</strong>"]
     parts.append(
         f"{score.n} of {len(group.entries)} seed{'s' if len(group.entries) != 1 else ''} finished ok"
     )
     if score.rank is not None:
         parts.append(f"rank {score.rank:g} of {ranked} on {esc(group.dataset.label)}")
-    if baseline is not None and baseline.group is not group:
-        target = cell_path(
-            view.name, baseline.group.model.key, group.dataset.key, group.strategy.key
-        )
-        gain = "—" if score.gain is None else f"{score.gain:+.1f}"
+    if group.role:
+        parts.append(esc(group.role))
+    if reference is not None and reference.group is group:
         parts.append(
-            f"{gain} points over {link(page, target, baseline.group.model.label)} (from scratch, same strategy)"
+            f"the {FROM_SCRATCH} cell gains on {esc(group.dataset.label)} are measured against"
         )
-    elif baseline is not None:
-        parts.append("the suite's from-scratch baseline")
+    elif reference is not None and score.gain is not None:
+        ref = reference.group
+        target = cell_path(view.name, ref.model.key, ref.dataset.key, ref.strategy.key)
+        label = f"{ref.model.label} / {ref.strategy.label}"
+        parts.append(f"{score.gain:+.1f} points over {link(page, target, label)} ({FROM_SCRATCH})")
     links = " · ".join(
         [
             link(page, model_path(view.name, group.model.id), f"model {group.model.id}"),

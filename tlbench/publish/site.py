@@ -24,7 +24,7 @@ from tlbench.publish.cell_page import cell_page
 from tlbench.publish.discover import find_run_dirs
 from tlbench.publish.gallery import GALLERY_SIZE, Thumbnails, evidence
 from tlbench.publish.html import SiteInfo
-from tlbench.publish.leaderboard import Leaderboard, build_leaderboard
+from tlbench.publish.leaderboard import Leaderboard, build_leaderboard, from_scratch_references
 from tlbench.publish.merge import merge_runs
 from tlbench.publish.notes import Notes
 from tlbench.publish.paths import (
@@ -157,7 +157,8 @@ def _write_site(writer, views, runs, defaults, site, notes, thumbs, targets, gal
     for name in ASSET_FILES:
         writer.write(f"{ASSETS}/{name}", (resources.files(__package__) / ASSETS / name).read_text())
     for view in views:
-        boards = [build_leaderboard(view, s, site.metric) for s in view.strategies]
+        references = from_scratch_references(view, site.metric)
+        boards = [build_leaderboard(view, s, site.metric, references) for s in view.strategies]
         scores = {
             row_score.group.id: row_score
             for b in boards
@@ -190,10 +191,7 @@ def _write_cells(
     for row in board.rows:
         for dataset_key, score in row.scores.items():
             group = score.group
-            reference = None
-            if board.baseline is not None:
-                base_row = next((r for r in board.rows if r.model.key == board.baseline.key), None)
-                reference = base_row.scores.get(dataset_key) if base_row else None
+            reference = board.references.get(dataset_key)
             ranked = sum(1 for r in board.rows if dataset_key in r.scores)
             found = {
                 e.id: evidence(e, site.metric, targets, thumbs, gallery_size) for e in group.entries

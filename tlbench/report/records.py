@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,22 @@ def init_role(
     except (TypeError, ValueError):
         pass
     return FROM_SCRATCH if strategy_ref in _TRAINS_ALL else RANDOM_FEATURES
+
+
+def is_trivial(model_card: Any) -> bool:
+    """A trivial baseline (raw pixels, random features): its card says ``trivial_baseline``."""
+    return isinstance(model_card, Mapping) and bool(model_card.get("trivial_baseline"))
+
+
+def reference_position(val_means: Sequence[float]) -> int | None:
+    """Which of the candidate reference cells of one dataset (in suite order, each with a
+    value) a gain is measured against: the best validation top-1, chosen without the test set,
+    else the first; ``None`` without candidates. Report and site both choose with it the
+    trained-from-scratch cell (``FROM_SCRATCH``) that gains "over scratch" compare with."""
+    if not val_means:
+        return None
+    known = [(value, -at) for at, value in enumerate(val_means) if not math.isnan(value)]
+    return -max(known)[1] if known else 0
 
 
 def still_improving(hparams: Any) -> bool:
