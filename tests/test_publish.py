@@ -625,7 +625,7 @@ def test_a_truncated_line_is_reported_and_the_site_still_builds(tmp_path):
         fh.write('{"config_hash": "abc", "model": "lite0-scr')
     code, output = publish(run, "-o", tmp_path / "site")
     assert code == 0
-    assert f"warning: {run / 'cells.jsonl'}:2: truncated or garbled record; skipped" in output
+    assert f"warning: {run / 'cells.jsonl'}:2: skipped a truncated or garbled record" in output
     front = Page(tmp_path / "site" / "index.html")
     assert "Left out while building" in front.body and "cells.jsonl:2" in front.body
 
@@ -641,12 +641,37 @@ def test_records_that_are_not_cell_records_are_skipped_with_a_reason(tmp_path):
         fh.write('[1, 2]\n{"suite": "quickstart"}\n{"schema": 9, "suite": "x"}\n')
     code, output = publish(run, "-o", tmp_path / "site")
     assert code == 0
-    assert "cells.jsonl:2: not a JSON object; skipped" in output
+    # The report's checks in the report's words (tlbench.report.records), left out of the site.
+    assert "cells.jsonl:2: not a JSON object; left out of the site" in output
     assert (
-        "cells.jsonl:3: lacks config_hash, model, dataset, strategy, seed, status (not a tlbench cell record); skipped"
-        in output
+        "cells.jsonl:3: lacks model, dataset, strategy, seed, status, not a tlbench cell record; "
+        "left out of the site" in output
     )
-    assert "cells.jsonl:4: record schema 9, this tlbench reads schema 1; skipped" in output
+    assert (
+        "cells.jsonl:4: has schema 9; this tlbench reads schema 1; left out of the site" in output
+    )
+
+
+def test_a_record_the_report_counts_as_malformed_is_malformed_on_the_site_in_its_words(tmp_path):
+    from tlbench.report.records import load_records
+    from tlbench.safeio import TlbenchWarning
+
+    good = pick("lite0-imagenet", "digits", "linear-probe")
+    bad = reseeded(good, 1)
+    bad["metrics"]["top1"] = None
+    run = write_run(tmp_path / "a", [good, bad], "run-a", predictions=False)
+    code, output = publish(run, "-o", tmp_path / "site")
+    assert code == 0, output
+    line = (
+        f"{run / 'cells.jsonl'}:2 (lite0-imagenet / digits / linear-probe / seed 1): status 'ok' "
+        "but metrics.top1 is None, expected a number in [0, 100]; counted as malformed, in no mean"
+    )
+    assert f"warning: {line}" in output
+    with pytest.warns(TlbenchWarning, match=re.escape(line)):
+        load_records(run)
+    rows = table_rows(Page(tmp_path / "site" / "suites" / "quickstart" / "index.html"), "#")
+    assert number(rows[0][2]) == f"{good['metrics']['top1']:.1f} ± {interval(good):.1f}"
+    assert "(1 malformed)" in rows[0][2]
 
 
 def test_paths_that_are_not_run_directories_are_reported_and_skipped(tmp_path):
