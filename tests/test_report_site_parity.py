@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tlbench.publish.command import publish_command
+from tlbench.report.document import render_report
 from tlbench.report.records import load_records
 from tlbench.report.samples import write_sample_run
 from tlbench.report.tables import summarize, with_comparisons
@@ -112,3 +113,16 @@ def test_the_reference_run_has_the_same_gain_over_scratch_in_the_report_and_on_t
     assert site.keys() == report.keys() and len(site) == 6
     assert site == report
     assert {reference for _, reference in site.values()} == {"lite0-scratch / full-finetune"}
+
+
+def test_the_report_inlines_the_one_stylesheet_and_script_the_site_links(tmp_path):
+    run = write_sample_run(
+        tmp_path / "run", models=["scratch-r18", "lite0-imagenet"], datasets=["fashion-mnist"]
+    )
+    published_rows(run, tmp_path / "site")
+    report = render_report(load_records(run), "html", plots=[])
+
+    for name in ("tlbench.css", "tlbench.js"):
+        shared = (tmp_path / "site" / "assets" / name).read_text(encoding="utf-8")
+        assert shared.strip() and shared in report
+    assert report.count("<style>") == 1 and report.count("<script>") == 1

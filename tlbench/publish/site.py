@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import tlbench
@@ -40,11 +39,11 @@ from tlbench.publish.runs import Run, load_run
 from tlbench.publish.site_pages import index_page, run_page
 from tlbench.publish.targets import Targets, scrub
 from tlbench.publish.variants import SuiteView, Variant, suite_views
+from tlbench.report.html import SCRIPT, STYLESHEET, asset
 from tlbench.results import git_revision, now_iso
 from tlbench.safeio import StorageError, fault
 
 MANIFEST = "tlbench-site.json"
-ASSET_FILES = ("site.css", "site.js")
 
 
 @dataclass(frozen=True)
@@ -154,8 +153,8 @@ class _Writer:
 
 
 def _write_site(writer, views, runs, defaults, site, notes, thumbs, targets, gallery_size) -> None:
-    for name in ASSET_FILES:
-        writer.write(f"{ASSETS}/{name}", (resources.files(__package__) / ASSETS / name).read_text())
+    for name in (STYLESHEET, SCRIPT):  # shared with tlbench report, which inlines them
+        writer.write(f"{ASSETS}/{name}", asset(name))
     for view in views:
         references = from_scratch_references(view, site.metric)
         boards = [build_leaderboard(view, s, site.metric, references) for s in view.strategies]
