@@ -1,4 +1,5 @@
-"""The leaderboard page of one suite under one strategy, and its CSV download."""
+"""The leaderboard page of one suite under one strategy (``leaderboard.html.j2``), and its CSV
+download."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import io
 import math
 
-from tlbench.publish.html import SiteInfo, document, esc, link, note, td
+from tlbench.publish.html import SiteInfo, document, esc, link, td
 from tlbench.publish.leaderboard import Leaderboard, Row, Score
 from tlbench.publish.paths import (
     board_csv_path,
@@ -14,6 +15,7 @@ from tlbench.publish.paths import (
     cell_path,
     dataset_path,
     model_path,
+    relative,
 )
 from tlbench.publish.variants import Variant
 from tlbench.report.tables import ONE_DRAW_NOTE, UNDERTRAINED_NOTE
@@ -48,31 +50,21 @@ def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) 
         legend += f" {ONE_DRAW_NOTE}"
     if any(s.still_improving for s in scores):
         legend += f" {UNDERTRAINED_NOTE}"
-    body = [
-        f'<p class="description">{esc(view.description)}</p>' if view.description else "",
-        strategy_selector(board, page, default),
-        *[note(text, "warning") for text in [*view.notes, *board.notes]],
-        f"""<div class="toolbar">
-<label>Filter models <input type="search" class="filter" data-table="leaderboard" placeholder="name or reference"></label>
-<span class="count" data-count-for="leaderboard"></span>
-{link(page, board_csv_path(view.name, board.strategy.key), "Download CSV")}
-</div>""",
-        board_table(board, page),
-        note(legend),
-        '<h2>Datasets</h2><ul class="inline">'
-        + "".join(
-            f"<li>{link(page, dataset_path(view.name, d.id), d.label)}</li>" for d in board.datasets
-        )
-        + "</ul>",
-    ]
-    crumbs = [(view.name, None)]
     return document(
         page,
         f"{view.name}: {board.strategy.label}",
-        "\n".join(part for part in body if part),
+        "",
         site,
         view.runs,
-        crumbs,
+        [(view.name, None)],
+        template="leaderboard.html.j2",
+        description=view.description,
+        selector=strategy_selector(board, page, default),
+        warnings=[*view.notes, *board.notes],
+        csv=relative(page, board_csv_path(view.name, board.strategy.key)),
+        table=board_table(board, page),
+        legend=legend,
+        datasets=[(relative(page, dataset_path(view.name, d.id)), d.label) for d in board.datasets],
     )
 
 

@@ -38,17 +38,20 @@ def document(
     site: SiteInfo,
     runs: Iterable[Run],
     crumbs: Iterable[tuple[str, str | None]] = (),
+    template: str = "site-page.html.j2",
+    **blocks,
 ) -> str:
     """A complete page at ``page`` (its path from the site root): the site's page template
     (``tlbench/templates/html/site-page.html.j2``) linking the stylesheet and script it
-    shares with ``tlbench report``."""
+    shares with ``tlbench report``, around ``body``; or ``template``, a page that extends it,
+    given what it shows as ``blocks``."""
     trail = [link(page, "index.html", site.title)] + [
         link(page, target, text) if target else esc(text) for text, target in crumbs
     ]
     runs = list(runs)
     listed = runs[:PROVENANCE_RUNS]
     return render(
-        "site-page.html.j2",
+        template,
         title=title,
         site=site,
         stylesheet=relative(page, f"{ASSETS}/{STYLESHEET}"),
@@ -59,6 +62,7 @@ def document(
         runs=[run_line(page, run) for run in listed],
         more=len(runs) - len(listed),
         all_runs=link(page, "index.html#runs", "all runs"),
+        **blocks,
     )
 
 
