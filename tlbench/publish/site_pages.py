@@ -1,4 +1,5 @@
-"""The front page (suites, runs, what was left out) and a page per run (its environment)."""
+"""The front page (suites, runs, what was left out; ``index.html.j2``) and a page per run (its
+environment)."""
 
 from __future__ import annotations
 
@@ -30,24 +31,22 @@ def index_page(
     site: SiteInfo,
     page: str = "index.html",
 ) -> str:
-    body = [
-        note(
+    return document(
+        page,
+        site.title,
+        "",
+        site,
+        runs,
+        template="index.html.j2",
+        intro=(
             f"Leaderboards of {len(views)} suite{'s' if len(views) != 1 else ''} built from "
             f"{len(runs)} run{'s' if len(runs) != 1 else ''}. Every number links to its cell: "
             "configuration, chosen hyperparameters, cost, environment and the test images it got wrong."
         ),
-        "<h2>Suites</h2>",
-        _suites_table(views, page),
-        '<h2 id="runs">Runs</h2>',
-        _runs_table(runs, views, page),
-    ]
-    if notes:
-        items = "".join(f"<li>{esc(line)}</li>" for line in notes)
-        body += [
-            '<h2 id="build-notes">Left out while building</h2>',
-            f'<ul class="warnings">{items}</ul>',
-        ]
-    return document(page, site.title, "\n".join(body), site, runs)
+        suites=_suites_table(views, page),
+        runs_table=_runs_table(runs, views, page),
+        notes=notes,
+    )
 
 
 def _suites_table(views: list[SuiteView], page: str) -> str:
