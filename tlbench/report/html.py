@@ -27,10 +27,17 @@ def templates():
     """The Jinja2 environment of tlbench's HTML templates. Values are escaped unless the
     template marks them ``safe``: HTML a helper already rendered and escaped."""
     import jinja2
+    from jinja2.filters import do_mark_safe
+
+    def escaped(value):
+        # Text is escaped as ``html.escape`` escapes it, as the pages always were (``&quot;``,
+        # ``&#x27;``); HTML marked safe passes, anything else gets Jinja2's own escaping.
+        return do_mark_safe(html.escape(value)) if type(value) is str else value
 
     return jinja2.Environment(
         loader=jinja2.PackageLoader("tlbench", TEMPLATES),
         autoescape=True,
+        finalize=escaped,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
@@ -60,21 +67,18 @@ def page(title: str, sections: Iterable[str]) -> str:
 
 
 def table_section(table: Table, level: int = 3) -> str:
-    note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
-    return f"<h{level}>{html.escape(table.title)}</h{level}>\n{note}\n{table.to_html()}"
+    return str(_sections().table(table.title, table.note, table.to_html(), level))
 
 
 def figure_section(name: str, png: bytes, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    alt = html.escape(caption)
-    return f'<figure id="plot-{html.escape(name)}"><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption class="note">{alt}</figcaption></figure>'
+    return str(_sections().figure(name, data, caption))
 
 
 def environment_section(run_dir: str, env: Mapping) -> str:
     """The environment that produced one run, and its suite file as it was."""
-    heading = f"<h3>{html.escape(str(run_dir))}</h3>"
     if not env:
-        return heading + '<p class="note">No env.json in this run directory.</p>'
+        return str(_sections().environment(str(run_dir), None, "", ""))
     rows = [
         (key, value) for key, value in _flatten(env) if not key.startswith(("suite", "resumes."))
     ]
@@ -84,15 +88,16 @@ def environment_section(run_dir: str, env: Mapping) -> str:
             ("resumed", f"{len(resumes)} time(s); the first session's environment is shown")
         )
     frame = pd.DataFrame(rows, columns=["field", "value"])
+    fields = frame.to_html(index=False, border=0, classes="environment")
     suite = env.get("suite")
-    suite_html = ""
-    if suite:
-        text = suite if isinstance(suite, str) else json.dumps(suite, indent=2)
-        source = html.escape(str(env.get("suite_path") or "suite"))
-        suite_html = (
-            f'<p class="note">Suite ({source}):</p><pre class="suite">{html.escape(text)}</pre>'
-        )
-    return heading + frame.to_html(index=False, border=0, classes="environment") + suite_html
+    text = "" if not suite else suite if isinstance(suite, str) else json.dumps(suite, indent=2)
+    source = str(env.get("suite_path") or "suite")
+    return str(_sections().environment(str(run_dir), fields, text, source))
+
+
+def _sections():
+    """The macros of ``report-sections.html.j2``: one per kind of section."""
+    return templates().get_template("report-sections.html.j2").module
 
 
 def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
