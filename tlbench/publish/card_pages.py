@@ -1,4 +1,5 @@
-"""A page per model and per dataset of a suite: its card as recorded, and all its cells."""
+"""A page per model and per dataset of a suite (``card.html.j2``): its card as recorded, and all
+its cells."""
 
 from __future__ import annotations
 
@@ -24,19 +25,35 @@ def model_page(
 ) -> str:
     rows = [m for m in view.models if m.id == model_id]
     groups = [g for g in view.groups if g.model.id == model_id]
-    body = []
+    variants = []
     for row in rows:
         mine = [g for g in groups if g.model.key == row.key]
-        body.append(f"<h2>{esc(row.label)}: {esc(row.ref)}</h2>")
-        if row.index:
-            body.append(note(f"A separate variant of {row.id}: {row.difference}", "warning"))
         roles = {g.strategy.label: g.role for g in mine if g.role}
-        if roles:
-            body.append(note(_roles_text(roles)))
-        body += ["<h3>Cells</h3>", _grid(view, mine, "strategy", "dataset", page, scores)]
-        body += ["<h3>Model card</h3>", _card(mine, "model_card")]
+        variants.append(
+            {
+                "label": row.label,
+                "ref": row.ref,
+                "warning": f"A separate variant of {row.id}: {row.difference}"
+                if row.index
+                else None,
+                "roles": _roles_text(roles) if roles else "",
+                "cells": _grid(view, mine, "strategy", "dataset", page, scores),
+                "card": _card(mine, "model_card"),
+                "protocol": None,
+            }
+        )
     crumbs = [(view.name, suite_index_path(view.name)), (f"model {model_id}", None)]
-    return document(page, f"Model {model_id}", "\n".join(body), site, _runs(view, groups), crumbs)
+    return document(
+        page,
+        f"Model {model_id}",
+        "",
+        site,
+        _runs(view, groups),
+        crumbs,
+        template="card.html.j2",
+        variants=variants,
+        card_title="Model card",
+    )
 
 
 def dataset_page(
@@ -44,24 +61,41 @@ def dataset_page(
 ) -> str:
     columns = [d for d in view.datasets if d.id == dataset_id]
     groups = [g for g in view.groups if g.dataset.id == dataset_id]
-    body = []
+    variants = []
     for column in columns:
         mine = [g for g in groups if g.dataset.key == column.key]
-        body.append(f"<h2>{esc(column.label)}: {esc(column.ref)}</h2>")
-        if column.index:
-            body.append(note(f"A separate variant of {column.id}: {column.difference}", "warning"))
-        body += ["<h3>Cells</h3>", _grid(view, mine, "model", "strategy", page, scores)]
-        body += ["<h3>Dataset card</h3>", _card(mine, "dataset_card")]
         split = _newest(mine, "split")
         protocol = [
             (k, v)
             for k, v in flatten(split)
             if k not in ("hash", "seed", "hashes.train", "hashes.val")
         ]
-        body += ["<h3>Split protocol</h3>", fields_table(protocol)]
+        variants.append(
+            {
+                "label": column.label,
+                "ref": column.ref,
+                "warning": (
+                    f"A separate variant of {column.id}: {column.difference}"
+                    if column.index
+                    else None
+                ),
+                "roles": "",
+                "cells": _grid(view, mine, "model", "strategy", page, scores),
+                "card": _card(mine, "dataset_card"),
+                "protocol": fields_table(protocol),
+            }
+        )
     crumbs = [(view.name, suite_index_path(view.name)), (f"dataset {dataset_id}", None)]
     return document(
-        page, f"Dataset {dataset_id}", "\n".join(body), site, _runs(view, groups), crumbs
+        page,
+        f"Dataset {dataset_id}",
+        "",
+        site,
+        _runs(view, groups),
+        crumbs,
+        template="card.html.j2",
+        variants=variants,
+        card_title="Dataset card",
     )
 
 

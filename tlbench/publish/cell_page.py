@@ -1,5 +1,5 @@
-"""The page of one cell (a model x dataset x strategy, every seed of it): what it computed, what
-it chose, what it cost, where it ran, and which test images it got wrong."""
+"""The page of one cell (a model x dataset x strategy, every seed of it; ``cell.html.j2``): what
+it computed, what it chose, what it cost, where it ran, and which test images it got wrong."""
 
 from __future__ import annotations
 
@@ -49,18 +49,6 @@ def cell_page(
     ranked: int = 0,
 ) -> str:
     title = f"{group.model.label} on {group.dataset.label} with {group.strategy.label}"
-    body = [
-        _summary(view, group, score, page, board_page, site.metric, reference, ranked),
-        *[note(text, "warning") for text in _variant_notes(group)],
-        "<h2>Seeds</h2>",
-        _seed_table(group, page, site.metric),
-        "<h2>Configuration</h2>",
-        _configuration(group),
-        *[
-            _seed_section(entry, page, evidences.get(entry.id), site.metric)
-            for entry in group.entries
-        ],
-    ]
     crumbs = [
         (view.name, suite_index_path(view.name)),
         (group.strategy.label, board_page),
@@ -71,7 +59,23 @@ def cell_page(
             r.label: r for e in group.entries for r in [e.run, *(old for _, old in e.superseded)]
         }.values()
     )
-    return document(page, title, "\n".join(body), site, runs, crumbs)
+    return document(
+        page,
+        title,
+        "",
+        site,
+        runs,
+        crumbs,
+        template="cell.html.j2",
+        summary=_summary(view, group, score, page, board_page, site.metric, reference, ranked),
+        warnings=_variant_notes(group),
+        seeds=_seed_table(group, page, site.metric),
+        configuration=_configuration(group),
+        sections=[
+            _seed_section(entry, page, evidences.get(entry.id), site.metric)
+            for entry in group.entries
+        ],
+    )
 
 
 def _summary(view, group, score, page, board_page, metric, reference, ranked) -> str:
