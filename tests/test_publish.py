@@ -338,14 +338,36 @@ def test_the_leaderboard_merges_runs_and_ranks_models_with_gains_over_scratch(pu
         *stored(site.parent / "results" / "week1", "lite0-imagenet", "digits", "linear-probe")[1:],
     ]
     assert imagenet[2].startswith(f"{np.mean(seeds):.1f} ± ")
+    # A linear probe on a random-init model measures random-init features: no gain, no reference.
     scratch = next(
-        row for name, row in by_model.items() if name.startswith("lite0-scratch baseline")
+        row
+        for name, row in by_model.items()
+        if name.startswith("lite0-scratch random-init features")
     )
-    assert scratch[-1] == "baseline"
-    # Gain on fashion-mnist: same strategy, from-scratch model.
-    gain = top1("lite0-imagenet", "fashion-mnist") - top1("lite0-scratch", "fashion-mnist")
+    assert scratch[-1] == "—"
+    # Gain on fashion-mnist: over the network trained from scratch (the random-init model's
+    # full fine-tuning), whatever the leaderboard's strategy.
+    scratch_top1 = top1("lite0-scratch", "fashion-mnist", "full-finetune")
+    gain = top1("lite0-imagenet", "fashion-mnist") - scratch_top1
     assert imagenet[3].endswith(f"{gain:+.1f}")
     assert "linear-probe" in page.body and "Strategy:" in page.body
+    assert "lite0-scratch / full-finetune" in page.body  # the legend names the reference
+
+
+def test_the_trained_from_scratch_cell_is_the_reference_on_every_leaderboard(published):
+    site, _ = published
+    page = Page(site / "suites" / "quickstart" / "strategy-full-finetune.html")
+    rows = {row[1].split()[0]: row for row in table_rows(page, "#")}
+    assert rows["lite0-scratch"][1].startswith("lite0-scratch trained from scratch")
+    assert rows["lite0-scratch"][-1] == "reference"
+    gain = top1("lite0-imagenet", "fashion-mnist", "full-finetune") - top1(
+        "lite0-scratch", "fashion-mnist", "full-finetune"
+    )
+    assert rows["lite0-imagenet"][3].endswith(f"{gain:+.1f}")
+    probe = cell_page(site, "lite0-imagenet", "fashion-mnist", "linear-probe")
+    assert "points over lite0-scratch / full-finetune (trained from scratch)" in probe.body
+    features = cell_page(site, "lite0-scratch", "fashion-mnist", "linear-probe")
+    assert "random-init features" in features.body and "points over" not in features.body
 
 
 def test_a_rerun_of_the_same_cell_supersedes_the_older_record(published):
@@ -431,7 +453,8 @@ def test_every_page_carries_provenance(published):
 def test_every_internal_link_and_image_resolves(published):
     site, _ = published
     assert broken_links(site) == []
-    assert {p.name for p in (site / "assets").iterdir()} == {"site.css", "site.js"}
+    # tlbench's one stylesheet and one script, the ones `tlbench report` inlines
+    assert {p.name for p in (site / "assets").iterdir()} == {"tlbench.css", "tlbench.js"}
 
 
 def test_the_site_references_nothing_outside_itself(published):
@@ -561,16 +584,32 @@ def test_a_suite_whose_content_changed_shows_the_changed_strategy_separately(tmp
     assert "The runs used 2 different versions of the suite file" in page.body
 
 
-def test_the_baseline_is_the_from_scratch_model_even_when_it_scores_best(tmp_path):
+def test_the_reference_is_the_trained_from_scratch_cell_even_when_it_scores_best(tmp_path):
     pretrained = pick("lite0-imagenet", "digits", "linear-probe")
-    scratch = pick("lite0-scratch", "digits", "linear-probe")
-    scratch["metrics"]["top1"] = pretrained["metrics"]["top1"] + 1.0  # the baseline scores best
-    write_run(tmp_path / "a", [pretrained, scratch], "run-a", predictions=False)
+    features = pick("lite0-scratch", "digits", "linear-probe")
+    scratch = pick("lite0-scratch", "digits", "full-finetune")
+    scratch["metrics"]["top1"] = pretrained["metrics"]["top1"] + 1.0  # the reference scores best
+    features["metrics"]["top1"] = pretrained["metrics"]["top1"] - 5.0  # never the reference
+    write_run(tmp_path / "a", [pretrained, features, scratch], "run-a", predictions=False)
     code, output = publish(tmp_path / "a", "-o", tmp_path / "site")
     assert code == 0, output
-    rows = table_rows(Page(tmp_path / "site" / "suites" / "quickstart" / "index.html"), "#")
-    assert rows[0][1].startswith("lite0-scratch baseline") and rows[0][-1] == "baseline"
-    assert rows[1][-1] == "-1.0"
+    board = Page(tmp_path / "site" / "suites" / "quickstart" / "strategy-full-finetune.html")
+    rows = table_rows(board, "#")
+    assert rows[0][1].startswith("lite0-scratch trained from scratch")
+    assert rows[0][-1] == "reference"
+    probe = table_rows(Page(tmp_path / "site" / "suites" / "quickstart" / "index.html"), "#")
+    assert probe[0][1].startswith("lite0-imagenet") and probe[0][-1] == "-1.0"
+    assert probe[1][1].startswith("lite0-scratch random-init features") and probe[1][-1] == "—"
+
+
+def test_without_a_network_trained_from_scratch_there_is_no_gain_column(tmp_path):
+    records = [pick(m, "digits", "linear-probe") for m in ("lite0-imagenet", "lite0-scratch")]
+    write_run(tmp_path / "a", records, "run-a", predictions=False)
+    code, output = publish(tmp_path / "a", "-o", tmp_path / "site")
+    assert code == 0, output
+    page = Page(tmp_path / "site" / "suites" / "quickstart" / "index.html")
+    assert "no gain over training from scratch" in page.body
+    assert all("gain" not in head for head in page.tables[0][0])
 
 
 # ---------------------------------------------------------------- bad input
@@ -587,7 +626,7 @@ def test_a_truncated_line_is_reported_and_the_site_still_builds(tmp_path):
         fh.write('{"config_hash": "abc", "model": "lite0-scr')
     code, output = publish(run, "-o", tmp_path / "site")
     assert code == 0
-    assert f"warning: {run / 'cells.jsonl'}:2: truncated or garbled record; skipped" in output
+    assert f"warning: {run / 'cells.jsonl'}:2: skipped a truncated or garbled record" in output
     front = Page(tmp_path / "site" / "index.html")
     assert "Left out while building" in front.body and "cells.jsonl:2" in front.body
 
@@ -603,12 +642,37 @@ def test_records_that_are_not_cell_records_are_skipped_with_a_reason(tmp_path):
         fh.write('[1, 2]\n{"suite": "quickstart"}\n{"schema": 9, "suite": "x"}\n')
     code, output = publish(run, "-o", tmp_path / "site")
     assert code == 0
-    assert "cells.jsonl:2: not a JSON object; skipped" in output
+    # The report's checks in the report's words (tlbench.report.records), left out of the site.
+    assert "cells.jsonl:2: not a JSON object; left out of the site" in output
     assert (
-        "cells.jsonl:3: lacks config_hash, model, dataset, strategy, seed, status (not a tlbench cell record); skipped"
-        in output
+        "cells.jsonl:3: lacks model, dataset, strategy, seed, status, not a tlbench cell record; "
+        "left out of the site" in output
     )
-    assert "cells.jsonl:4: record schema 9, this tlbench reads schema 1; skipped" in output
+    assert (
+        "cells.jsonl:4: has schema 9; this tlbench reads schema 1; left out of the site" in output
+    )
+
+
+def test_a_record_the_report_counts_as_malformed_is_malformed_on_the_site_in_its_words(tmp_path):
+    from tlbench.report.records import load_records
+    from tlbench.safeio import TlbenchWarning
+
+    good = pick("lite0-imagenet", "digits", "linear-probe")
+    bad = reseeded(good, 1)
+    bad["metrics"]["top1"] = None
+    run = write_run(tmp_path / "a", [good, bad], "run-a", predictions=False)
+    code, output = publish(run, "-o", tmp_path / "site")
+    assert code == 0, output
+    line = (
+        f"{run / 'cells.jsonl'}:2 (lite0-imagenet / digits / linear-probe / seed 1): status 'ok' "
+        "but metrics.top1 is None, expected a number in [0, 100]; counted as malformed, in no mean"
+    )
+    assert f"warning: {line}" in output
+    with pytest.warns(TlbenchWarning, match=re.escape(line)):
+        load_records(run)
+    rows = table_rows(Page(tmp_path / "site" / "suites" / "quickstart" / "index.html"), "#")
+    assert number(rows[0][2]) == f"{good['metrics']['top1']:.1f} ± {interval(good):.1f}"
+    assert "(1 malformed)" in rows[0][2]
 
 
 def test_paths_that_are_not_run_directories_are_reported_and_skipped(tmp_path):

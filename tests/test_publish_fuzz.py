@@ -300,7 +300,7 @@ def test_the_cli_exit_code_is_0_with_a_note_for_a_malformed_run(harness):
     run_dir = write_run(harness.root / next(harness.fresh), records)
     result = CliRunner().invoke(publish_command, [str(run_dir), "-o", str(harness.root / "cli")])
     assert result.exit_code == 0, result.output
-    assert "metrics is a string, expected an object; skipped" in result.output
+    assert "metrics is a string, expected an object; left out of the site" in result.output
 
 
 def test_ids_that_would_share_a_page_name_get_two_pages(harness):

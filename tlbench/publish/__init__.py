@@ -11,7 +11,9 @@ host; nothing is fetched from the network.
 Modules, one job each: ``discover`` (which folders are runs), ``runs`` (reading them), ``merge``
 (one entry per cell), ``variants`` (which entries may be averaged), ``leaderboard`` (statistics,
 ranks, gains), ``targets`` and ``gallery`` (per-example predictions and images), ``html`` and the
-``*_page`` modules (rendering), ``site`` (writing the folder), ``command`` (the CLI).
+``*_page`` modules (rendering, through the Jinja2 templates of ``tlbench/templates/html``, whose
+stylesheet and script ``tlbench report`` shares), ``site`` (writing the folder), ``command`` (the
+CLI).
 """
 
 from __future__ import annotations

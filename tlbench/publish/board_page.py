@@ -1,4 +1,5 @@
-"""The leaderboard page of one suite under one strategy, and its CSV download."""
+"""The leaderboard page of one suite under one strategy (``leaderboard.html.j2``), and its CSV
+download."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import io
 import math
 
-from tlbench.publish.html import SiteInfo, document, esc, link, note, td
+from tlbench.publish.html import SiteInfo, document, esc, link, td
 from tlbench.publish.leaderboard import Leaderboard, Row, Score
 from tlbench.publish.paths import (
     board_csv_path,
@@ -14,6 +15,7 @@ from tlbench.publish.paths import (
     cell_path,
     dataset_path,
     model_path,
+    relative,
 )
 from tlbench.publish.variants import Variant
 from tlbench.report.tables import ONE_DRAW_NOTE, UNDERTRAINED_NOTE
@@ -27,43 +29,42 @@ def board_page(board: Leaderboard, page: str, default: Variant, site: SiteInfo) 
         "(the report's: Student t over the seeds plus the noise of the shared test set), so one "
         "seed has one too. The small number is the rank on that dataset (1 = best); "
     )
-    legend += (
-        f"the signed number is the gain in points over {board.baseline.label}, the suite's "
-        f"from-scratch model, with the same strategy. "
-        if board.baseline
-        else ""
-    )
+    if board.references:
+        named = ", ".join(
+            sorted(
+                {
+                    f"{s.group.model.label} / {s.group.strategy.label}"
+                    for s in board.references.values()
+                }
+            )
+        )
+        legend += (
+            "the signed number is the gain in points over training from scratch: the network "
+            f"trained from scratch (full fine-tuning of the randomly initialised model) on the same "
+            f"dataset ({named}; with several, the best on validation), whatever this "
+            "leaderboard's strategy; random-init-features cells are never the reference. "
+        )
     legend += "Click a number for its cell: configuration, hyperparameters, cost, environment, errors made."
     scores = [s for row in board.rows for s in row.scores.values() if s.n]
     if any(s.one_draw for s in scores):
         legend += f" {ONE_DRAW_NOTE}"
     if any(s.still_improving for s in scores):
         legend += f" {UNDERTRAINED_NOTE}"
-    body = [
-        f'<p class="description">{esc(view.description)}</p>' if view.description else "",
-        strategy_selector(board, page, default),
-        *[note(text, "warning") for text in [*view.notes, *board.notes]],
-        f"""<div class="toolbar">
-<label>Filter models <input type="search" class="filter" data-table="leaderboard" placeholder="name or reference"></label>
-<span class="count" data-count-for="leaderboard"></span>
-{link(page, board_csv_path(view.name, board.strategy.key), "Download CSV")}
-</div>""",
-        board_table(board, page),
-        note(legend),
-        '<h2>Datasets</h2><ul class="inline">'
-        + "".join(
-            f"<li>{link(page, dataset_path(view.name, d.id), d.label)}</li>" for d in board.datasets
-        )
-        + "</ul>",
-    ]
-    crumbs = [(view.name, None)]
     return document(
         page,
         f"{view.name}: {board.strategy.label}",
-        "\n".join(part for part in body if part),
+        "",
         site,
         view.runs,
-        crumbs,
+        [(view.name, None)],
+        template="leaderboard.html.j2",
+        description=view.description,
+        selector=strategy_selector(board, page, default),
+        warnings=[*view.notes, *board.notes],
+        csv=relative(page, board_csv_path(view.name, board.strategy.key)),
+        table=board_table(board, page),
+        legend=legend,
+        datasets=[(relative(page, dataset_path(view.name, d.id)), d.label) for d in board.datasets],
     )
 
 
@@ -81,8 +82,8 @@ def board_table(board: Leaderboard, page: str) -> str:
     # Scores and gains sort best first on the first click; positions and ranks lowest first.
     heads = [("#", ""), ("model", "")]
     heads += [(d.label, "desc") for d in board.datasets] + [("average rank", "")]
-    if board.baseline:
-        heads.append((f"gain over {board.baseline.label}", "desc"))
+    if board.references:
+        heads.append(("gain over training from scratch", "desc"))
     header = "".join(
         f'<th data-order="{order}">{esc(h)}</th>' if order else f"<th>{esc(h)}</th>"
         for h, order in heads
@@ -104,7 +105,7 @@ def _row(board: Leaderboard, row: Row, page: str) -> str:
         if model.index
         else ""
     )
-    badge = ' <span class="badge">baseline</span>' if row.baseline else ""
+    badge = f' <span class="badge">{esc(row.role)}</span>' if row.role else ""
     name = (
         link(page, model_path(view.name, model.id), model.label)
         + marker
@@ -123,9 +124,10 @@ def _row(board: Leaderboard, row: Row, page: str) -> str:
     )
     average = f"{row.average_rank:.2f}" if row.average_rank is not None else "—"
     cells.append(td(average + coverage, row.average_rank, cls="num"))
-    if board.baseline:
-        gain = "baseline" if row.baseline else _signed(row.mean_gain)
-        cells.append(td(gain, None if row.baseline else row.mean_gain, cls="num"))
+    if board.references:
+        reference = any(board.is_reference(s) for s in row.scores.values())
+        gain = "reference" if reference else _signed(row.mean_gain)
+        cells.append(td(gain, None if reference else row.mean_gain, cls="num"))
     search = esc(f"{model.label} {model.ref}".lower())
     return f'<tr data-filter="{search}">' + "".join(cells) + "</tr>"
 
@@ -140,7 +142,7 @@ def _score_cell(board: Leaderboard, score: Score, page: str) -> str:
         content += (
             f' <span class="rank" title="rank on {esc(group.dataset.label)}">{score.rank:g}</span>'
         )
-    if score.gain is not None and not (board.baseline and group.model.key == board.baseline.key):
+    if score.gain is not None:
         content += f' <span class="gain">{_signed(score.gain)}</span>'
     return td(content, score.mean if score.n else None, "num" if score.n else "num failed")
 
@@ -172,6 +174,8 @@ def board_csv(board: Leaderboard) -> str:
             "mean_gain",
             "one_training_draw",
             "still_improving",
+            "role",
+            "gain_reference",
         ]
     )
     for row in board.rows:
@@ -200,6 +204,8 @@ def board_csv(board: Leaderboard) -> str:
                         _number(row.mean_gain),
                         str(score.one_draw).lower() if score.n else "",
                         str(score.still_improving).lower() if score.n else "",
+                        score.group.role,
+                        _reference_label(board, score),
                     ],
                 )
             )
@@ -208,3 +214,11 @@ def board_csv(board: Leaderboard) -> str:
 
 def _number(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def _reference_label(board: Leaderboard, score: Score) -> str:
+    """``model / strategy`` of the trained-from-scratch cell the score's gain is over."""
+    reference = board.references.get(score.group.dataset.key)
+    if score.gain is None or reference is None:
+        return ""
+    return f"{reference.group.model.label} / {reference.group.strategy.label}"

@@ -1,4 +1,5 @@
-"""A page per model and per dataset of a suite: its card as recorded, and all its cells."""
+"""A page per model and per dataset of a suite (``card.html.j2``): its card as recorded, and all
+its cells."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from tlbench.publish.html import (
     table,
     td,
 )
-from tlbench.publish.leaderboard import Score, baseline_model
+from tlbench.publish.leaderboard import Score
 from tlbench.publish.paths import cell_path, suite_index_path
 from tlbench.publish.variants import Group, SuiteView
+from tlbench.report.records import FROM_SCRATCH
 
 
 def model_page(
@@ -23,21 +25,35 @@ def model_page(
 ) -> str:
     rows = [m for m in view.models if m.id == model_id]
     groups = [g for g in view.groups if g.model.id == model_id]
-    baseline = baseline_model(view)
-    body = []
+    variants = []
     for row in rows:
         mine = [g for g in groups if g.model.key == row.key]
-        body.append(f"<h2>{esc(row.label)}: {esc(row.ref)}</h2>")
-        if row.index:
-            body.append(note(f"A separate variant of {row.id}: {row.difference}", "warning"))
-        if baseline is not None and baseline.key == row.key:
-            body.append(note("Trained from scratch: the suite's baseline for the gains."))
-        elif any(g.baseline for g in mine):
-            body.append(note("Trained from scratch."))
-        body += ["<h3>Cells</h3>", _grid(view, mine, "strategy", "dataset", page, scores)]
-        body += ["<h3>Model card</h3>", _card(mine, "model_card")]
+        roles = {g.strategy.label: g.role for g in mine if g.role}
+        variants.append(
+            {
+                "label": row.label,
+                "ref": row.ref,
+                "warning": f"A separate variant of {row.id}: {row.difference}"
+                if row.index
+                else None,
+                "roles": _roles_text(roles) if roles else "",
+                "cells": _grid(view, mine, "strategy", "dataset", page, scores),
+                "card": _card(mine, "model_card"),
+                "protocol": None,
+            }
+        )
     crumbs = [(view.name, suite_index_path(view.name)), (f"model {model_id}", None)]
-    return document(page, f"Model {model_id}", "\n".join(body), site, _runs(view, groups), crumbs)
+    return document(
+        page,
+        f"Model {model_id}",
+        "",
+        site,
+        _runs(view, groups),
+        crumbs,
+        template="card.html.j2",
+        variants=variants,
+        card_title="Model card",
+    )
 
 
 def dataset_page(
@@ -45,24 +61,41 @@ def dataset_page(
 ) -> str:
     columns = [d for d in view.datasets if d.id == dataset_id]
     groups = [g for g in view.groups if g.dataset.id == dataset_id]
-    body = []
+    variants = []
     for column in columns:
         mine = [g for g in groups if g.dataset.key == column.key]
-        body.append(f"<h2>{esc(column.label)}: {esc(column.ref)}</h2>")
-        if column.index:
-            body.append(note(f"A separate variant of {column.id}: {column.difference}", "warning"))
-        body += ["<h3>Cells</h3>", _grid(view, mine, "model", "strategy", page, scores)]
-        body += ["<h3>Dataset card</h3>", _card(mine, "dataset_card")]
         split = _newest(mine, "split")
         protocol = [
             (k, v)
             for k, v in flatten(split)
             if k not in ("hash", "seed", "hashes.train", "hashes.val")
         ]
-        body += ["<h3>Split protocol</h3>", fields_table(protocol)]
+        variants.append(
+            {
+                "label": column.label,
+                "ref": column.ref,
+                "warning": (
+                    f"A separate variant of {column.id}: {column.difference}"
+                    if column.index
+                    else None
+                ),
+                "roles": "",
+                "cells": _grid(view, mine, "model", "strategy", page, scores),
+                "card": _card(mine, "dataset_card"),
+                "protocol": fields_table(protocol),
+            }
+        )
     crumbs = [(view.name, suite_index_path(view.name)), (f"dataset {dataset_id}", None)]
     return document(
-        page, f"Dataset {dataset_id}", "\n".join(body), site, _runs(view, groups), crumbs
+        page,
+        f"Dataset {dataset_id}",
+        "",
+        site,
+        _runs(view, groups),
+        crumbs,
+        template="card.html.j2",
+        variants=variants,
+        card_title="Dataset card",
     )
 
 
@@ -115,3 +148,17 @@ def _runs(view: SuiteView, groups: list[Group]) -> list:
         r.label for g in groups for e in g.entries for r in [e.run, *(o for _, o in e.superseded)]
     }
     return [run for run in view.runs if run.label in labels]
+
+
+def _roles_text(roles: dict[str, str]) -> str:
+    """What a randomly initialised model's cells measure, per strategy (the report's roles)."""
+    parts = [
+        f"{role} with {', '.join(s for s, r in roles.items() if r == role)}"
+        for role in dict.fromkeys(roles.values())
+    ]
+    text = "Randomly initialised: " + "; ".join(parts) + "."
+    if FROM_SCRATCH in roles.values():
+        text += (
+            " Gains over training from scratch are measured against its trained-from-scratch cells."
+        )
+    return text

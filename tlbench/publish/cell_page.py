@@ -1,5 +1,5 @@
-"""The page of one cell (a model x dataset x strategy, every seed of it): what it computed, what
-it chose, what it cost, where it ran, and which test images it got wrong."""
+"""The page of one cell (a model x dataset x strategy, every seed of it; ``cell.html.j2``): what
+it computed, what it chose, what it cost, where it ran, and which test images it got wrong."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from tlbench.publish.paths import (
     suite_index_path,
 )
 from tlbench.publish.variants import Group, SuiteView
+from tlbench.report.records import FROM_SCRATCH
 
 CONFUSION_MAX_CLASSES = 25  # beyond this a matrix is unreadable; list the top confusions
 TOP_CONFUSIONS = 20
@@ -44,22 +45,10 @@ def cell_page(
     board_page: str,
     site: SiteInfo,
     evidences: dict[str, Evidence],
-    baseline: Score | None = None,
+    reference: Score | None = None,
     ranked: int = 0,
 ) -> str:
     title = f"{group.model.label} on {group.dataset.label} with {group.strategy.label}"
-    body = [
-        _summary(view, group, score, page, board_page, site.metric, baseline, ranked),
-        *[note(text, "warning") for text in _variant_notes(group)],
-        "<h2>Seeds</h2>",
-        _seed_table(group, page, site.metric),
-        "<h2>Configuration</h2>",
-        _configuration(group),
-        *[
-            _seed_section(entry, page, evidences.get(entry.id), site.metric)
-            for entry in group.entries
-        ],
-    ]
     crumbs = [
         (view.name, suite_index_path(view.name)),
         (group.strategy.label, board_page),
@@ -70,26 +59,43 @@ def cell_page(
             r.label: r for e in group.entries for r in [e.run, *(old for _, old in e.superseded)]
         }.values()
     )
-    return document(page, title, "\n".join(body), site, runs, crumbs)
+    return document(
+        page,
+        title,
+        "",
+        site,
+        runs,
+        crumbs,
+        template="cell.html.j2",
+        summary=_summary(view, group, score, page, board_page, site.metric, reference, ranked),
+        warnings=_variant_notes(group),
+        seeds=_seed_table(group, page, site.metric),
+        configuration=_configuration(group),
+        sections=[
+            _seed_section(entry, page, evidences.get(entry.id), site.metric)
+            for entry in group.entries
+        ],
+    )
 
 
-def _summary(view, group, score, page, board_page, metric, baseline, ranked) -> str:
+def _summary(view, group, score, page, board_page, metric, reference, ranked) -> str:
     parts = [f"<strong>{esc(metric)} {esc(score.text)}</strong>"]
     parts.append(
         f"{score.n} of {len(group.entries)} seed{'s' if len(group.entries) != 1 else ''} finished ok"
     )
     if score.rank is not None:
         parts.append(f"rank {score.rank:g} of {ranked} on {esc(group.dataset.label)}")
-    if baseline is not None and baseline.group is not group:
-        target = cell_path(
-            view.name, baseline.group.model.key, group.dataset.key, group.strategy.key
-        )
-        gain = "—" if score.gain is None else f"{score.gain:+.1f}"
+    if group.role:
+        parts.append(esc(group.role))
+    if reference is not None and reference.group is group:
         parts.append(
-            f"{gain} points over {link(page, target, baseline.group.model.label)} (from scratch, same strategy)"
+            f"the {FROM_SCRATCH} cell gains on {esc(group.dataset.label)} are measured against"
         )
-    elif baseline is not None:
-        parts.append("the suite's from-scratch baseline")
+    elif reference is not None and score.gain is not None:
+        ref = reference.group
+        target = cell_path(view.name, ref.model.key, ref.dataset.key, ref.strategy.key)
+        label = f"{ref.model.label} / {ref.strategy.label}"
+        parts.append(f"{score.gain:+.1f} points over {link(page, target, label)} ({FROM_SCRATCH})")
     links = " · ".join(
         [
             link(page, model_path(view.name, group.model.id), f"model {group.model.id}"),

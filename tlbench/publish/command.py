@@ -5,6 +5,7 @@ Importing this module costs click only; the site builder loads when the command 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -61,5 +62,12 @@ def publish_command(
 
 
 def _warn(notes) -> None:
-    for line in notes:
-        click.echo(f"warning: {line}", err=True)
+    """Each note as ``tlbench report`` shows its warnings (``safeio.warnings_as_lines``): one
+    ``warning: ...`` line on stderr."""
+    import warnings
+
+    from tlbench.safeio import TlbenchWarning, warnings_as_lines
+
+    with warnings_as_lines(sys.stderr):
+        for line in notes:
+            warnings.warn(line, TlbenchWarning, stacklevel=2)

@@ -1,6 +1,7 @@
-"""The HTML every page shares: the document around a body, escaping, links, tables and the
-provenance footer. Pages are plain f-strings over these helpers; nothing is fetched from the
-network (one stylesheet and one script, both files of the site)."""
+"""The HTML every page shares: the document around a body (a Jinja2 template with the
+provenance footer), escaping, links and tables. Page bodies are rendered by these helpers;
+nothing is fetched from the network (one stylesheet and one script, files of the site and the
+same ones ``tlbench report`` inlines, ``tlbench.report.html``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from tlbench.publish.paths import ASSETS, relative, run_path
 from tlbench.publish.runs import Run
+from tlbench.report.html import SCRIPT, STYLESHEET, render
 
 esc = html.escape
 MISSING = "—"
@@ -36,31 +38,32 @@ def document(
     site: SiteInfo,
     runs: Iterable[Run],
     crumbs: Iterable[tuple[str, str | None]] = (),
+    template: str = "site-page.html.j2",
+    **blocks,
 ) -> str:
-    """A complete page at ``page`` (its path from the site root)."""
+    """A complete page at ``page`` (its path from the site root): the site's page template
+    (``tlbench/templates/html/site-page.html.j2``) linking the stylesheet and script it
+    shares with ``tlbench report``, around ``body``; or ``template``, a page that extends it,
+    given what it shows as ``blocks``."""
     trail = [link(page, "index.html", site.title)] + [
         link(page, target, text) if target else esc(text) for text, target in crumbs
     ]
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)} · {esc(site.title)}</title>
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="{relative(page, f"{ASSETS}/site.css")}">
-</head>
-<body>
-<nav class="crumbs">{" › ".join(trail)}</nav>
-<main>
-<h1>{esc(title)}</h1>
-{body}
-</main>
-{provenance(page, site, list(runs))}
-<script src="{relative(page, f"{ASSETS}/site.js")}"></script>
-</body>
-</html>
-"""
+    runs = list(runs)
+    listed = runs[:PROVENANCE_RUNS]
+    return render(
+        template,
+        title=title,
+        site=site,
+        stylesheet=relative(page, f"{ASSETS}/{STYLESHEET}"),
+        script=relative(page, f"{ASSETS}/{SCRIPT}"),
+        trail=" › ".join(trail),
+        body=body,
+        source=f"from {len(runs)} run{'s' if len(runs) != 1 else ''}:" if runs else "",
+        runs=[run_line(page, run) for run in listed],
+        more=len(runs) - len(listed),
+        all_runs=link(page, "index.html#runs", "all runs"),
+        **blocks,
+    )
 
 
 def link(page: str, target: str, text: str, title: str | None = None, raw: bool = False) -> str:
@@ -140,22 +143,6 @@ def when(stamp: object) -> str:
 
 def note(text: str, cls: str = "note") -> str:
     return f'<p class="{cls}">{esc(text)}</p>'
-
-
-def provenance(page: str, site: SiteInfo, runs: list[Run]) -> str:
-    """Footer: how the site was built and from which runs (versions, git, plugins)."""
-    shown_runs = runs[:PROVENANCE_RUNS]
-    items = "".join(f"<li>{run_line(page, run)}</li>" for run in shown_runs)
-    more = (
-        f"<li>and {len(runs) - len(shown_runs)} more runs ({link(page, 'index.html#runs', 'all runs')})</li>"
-        if len(runs) > len(shown_runs)
-        else ""
-    )
-    source = f"from {len(runs)} run{'s' if len(runs) != 1 else ''}:" if runs else ""
-    return f"""<footer class="provenance">
-<p>Published with tlbench {esc(site.tlbench_version)} (git {esc(site.git_revision)}) on {esc(site.built_at)} {source}</p>
-<ul>{items}{more}</ul>
-</footer>"""
 
 
 def run_line(page: str, run: Run) -> str:

@@ -1,6 +1,6 @@
 """A suite's leaderboard under one strategy: models x datasets with the mean and 95% interval
-over seeds, the rank of each model on each dataset, its average rank and its gain over the
-suite's from-scratch baseline trained with the same strategy.
+over seeds, the rank of each model on each dataset, its average rank and its gain over training
+from scratch.
 
 Statistics are ``tlbench report``'s, computed by the same function
 (``tlbench.report.stats.cell_interval``, docs/reports.md): for top-1, the seeds' spread with
@@ -8,9 +8,12 @@ Student's t plus the noise of the shared test items, from the stored predictions
 has them (so one seed has an interval too: the test set's noise only, marked); ties share
 the mean of their ranks, a cell without a value ranks last among the models that have the cell.
 A model without a cell on a dataset is not ranked there, so its average covers fewer datasets
-(the page says how many). The baseline is the first model of the suite, in suite order, whose
-reference starts with ``scratch:`` or whose card says ``weights = "random"``; it is never chosen
-by its score.
+(the page says how many). The gain is the report's too: points over the trained-from-scratch
+cell of the same dataset, whatever the leaderboard's strategy, the cell of a randomly
+initialised model under a strategy that trains all of it (``tlbench.report.records.init_role``),
+chosen on validation by ``tlbench.report.records.reference_position``. A random-init model under
+a linear probe or partial unfreezing is "random-init features", never the reference; random-init
+models and trivial baselines get no gain themselves.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from tlbench.publish.variants import Group, SuiteView, Variant
-from tlbench.report.records import STATUSES, still_improving
+from tlbench.report.records import (
+    FROM_SCRATCH,
+    STATUSES,
+    reference_position,
+    still_improving,
+)
 from tlbench.report.stats import Interval, cell_interval, read_seed_predictions, test_set_size
 
 
@@ -98,7 +106,7 @@ class Score:
 @dataclass
 class Row:
     model: Variant
-    baseline: bool
+    role: str  # ``init_role`` of the row's cells: trained from scratch, random-init features, ""
     scores: dict[str, Score]  # dataset variant key -> score
     average_rank: float | None = None
     mean_gain: float | None = None
@@ -112,8 +120,13 @@ class Leaderboard:
     metric: str
     datasets: list[Variant]
     rows: list[Row]
-    baseline: Variant | None = None
+    references: dict[str, Score] = field(default_factory=dict)  # dataset key -> from scratch
     notes: list[str] = field(default_factory=list)
+
+    def is_reference(self, score: Score) -> bool:
+        """``score`` is the trained-from-scratch cell this board's gains are measured against."""
+        reference = self.references.get(score.group.dataset.key)
+        return reference is not None and reference.group is score.group
 
 
 def score(group: Group, metric: str) -> Score:
@@ -144,28 +157,49 @@ def _test_items(group: Group) -> float | None:
     )
 
 
-def baseline_model(view: SuiteView) -> Variant | None:
-    """The suite's from-scratch model: the first baseline row in suite order."""
-    baselines = {g.model.key for g in view.groups if g.baseline}
-    return next((m for m in view.models if m.key in baselines), None)
+def from_scratch_references(view: SuiteView, metric: str) -> dict[str, Score]:
+    """Dataset key -> the trained-from-scratch cell gains on it are measured against (the
+    report's rule, see the module doc); datasets without one are left out."""
+    order = {m.key: i for i, m in enumerate(view.models)}
+    strategies = {s.key: i for i, s in enumerate(view.strategies)}
+    references = {}
+    for dataset in view.datasets:
+        groups = sorted(
+            (g for g in view.groups if g.dataset.key == dataset.key and g.role == FROM_SCRATCH),
+            key=lambda g: (order.get(g.model.key, 0), strategies.get(g.strategy.key, 0)),
+        )
+        candidates = [s for g in groups if (s := score(g, metric)).n]
+        at = reference_position([_val_mean(s.group) for s in candidates])
+        if at is not None:
+            references[dataset.key] = candidates[at]
+    return references
 
 
-def build_leaderboard(view: SuiteView, strategy: Variant, metric: str) -> Leaderboard:
+def _val_mean(group: Group) -> float:
+    """Mean validation top-1 of the group's ok seeds (NaN without one): what picks a reference."""
+    values = [
+        v for e in group.entries if e.status == "ok" and (v := e.metric("val_top1")) is not None
+    ]
+    return sum(values) / len(values) if values else math.nan
+
+
+def build_leaderboard(
+    view: SuiteView, strategy: Variant, metric: str, references: dict[str, Score] | None = None
+) -> Leaderboard:
+    """``references``: ``from_scratch_references(view, metric)``, computed once per suite."""
     groups = [g for g in view.groups if g.strategy.key == strategy.key]
     columns = [d for d in view.datasets if any(g.dataset.key == d.key for g in groups)]
     models = [m for m in view.models if any(g.model.key == m.key for g in groups)]
     scores = {(g.model.key, g.dataset.key): score(g, metric) for g in groups}
     _rank(scores, columns)
-    base = baseline_model(view)
-    notes = _gains(scores, columns, base, strategy)
-    rows = [
-        Row(
-            model=m,
-            baseline=base is not None and m.key == base.key,
-            scores={d.key: scores[(m.key, d.key)] for d in columns if (m.key, d.key) in scores},
-        )
-        for m in models
-    ]
+    if references is None:
+        references = from_scratch_references(view, metric)
+    notes = _gains(scores, columns, references)
+    rows = []
+    for m in models:
+        mine = {d.key: scores[(m.key, d.key)] for d in columns if (m.key, d.key) in scores}
+        roles = [s.group.role for s in mine.values() if s.group.role]
+        rows.append(Row(model=m, role=roles[0] if roles else "", scores=mine))
     for row in rows:
         ranks = [s.rank for s in row.scores.values() if s.rank is not None]
         gains = [s.gain for s in row.scores.values() if s.gain is not None]
@@ -174,7 +208,8 @@ def build_leaderboard(view: SuiteView, strategy: Variant, metric: str) -> Leader
     rows.sort(key=lambda r: _position_key(r, models))
     for position, row in enumerate(rows, start=1):
         row.position = position
-    return Leaderboard(view, strategy, metric, columns, rows, base, notes)
+    used = {d.key: references[d.key] for d in columns if d.key in references}
+    return Leaderboard(view, strategy, metric, columns, rows, used, notes)
 
 
 def _rank(scores: dict, columns: list[Variant]) -> None:
@@ -186,22 +221,24 @@ def _rank(scores: dict, columns: list[Variant]) -> None:
             scores[key] = replace(scores[key], rank=float(rank))
 
 
-def _gains(scores: dict, columns: list[Variant], base: Variant | None, strategy) -> list[str]:
-    if base is None:
-        return ["No from-scratch model in this suite, so no gain over training from scratch."]
+def _gains(scores: dict, columns: list[Variant], references: dict[str, Score]) -> list[str]:
+    if not references:
+        return [
+            "No network trained from scratch in this suite (a randomly initialised model under "
+            "full fine-tuning), so no gain over training from scratch."
+        ]
     missing = []
     for column in columns:
-        reference = scores.get((base.key, column.key))
-        if reference is None or not reference.n:
+        reference = references.get(column.key)
+        if reference is None:
             missing.append(column.label)
             continue
         for key in [k for k in scores if k[1] == column.key]:
-            if scores[key].n:
-                scores[key] = replace(scores[key], gain=scores[key].mean - reference.mean)
+            found = scores[key]
+            if found.n and not found.group.baseline and not found.group.trivial:
+                scores[key] = replace(found, gain=found.mean - reference.mean)
     if missing:
-        return [
-            f"No gain on {', '.join(missing)}: the baseline {base.label} has no value there with {strategy.label}."
-        ]
+        return [f"No gain on {', '.join(missing)}: no network trained from scratch there."]
     return []
 
 

@@ -1,7 +1,8 @@
 """Reading one run directory: its valid cell records, its environment and its suite text.
 
 Nothing here raises for bad content: a garbled line, a record that is not a tlbench cell record
-or a field of the wrong type (``tlbench.publish.validate``), an unreadable ``env.json`` is
+(checked as the report checks it, ``tlbench.report.records``) or a field of the wrong type
+(``tlbench.publish.validate``), an unreadable ``env.json`` is
 reported through ``Notes`` and left out, so one damaged run never stops a site from being built
 from the others. Files are read only inside the run directory: a symbolic link, a special file
 or a file larger than its bound is refused (``tlbench.safeio.read_inside``).
@@ -18,10 +19,19 @@ from pathlib import Path
 from tlbench.errors import UserError
 from tlbench.publish.notes import Notes
 from tlbench.publish.validate import MAX_DEPTH, depth, env_problems, id_problem, record_problem
+from tlbench.report.records import (
+    as_malformed,
+    counted_as_malformed,
+    left_out,
+    placement_problem,
+    result_problem,
+    schema_problem,
+)
 from tlbench.results import CELLS_FILE, ENV_FILE
 from tlbench.safeio import describe, read_inside
 
 SUITE_FILE = "suite.toml"
+SITE = "the site"  # what a record the checks refuse is left out of
 MAX_CELLS_BYTES = 512 * 2**20  # a cells.jsonl of 100 000 cells is about 500 MB
 MAX_RECORD_CHARS = 4 * 2**20
 MAX_ENV_BYTES = 16 * 2**20
@@ -107,25 +117,43 @@ def read_cell_records(path: Path, notes: Notes) -> list[dict]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         if len(line) > MAX_RECORD_CHARS:
-            notes.warn(
-                f"{path}:{number}: a record longer than {MAX_RECORD_CHARS} characters; skipped"
-            )
+            notes.warn(left_out(where, f"a record longer than {MAX_RECORD_CHARS} characters", SITE))
             continue
         try:
             record = json.loads(line)
         except RecursionError:
-            notes.warn(f"{path}:{number}: a record nested too deeply; skipped")
+            notes.warn(left_out(where, "a record nested too deeply", SITE))
             continue
         except ValueError:  # JSONDecodeError, and integers too long to convert
-            notes.warn(f"{path}:{number}: truncated or garbled record; skipped")
+            notes.warn(f"{where}: skipped a truncated or garbled record")  # the report's words
             continue
-        problem = record_problem(record)
-        if problem:
-            notes.warn(f"{path}:{number}: {problem}; skipped")
-            continue
-        records.append(record)
+        if record := checked_record(record, where, notes):
+            records.append(record)
     return records
+
+
+def checked_record(record: object, where: str, notes: Notes) -> dict | None:
+    """``record`` as the report reads it (``tlbench.report.records``: the same checks, the
+    same warnings, a record whose result cannot be used counted as malformed), or ``None`` when
+    it is left out, by those checks or by what a public page needs (``validate``)."""
+    try:
+        problem = schema_problem(record) or placement_problem(record)
+    except RecursionError:  # an id nested too deeply to be shown
+        problem = "a record nested too deeply"
+    if problem:
+        notes.warn(left_out(where, problem, SITE))
+        return None
+    unusable = result_problem(record)
+    shown = as_malformed(record, unusable) if unusable else record
+    problem = record_problem(shown)
+    if problem:
+        notes.warn(left_out(where, problem, SITE))
+        return None
+    if unusable:
+        notes.warn(counted_as_malformed(where, record, unusable))
+    return shown
 
 
 def _read_env(path: Path, notes: Notes) -> dict:

@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import tlbench
@@ -24,7 +23,7 @@ from tlbench.publish.cell_page import cell_page
 from tlbench.publish.discover import find_run_dirs
 from tlbench.publish.gallery import GALLERY_SIZE, Thumbnails, evidence
 from tlbench.publish.html import SiteInfo
-from tlbench.publish.leaderboard import Leaderboard, build_leaderboard
+from tlbench.publish.leaderboard import Leaderboard, build_leaderboard, from_scratch_references
 from tlbench.publish.merge import merge_runs
 from tlbench.publish.notes import Notes
 from tlbench.publish.paths import (
@@ -40,11 +39,11 @@ from tlbench.publish.runs import Run, load_run
 from tlbench.publish.site_pages import index_page, run_page
 from tlbench.publish.targets import Targets, scrub
 from tlbench.publish.variants import SuiteView, Variant, suite_views
+from tlbench.report.html import SCRIPT, STYLESHEET, asset
 from tlbench.results import git_revision, now_iso
 from tlbench.safeio import StorageError, fault
 
 MANIFEST = "tlbench-site.json"
-ASSET_FILES = ("site.css", "site.js")
 
 
 @dataclass(frozen=True)
@@ -154,10 +153,11 @@ class _Writer:
 
 
 def _write_site(writer, views, runs, defaults, site, notes, thumbs, targets, gallery_size) -> None:
-    for name in ASSET_FILES:
-        writer.write(f"{ASSETS}/{name}", (resources.files(__package__) / ASSETS / name).read_text())
+    for name in (STYLESHEET, SCRIPT):  # shared with tlbench report, which inlines them
+        writer.write(f"{ASSETS}/{name}", asset(name))
     for view in views:
-        boards = [build_leaderboard(view, s, site.metric) for s in view.strategies]
+        references = from_scratch_references(view, site.metric)
+        boards = [build_leaderboard(view, s, site.metric, references) for s in view.strategies]
         scores = {
             row_score.group.id: row_score
             for b in boards
@@ -190,10 +190,7 @@ def _write_cells(
     for row in board.rows:
         for dataset_key, score in row.scores.items():
             group = score.group
-            reference = None
-            if board.baseline is not None:
-                base_row = next((r for r in board.rows if r.model.key == board.baseline.key), None)
-                reference = base_row.scores.get(dataset_key) if base_row else None
+            reference = board.references.get(dataset_key)
             ranked = sum(1 for r in board.rows if dataset_key in r.scores)
             found = {
                 e.id: evidence(e, site.metric, targets, thumbs, gallery_size) for e in group.entries

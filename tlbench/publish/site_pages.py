@@ -1,4 +1,5 @@
-"""The front page (suites, runs, what was left out) and a page per run (its environment)."""
+"""The front page (suites, runs, what was left out; ``index.html.j2``) and a page per run (its
+environment; ``run.html.j2``)."""
 
 from __future__ import annotations
 
@@ -30,24 +31,22 @@ def index_page(
     site: SiteInfo,
     page: str = "index.html",
 ) -> str:
-    body = [
-        note(
+    return document(
+        page,
+        site.title,
+        "",
+        site,
+        runs,
+        template="index.html.j2",
+        intro=(
             f"Leaderboards of {len(views)} suite{'s' if len(views) != 1 else ''} built from "
             f"{len(runs)} run{'s' if len(runs) != 1 else ''}. Every number links to its cell: "
             "configuration, chosen hyperparameters, cost, environment and the test images it got wrong."
         ),
-        "<h2>Suites</h2>",
-        _suites_table(views, page),
-        '<h2 id="runs">Runs</h2>',
-        _runs_table(runs, views, page),
-    ]
-    if notes:
-        items = "".join(f"<li>{esc(line)}</li>" for line in notes)
-        body += [
-            '<h2 id="build-notes">Left out while building</h2>',
-            f'<ul class="warnings">{items}</ul>',
-        ]
-    return document(page, site.title, "\n".join(body), site, runs)
+        suites=_suites_table(views, page),
+        runs_table=_runs_table(runs, views, page),
+        notes=notes,
+    )
 
 
 def _suites_table(views: list[SuiteView], page: str) -> str:
@@ -105,60 +104,58 @@ def _runs_table(runs: list[Run], views: list[SuiteView], page: str) -> str:
 def run_page(run: Run, views: list[SuiteView], page: str, site: SiteInfo) -> str:
     placed = _placement(views)
     statuses = Counter(str(r["status"]) for r in run.records)
-    body = [
-        note(
+    env = run.env
+    environment = packages = plugins = resumed = None
+    resumes = env.get("resumes") or []
+    if env:
+        pairs = [(k, v) for k, v in flatten(env) if k.split(".")[0] not in ENV_HIDDEN]
+        environment = fields_table(
+            [
+                (
+                    k,
+                    " ".join(v)
+                    if isinstance(v, list) and all(isinstance(x, str) for x in v)
+                    else v,
+                )
+                for k, v in pairs
+            ]
+        )
+        packages = fields_table(sorted((env.get("packages") or {}).items()))
+        plugins = _plugins_table(env.get("plugins") or [])
+        if resumes:
+            resumed = fields_table(
+                [
+                    (
+                        f"resume {i}",
+                        f"{r.get('created_at', '?')}, git {r.get('git_revision', '?')}, tlbench {(r.get('packages') or {}).get('tlbench', '?')}",
+                    )
+                    for i, r in enumerate(resumes, start=1)
+                    if isinstance(r, dict)
+                ]
+            )
+    crumbs = [("runs", "index.html#runs"), (run.label, None)]
+    return document(
+        page,
+        f"Run {run.label}",
+        "",
+        site,
+        [run],
+        crumbs,
+        template="run.html.j2",
+        intro=(
             f"Run directory {run.path.name} (run id {run.run_id}): {len(run.records)} records, "
             + ", ".join(f"{n} {s}" for s, n in statuses.items())
             + "."
         ),
-        "<h2>Cells</h2>",
-        _cells_table(run, placed, page),
-        "<h2>Environment</h2>",
-    ]
-    env = run.env
-    if not env:
-        body.append(
-            note("No env.json in this run directory: its environment is unknown.", "warning")
-        )
-    else:
-        pairs = [(k, v) for k, v in flatten(env) if k.split(".")[0] not in ENV_HIDDEN]
-        body.append(
-            fields_table(
-                [
-                    (
-                        k,
-                        " ".join(v)
-                        if isinstance(v, list) and all(isinstance(x, str) for x in v)
-                        else v,
-                    )
-                    for k, v in pairs
-                ]
-            )
-        )
-        body += ["<h3>Packages</h3>", fields_table(sorted((env.get("packages") or {}).items()))]
-        body += ["<h3>Plugins</h3>", _plugins_table(env.get("plugins") or [])]
-        resumes = env.get("resumes") or []
-        if resumes:
-            body.append(f"<h3>Resumed {len(resumes)} time{'s' if len(resumes) != 1 else ''}</h3>")
-            body.append(
-                fields_table(
-                    [
-                        (
-                            f"resume {i}",
-                            f"{r.get('created_at', '?')}, git {r.get('git_revision', '?')}, tlbench {(r.get('packages') or {}).get('tlbench', '?')}",
-                        )
-                        for i, r in enumerate(resumes, start=1)
-                        if isinstance(r, dict)
-                    ]
-                )
-            )
-    if run.suite_text:
-        body += [
-            f"<h3>Suite file (sha256 {esc(run.suite_sha256[:12])}…)</h3>",
-            f'<pre class="suite">{esc(run.suite_text)}</pre>',
-        ]
-    crumbs = [("runs", "index.html#runs"), (run.label, None)]
-    return document(page, f"Run {run.label}", "\n".join(body), site, [run], crumbs)
+        cells=_cells_table(run, placed, page),
+        environment=environment,
+        packages=packages,
+        plugins=plugins,
+        resumed=resumed,
+        resumed_title=f"Resumed {len(resumes)} time{'s' if len(resumes) != 1 else ''}",
+        suite=run.suite_text,
+        suite_sha256=run.suite_sha256[:12],
+    )
 
 
 def _placement(views: list[SuiteView]) -> dict:

@@ -1,18 +1,21 @@
-"""What a submitted run may contain: every field publish uses, checked by type and range.
+"""What publishing adds to the record checks of ``tlbench report``: every field a page uses,
+checked by type and range.
 
-A run directory handed to ``tlbench publish`` may come from a stranger, so each record and the
-run's ``env.json`` are untrusted input (the threat model is in docs/publishing.md). A record
-with a field of the wrong type or out of range is refused as a whole, with one line naming the
-field; a wrong ``env.json`` field is dropped with one line, and the run is kept. What passes
-here is what every page builder may rely on: the types below, nesting at most ``MAX_DEPTH``.
+Whether a record is a cell record at all (an object of this schema, with its identity fields)
+and whether its result can be used is decided by ``tlbench.report.records``, the one validator
+report and publish share, with the same warnings. A run directory handed to ``tlbench publish``
+may come from a stranger, though, so each record and the run's ``env.json`` are untrusted input
+(the threat model is in docs/publishing.md): on top, a record needs the ``config_hash`` runs are
+merged by, and a record with a field a page cannot show as it is (a control character in an id,
+a field of the wrong type, nesting deeper than ``MAX_DEPTH``, text beyond ``MAX_TEXT``) is
+refused as a whole, with one line naming the field; a wrong ``env.json`` field is dropped with
+one line, and the run is kept. What passes here is what every page builder may rely on.
 """
 
 from __future__ import annotations
 
 import math
 import unicodedata
-
-from tlbench.results import SCHEMA_VERSION
 
 MAX_DEPTH = 12  # records nest 5 deep; a deeper value is not one tlbench wrote
 MAX_ID = 200  # characters in an id (model, dataset, strategy, suite, run)
@@ -21,7 +24,6 @@ MAX_SEED = 2**63
 MAX_CLASSES = 100_000
 PERCENTAGES = ("top1", "val_top1", "top5")
 
-REQUIRED = ("suite", "config_hash", "model", "dataset", "strategy", "seed", "status")
 _IDS = ("suite", "config_hash", "model", "dataset", "strategy", "status")
 _OPTIONAL_IDS = ("run_id", "model_ref", "dataset_ref", "strategy_ref", "tlbench_version")
 _OPTIONAL_TEXT = ("finished_at", "started_at", "detail", "predictions_error")
@@ -85,23 +87,18 @@ def id_problem(value: object, longest: int = MAX_ID) -> str | None:
 _BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
 
 
-def record_problem(record: object) -> str | None:
-    """Why ``record`` is not a cell record publish can show, or ``None``."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    schema = record.get("schema", SCHEMA_VERSION)
-    if schema != SCHEMA_VERSION:
-        return f"record schema {_short(schema)}, this tlbench reads schema {SCHEMA_VERSION}"
-    missing = [key for key in REQUIRED if key not in record]
-    if missing:
-        return f"lacks {', '.join(missing)} (not a tlbench cell record)"
+def record_problem(record: dict) -> str | None:
+    """Why a record that ``tlbench.report.records`` can place is not one publish can show, or
+    ``None``."""
+    if "config_hash" not in record:
+        return "lacks config_hash, which publish merges runs by"
     if depth(record) > MAX_DEPTH:
         return f"nests deeper than {MAX_DEPTH} levels"
     for key in _IDS:
         if problem := id_problem(record[key]):
             return f"{key} {problem}"
     seed = record["seed"]
-    if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+    if not 0 <= seed < MAX_SEED:
         return f"seed {_short(seed)} is not an integer from 0 to 2**63-1"
     for key in _OPTIONAL_IDS:
         if record.get(key) is not None and (problem := id_problem(record[key])):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from tlbench.publish.merge import Entry, versions_of, versions_text
 from tlbench.publish.runs import Run
-from tlbench.report.records import is_baseline
+from tlbench.report.records import init_role, is_baseline, is_trivial
 
 KINDS = ("model", "dataset", "strategy")
 # Fields of a split record that are the same for every seed of one protocol.
@@ -66,9 +66,33 @@ class Group:
 
     @property
     def baseline(self) -> bool:
+        """A randomly initialised model (``tlbench.report.records.is_baseline``)."""
         return any(
             is_baseline(e.record.get("model_ref"), e.record.get("model_card")) for e in self.entries
         )
+
+    @property
+    def role(self) -> str:
+        """What a random-init model's cell measures, the report's ``init_role``: trained from
+        scratch, random-init features, or "" for a pretrained model."""
+        roles = (_role(e.record) for e in self.entries)
+        return next((role for role in roles if role), "")
+
+    @property
+    def trivial(self) -> bool:
+        """A trivial baseline (raw pixels, random features): never given a gain."""
+        return any(is_trivial(e.record.get("model_card")) for e in self.entries)
+
+
+def _role(record: dict) -> str:
+    cost = record.get("cost") if isinstance(record.get("cost"), dict) else {}
+    return init_role(
+        record.get("model_ref"),
+        record.get("model_card"),
+        record.get("strategy_ref", record["strategy"]),
+        cost.get("trainable_params"),
+        cost.get("total_params"),
+    )
 
 
 @dataclass

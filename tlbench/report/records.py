@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,22 @@ def init_role(
     return FROM_SCRATCH if strategy_ref in _TRAINS_ALL else RANDOM_FEATURES
 
 
+def is_trivial(model_card: Any) -> bool:
+    """A trivial baseline (raw pixels, random features): its card says ``trivial_baseline``."""
+    return isinstance(model_card, Mapping) and bool(model_card.get("trivial_baseline"))
+
+
+def reference_position(val_means: Sequence[float]) -> int | None:
+    """Which of the candidate reference cells of one dataset (in suite order, each with a
+    value) a gain is measured against: the best validation top-1, chosen without the test set,
+    else the first; ``None`` without candidates. Report and site both choose with it the
+    trained-from-scratch cell (``FROM_SCRATCH``) that gains "over scratch" compare with."""
+    if not val_means:
+        return None
+    known = [(value, -at) for at, value in enumerate(val_means) if not math.isnan(value)]
+    return -max(known)[1] if known else 0
+
+
 def still_improving(hparams: Any) -> bool:
     """Validation was still improving when the training budget ran out
     (``hparams.convergence.still_improving``; records without it: False)."""
@@ -230,35 +246,44 @@ def _suite_order(run_dir: Path):
 
 def _flatten_record(record: Any, where: str) -> dict | None:
     """The record as one row, or ``None`` (with a warning) when it cannot be placed."""
-    if not isinstance(record, Mapping):
-        warn_once(f"{where}: not a JSON object; left out of the report", stacklevel=3)
+    schema = schema_problem(record)
+    if schema:
+        raise UserError(f"{where}: {schema}")
+    problem = placement_problem(record)
+    if problem:
+        warn_once(left_out(where, problem), stacklevel=3)
         return None
-    schema = record.get("schema", SCHEMA_VERSION)
-    if schema != SCHEMA_VERSION:
-        raise UserError(
-            f"{where}: has schema {schema!r}; this tlbench reads schema {SCHEMA_VERSION}"
-        )
-    unplaceable = _identity_problem(record)
-    if unplaceable:
-        warn_once(f"{where}: {unplaceable}; left out of the report", stacklevel=3)
-        return None
+    unusable = result_problem(record)
+    if unusable:
+        warn_once(counted_as_malformed(where, record, unusable), stacklevel=3)
+        record = as_malformed(record, unusable)
     row = {key: value for key, value in record.items() if key not in FLATTENED}
     for key in FLATTENED:
         row.update(_flatten(key, record.get(key)))
-    unusable = _result_problem(record)
-    if unusable:
-        cell = f"{record['model']} / {record['dataset']} / {record['strategy']} / seed {record['seed']}"
-        warn_once(f"{where} ({cell}): {unusable}; counted as malformed, in no mean", stacklevel=3)
-        row.update(status="malformed", recorded_status=record["status"])
-        row["error.message"] = f"malformed record: {unusable}"
     for key in KEPT_AS_DICTS:
         row.setdefault(key, {})
     row.setdefault("run_dir", "")
     return row
 
 
-def _identity_problem(record: Mapping) -> str | None:
-    """Why a record cannot be placed in the (model, dataset, strategy, seed) grid."""
+# -------------------------------------------------------------------- one record validator
+# ``tlbench report`` and ``tlbench publish`` check records with these functions and warn in
+# these words; publish adds only what a public page needs on top (tlbench.publish.validate).
+
+
+def schema_problem(record: Any) -> str | None:
+    """Why a record is of a schema this tlbench cannot read (``None`` when it can)."""
+    schema = record.get("schema", SCHEMA_VERSION) if isinstance(record, Mapping) else None
+    if schema != SCHEMA_VERSION and isinstance(record, Mapping):
+        return f"has schema {_shown(schema)}; this tlbench reads schema {SCHEMA_VERSION}"
+    return None
+
+
+def placement_problem(record: Any) -> str | None:
+    """Why a record cannot be placed in the (model, dataset, strategy, seed) grid: not an
+    object, a missing field or an identity field of the wrong type; ``None`` when it can."""
+    if not isinstance(record, Mapping):
+        return "not a JSON object"
     missing = [key for key in REQUIRED if key not in record]
     if missing:
         return f"lacks {', '.join(missing)}, not a tlbench cell record"
@@ -271,8 +296,8 @@ def _identity_problem(record: Mapping) -> str | None:
     return None
 
 
-def _result_problem(record: Mapping) -> str | None:
-    """Why the result of a placeable record cannot be used."""
+def result_problem(record: Mapping) -> str | None:
+    """Why the result of a placeable record cannot be used (it is then ``as_malformed``)."""
     status = record["status"]
     if status not in RECORDED_STATUSES:
         return f"status {_shown(status)} is not one of {', '.join(RECORDED_STATUSES)}"
@@ -284,6 +309,30 @@ def _result_problem(record: Mapping) -> str | None:
         if not _is_percentage(top1):
             return f"status 'ok' but metrics.top1 is {_shown(top1)}, expected a number in [0, 100]"
     return None
+
+
+def as_malformed(record: Mapping, why: str) -> dict:
+    """A placeable record whose result cannot be used, as both readers keep it: status
+    ``malformed`` (counted next to the failures, in no mean), the recorded status in
+    ``recorded_status`` and the reason as its error message."""
+    error = record.get("error") if isinstance(record.get("error"), Mapping) else {}
+    return {
+        **record,
+        "status": "malformed",
+        "recorded_status": record["status"],
+        "error": {**error, "message": f"malformed record: {why}"},
+    }
+
+
+def left_out(where: str, why: str, reader: str = "the report") -> str:
+    """The warning for a record that is left out: ``FILE:LINE: why; left out of the report``."""
+    return f"{where}: {why}; left out of {reader}"
+
+
+def counted_as_malformed(where: str, record: Mapping, why: str) -> str:
+    """The warning for a record counted as malformed (``as_malformed``), naming its cell."""
+    cell = f"{record['model']} / {record['dataset']} / {record['strategy']} / seed {record['seed']}"
+    return f"{where} ({cell}): {why}; counted as malformed, in no mean"
 
 
 def _is_percentage(value: Any) -> bool:

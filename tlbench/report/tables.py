@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.report.records import FROM_SCRATCH, GROUP_KEY, STATUSES, tuning
+from tlbench.report.records import (
+    FROM_SCRATCH,
+    GROUP_KEY,
+    STATUSES,
+    is_trivial,
+    reference_position,
+    tuning,
+)
 from tlbench.specs import KINDS
 
 CI_LEVEL = 0.95
@@ -145,8 +152,7 @@ def _summarize_group(key: tuple, group: pd.DataFrame, column: str, predictions) 
 
 
 def _trivial(group: pd.DataFrame) -> bool:
-    cards = group.get("model_card", pd.Series(dtype=object))
-    return any(isinstance(card, Mapping) and card.get("trivial_baseline") for card in cards)
+    return any(is_trivial(card) for card in group.get("model_card", ()))
 
 
 def t_quantile(dof: int) -> float:
@@ -345,11 +351,8 @@ def _reference(summary, dataset, kind: str) -> pd.Series | None:
     by validation top-1, else the first in suite order."""
     mask = summary[kind] & (summary["dataset"] == dataset) & (summary["n"] > 0)
     candidates = summary[mask]
-    if candidates.empty:
-        return None
-    if candidates["val_mean"].notna().any():
-        return candidates.loc[candidates["val_mean"].idxmax()]
-    return candidates.iloc[0]
+    at = reference_position([float(v) for v in candidates["val_mean"]])
+    return None if at is None else candidates.iloc[at]
 
 
 def _difference(row, reference, predictions) -> tuple[float, float, float]:
