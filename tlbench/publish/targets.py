@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from tlbench.errors import typed_first_line
 from tlbench.splits import PROTOCOLS, SPLIT_OPTIONS
 
 
@@ -63,7 +64,7 @@ class Targets:
             host = self._plugin_host()
             entry, argument = host.registry.lookup("dataset", ref)
         except Exception as exc:  # an unknown name or a plugin host that cannot start
-            return None, f"dataset {ref!r} is not registered here ({_first_line(exc)})"
+            return None, f"dataset {ref!r} is not registered here ({typed_first_line(exc)})"
         options, refused = publisher_options(entry.spec.options, recorded)
         if refused:
             return None, f"dataset {ref!r}: {refused}"
@@ -79,7 +80,7 @@ class Targets:
             )
             return entry.spec.load_factory()(argument, options, context), ""
         except Exception as exc:  # third-party code: its failure is a reason, not a crash
-            return None, f"dataset {ref!r} could not be loaded here: {scrub(_first_line(exc))}"
+            return None, f"dataset {ref!r} could not be loaded here: {scrub(typed_first_line(exc))}"
 
     def _plugin_host(self):
         if self._host is None:
@@ -128,8 +129,3 @@ def scrub(text: str) -> str:
 
 
 _ABSOLUTE = re.compile(r"(?<![\w.~:/])/[^\s'\"():,;]+")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
