@@ -4,7 +4,9 @@ shown by ``plugins``, and bad run options refused before anything loads (exit 2,
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -282,3 +284,16 @@ def test_run_json_prints_only_json_on_stdout_even_when_a_plugin_prints(tmp_path,
     [record] = json.loads(result.stdout)
     assert record["status"] == "ok" and record["metrics"]["top1"] > 60
     assert "chatty observer saw ridge" in result.stderr
+
+
+def test_run_into_a_pipe_ends_with_the_reports_csv_lines_not_a_table(tmp_path, write_suite):
+    suite = write_suite(
+        'models = ["tiny-proj"]\nstrategies = ["ridge"]\n'
+        '[[datasets]]\nname = "tiny-digits"\ntrain_size = 300\n'
+    )
+    result = invoke("--plugin", "test_runner", "run", str(suite), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "┃" not in result.stdout and "│" not in result.stdout
+    [row] = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert (row["model"], row["strategy"], row["status"]) == ("tiny-proj", "ridge", "ok")
+    assert "results:" in result.stderr

@@ -353,7 +353,11 @@ def run(
             if outcome.interrupted:  # a further signal must not cut the summary short
                 _ignore_signals()
             if not quiet and (outcome.records or not outcome.interrupted):
-                _print_table(outcome.run_dir, console if as_json else Console())
+                _print_table(
+                    outcome.run_dir,
+                    console if as_json else Console(),
+                    plain=not as_json and _plain_output(),
+                )
                 console.print(
                     f"results: {outcome.run_dir}  ({outcome.ran} cells run, {outcome.skipped} already recorded)"
                 )
@@ -425,10 +429,18 @@ def _print_plan(plan, as_json: bool) -> None:
         render_plan(plan, Console())
 
 
-def _print_table(run_dir: Path, console) -> None:
+def _print_table(run_dir: Path, console, plain: bool = False) -> None:
+    """The run's summary: a table for a terminal; ``plain`` (stdout is a pipe or a file) the
+    report's CSV lines, as ``tlbench report`` prints them there."""
     from tlbench.report import load_records, render_terminal
 
-    render_terminal(load_records([run_dir]), console)
+    records = load_records([run_dir])
+    if plain:
+        from tlbench.report.document import render_report
+
+        click.echo(render_report(records, "csv"), nl=False)
+        return
+    render_terminal(records, console)
 
 
 @cli.command("list")
