@@ -186,3 +186,20 @@ def test_the_micro_batch_is_searched_once_per_model_and_input_size(images):
     training.finetune(ctx, recipe, options)
     # 32 and 16 fail once; every later forward (the other candidate, the refit) starts at 8
     assert [t for t in tried if t > FITS] == [32, 16]
+
+
+def test_on_an_accelerator_divergence_is_noticed_later_but_names_the_first_bad_step():
+    from tlbench.engine.training import _DivergenceWatch
+    from tlbench.errors import Diverged
+
+    watch = _DivergenceWatch(torch.device("cpu"), lr=0.1, eager=False)  # as on a GPU
+    for step, value in enumerate([1.0, 0.5, float("nan"), 2.0, float("inf")]):
+        watch.note(torch.tensor(value), step)  # never waits for the device, never raises
+    with pytest.raises(Diverged, match=r"loss became nan at step 2 \(lr=0.1\)") as raised:
+        watch.check()
+    assert raised.value.step == 2
+    healthy = _DivergenceWatch(torch.device("cpu"), lr=0.1, eager=False)
+    healthy.note(torch.tensor(1.0), 0)
+    healthy.check()
+    with pytest.raises(Diverged, match="at step 7"):
+        _DivergenceWatch(torch.device("cpu"), lr=0.1).note(torch.tensor(float("inf")), 7)

@@ -543,8 +543,9 @@ class _DivergenceWatch:
     the first non-finite loss and its step are kept on the device and ``check`` (every
     ``DIVERGENCE_CHECK_STEPS`` steps and at the end of each epoch) raises naming that step."""
 
-    def __init__(self, device: torch.device, lr: float):
-        self.lr, self.eager = lr, torch.device(device).type == "cpu"
+    def __init__(self, device: torch.device, lr: float, eager: bool | None = None):
+        self.lr = lr
+        self.eager = torch.device(device).type == "cpu" if eager is None else eager
         if not self.eager:
             self.step = torch.full((), -1, dtype=torch.int64, device=device)
             self.loss = torch.zeros((), dtype=torch.float32, device=device)
