@@ -17,7 +17,7 @@ from tlbench.cache import atomic_write_text
 from tlbench.components import ImageSet, TargetData
 from tlbench.datasetlib.catalog import default_data_root
 from tlbench.errors import UserError
-from tlbench.imagestore import ImageStore, StoreWriter, scratch_dir
+from tlbench.imagestore import ImageStore, StoreWriter, scratch_dir, verify_once, warn_corrupted
 from tlbench.splits import SPLIT_OPTIONS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -182,9 +182,11 @@ def _decode_to_store(kept, mode: str, size, on_corrupt: str, what: str, store_di
             meta = json.loads(meta_path.read_text())
             store = ImageStore(f"{base}.u8", (len(meta["labels"]), *row_shape))
             if os.path.getsize(store.path) == store.nbytes:
-                return ImageSet(labels=np.asarray(meta["labels"], np.int64), images=store), meta[
-                    "skipped"
-                ]
+                bad = verify_once(store)  # checksums, the first time this process reads it
+                if not len(bad):
+                    labels = np.asarray(meta["labels"], np.int64)
+                    return ImageSet(labels=labels, images=store), meta["skipped"]
+                warn_corrupted(store, len(bad), "decoded again")
         except (OSError, ValueError, KeyError):
             pass  # unreadable or partial: decode again
     writer = StoreWriter(f"{base}.u8", row_shape)
