@@ -69,9 +69,11 @@ def images():
     return ImageSet(labels=labels.astype(np.int64), images=pixels)
 
 
-def context(images, limit: int | None, options: dict) -> CellContext:
+def context(
+    images, limit: int | None, options: dict, source: SourceModel | None = None, run_dir=None
+) -> CellContext:
     target = TargetData("syn", ("a", "b", "c"), images, None, fingerprint="syn")
-    source = tiny_source(limit)
+    source = source or tiny_source(limit)
     split = {"train_size": 64, "val_size": 24, "test_size": 32}
     data = prepare(target, source, split, {}, seed=0, cache=None)
     cell = Cell("t", source.name, "syn", "ft", 0, source.name, "syn", "ft", {}, split, options)
@@ -83,10 +85,11 @@ def context(images, limit: int | None, options: dict) -> CellContext:
         cache=None,
         seed=0,
         log=lambda m: None,
+        run_dir=run_dir,
     )
 
 
-def run(images, limit: int | None, **options):
+def run(images, limit: int | None, source=None, run_dir=None, **options):
     """The cell's result and the optimiser steps each candidate took."""
     import tlbench.engine.training as training
     from tlbench.engine.training import Recipe, finetune
@@ -105,7 +108,7 @@ def run(images, limit: int | None, **options):
     training._optimizer = counting
     try:
         recipe = Recipe(trainable=lambda model: [n for n, _ in model.named_parameters()])
-        result = finetune(context(images, limit, given), recipe, given)
+        result = finetune(context(images, limit, given, source, run_dir), recipe, given)
     finally:
         training._optimizer = real
     return result, steps
@@ -203,3 +206,46 @@ def test_on_an_accelerator_divergence_is_noticed_later_but_names_the_first_bad_s
     healthy.check()
     with pytest.raises(Diverged, match="at step 7"):
         _DivergenceWatch(torch.device("cpu"), lr=0.1).note(torch.tensor(float("inf")), 7)
+
+
+def test_a_resumed_candidate_keeps_its_micro_batch_from_the_checkpoint(
+    images, tmp_path, monkeypatch
+):
+    import tlbench.engine.runtime as runtime
+    import tlbench.engine.training as training
+
+    source = tiny_source(FITS)
+    uninterrupted, _ = run(images, FITS, source=source)
+
+    class Killed(Exception):
+        pass
+
+    evaluations, real_evaluate = [], training.evaluate
+
+    def evaluate(*args, **kwargs):
+        evaluations.append(1)
+        if len(evaluations) == 3:
+            raise Killed
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(runtime, "_FITTED", {})  # a new process: nothing fitted yet
+    with pytest.raises(Killed):
+        run(images, FITS, source=source, run_dir=tmp_path / "run")
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    monkeypatch.setattr(runtime, "_FITTED", {})
+    tried = []  # training forwards
+    forward = TinyNet.forward
+
+    def spy(self, x):
+        if torch.is_grad_enabled():
+            tried.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(TinyNet, "forward", spy)
+    resumed, _ = run(images, FITS, source=source, run_dir=tmp_path / "run")
+    assert comparable(resumed) == comparable(uninterrupted)
+    assert resumed.cost["micro_batch_size"] == FITS
+    # the resumed search candidates start at their checkpointed micro-batch; only the refit,
+    # which had no checkpoint, searches again
+    assert [t for t in tried if t > FITS] == [32, 16]
