@@ -198,7 +198,7 @@ def _discard_if_not_regular(path: Path) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def _mask_path(path: os.PathLike) -> Path:
+def _mask_path(path: str | os.PathLike) -> Path:
     return Path(f"{path}.rows")
 
 
@@ -241,7 +241,7 @@ def mark_rows(store: ImageStore, rows: np.ndarray, written: bool = True) -> None
 _VERIFIED: set = set()
 
 
-def _crc_path(path: os.PathLike) -> Path:
+def _crc_path(path: str | os.PathLike) -> Path:
     return Path(f"{path}.crc")
 
 
@@ -250,7 +250,7 @@ def checksums(rows: np.ndarray) -> np.ndarray:
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     flat = rows.reshape(len(rows), -1)
     return (
-        np.fromiter((zlib.crc32(memoryview(row)) for row in flat), dtype=np.uint64, count=len(flat))
+        np.fromiter((zlib.crc32(row.data) for row in flat), dtype=np.uint64, count=len(flat))
         | _RECORDED
     )
 

@@ -719,9 +719,10 @@ class _Candidate:
                 self.diverged, self.stopped = exc, True
                 return
             except Exception as exc:
-                if not is_oom(exc) or self.micro_batch <= 1:
+                micro = self.micro_batch or self.cfg.batch_size
+                if not is_oom(exc) or micro <= 1:
                     raise
-                self._restart(self.micro_batch // 2)
+                self._restart(micro // 2)
                 return
         self._record_batch()
         self.epochs_trained = self.outcome.epochs_trained
@@ -768,11 +769,11 @@ class _Candidate:
 
     def _record_batch(self) -> None:
         """The recorded batch is the recipe's; a micro-batch, when used, is recorded beside it."""
-        self.meter.batch_size = self.cfg.batch_size
-        if self.micro_batch < self.cfg.batch_size:
+        self.meter.batch_size = batch = self.cfg.batch_size
+        micro = self.micro_batch or batch
+        if micro < batch:
             self.meter.extra.update(
-                micro_batch_size=self.micro_batch,
-                accumulation_steps=accumulation_steps(self.cfg.batch_size, self.micro_batch),
+                micro_batch_size=micro, accumulation_steps=accumulation_steps(batch, micro)
             )
 
     def _start(self) -> None:
