@@ -177,3 +177,18 @@ def test_a_store_larger_than_the_budget_is_checked_on_a_sample_of_rows(tmp_path,
     new_process()
     assert imagestore.verify_once(store).tolist() == []
     assert checked == [10]
+
+
+def test_only_the_rows_asked_for_are_checked_and_a_short_file_fails_them(tmp_path):
+    writer = imagestore.StoreWriter(tmp_path / "s.u8", (3, 3))
+    writer.append(np.arange(10 * 9, dtype=np.uint8).reshape(10, 3, 3))
+    store = writer.close()
+    flip_byte(store.path, 5 * store.row_bytes)
+    flip_byte(store.path, 7 * store.row_bytes + 8)
+    wanted = np.zeros(10, bool)
+    wanted[[1, 2, 3, 7, 9]] = True
+    assert imagestore.verify(store, wanted).tolist() == [7]
+    assert imagestore.verify(store).tolist() == [5, 7]
+    with open(store.path, "r+b") as fh:
+        fh.truncate(8 * store.row_bytes + 4)
+    assert imagestore.verify(store, wanted).tolist() == [7, 9]
