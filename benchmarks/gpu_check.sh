@@ -14,6 +14,11 @@
 #                   names the GPU it saw, its top-1 equals the local run's
 #   oom             a forward too large for the GPU: the batch that fits is found, remembered
 #                   (a second call starts there) and recorded
+#   oom-training    full fine-tuning at batch 128, two seeds, with the allocator capped at 3 GiB:
+#                   the cells finish with micro-batches and gradient accumulation, record the
+#                   effective batch 128, take the optimiser steps of an uncapped run, search the
+#                   micro-batch once (the second seed starts there), and their top-1 is within the
+#                   test set's noise of the uncapped run (CPU fallback: a simulated out-of-memory)
 #   features-*      feature extraction vs timm's benchmark loop, per precision: passes at a
 #                   ratio of at least $MIN_RATIO (0.8) on a GPU
 #
@@ -240,6 +245,95 @@ _, again = with_oom_retry(forward, start, key=key)
 print(f"asked {start}, tried {first}, fits {fitted}; second call tried {tries}")
 assert fitted < start and len(first) > 1, "no out-of-memory was met"
 assert tries == [fitted] and again == fitted, "the fitted batch was not remembered"
+PYEOF
+
+# -- out of memory in training: micro-batches and accumulation keep the recipe ---------------------
+cat > "$WORK/oom.toml" <<EOF
+name = "gpu-check-oom"
+seeds = [0, 1]
+[[models]]
+name = "efficientnet_lite0.in1k"
+id = "lite0"
+input_size = $PX
+[[datasets]]
+name = "imagefolder"
+id = "jpegs"
+root = "$WORK/images"
+[[strategies]]
+name = "full-finetune"
+id = "full-finetune-b128"
+precision = "fp32"
+epochs = 1
+batch_size = 128
+finetune_lr = [0.001]
+EOF
+TAIL=20 step oom-training 420 "$PY" - "$DEVICE" "$WORK" <<'PYEOF'
+import json, logging, math, sys
+from pathlib import Path
+import torch
+from tlbench.cli import cli
+import tlbench.engine.training as training
+
+device, work = sys.argv[1], Path(sys.argv[2])
+steps, restarts = [], []
+real_optimizer = training._optimizer
+def counting(model, cfg):  # optimiser steps per candidate
+    opt = real_optimizer(model, cfg)
+    steps.append(0)
+    slot = len(steps) - 1
+    opt.register_step_post_hook(lambda *_: steps.__setitem__(slot, steps[slot] + 1))
+    return opt
+training._optimizer = counting
+class Restarts(logging.Handler):
+    def emit(self, record):
+        if "out of memory at micro-batch" in record.getMessage():
+            restarts.append(record.getMessage())
+logging.getLogger("tlbench.training").addHandler(Restarts())
+logging.getLogger("tlbench.training").setLevel(logging.INFO)
+
+def run(name):
+    cli(["run", str(work / "oom.toml"), "--device", device, "--out", str(work / name),
+         "--cache-dir", str(work / "cache"), "-q"], prog_name="tlbench", standalone_mode=False)
+    rows = [json.loads(l) for l in (work / name / "cells.jsonl").read_text().splitlines() if l.strip()]
+    return sorted(rows, key=lambda r: r["seed"])
+
+plain = run("oom-plain")
+plain_steps = [s for s in steps if s]
+steps.clear()
+if device == "cpu":  # no allocator to cap: the model's forward fails above 16 training images
+    real_forward = training._ImageFeeder.forward
+    def forward(self, x):
+        if torch.is_grad_enabled() and len(x) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, x)
+    training._ImageFeeder.forward = forward
+else:
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((3 << 30) / total, 0)
+capped = run("oom-capped")
+capped_steps = [s for s in steps if s]
+for p, c in zip(plain, capped):
+    pc, cc = p.get("cost", {}), c.get("cost", {})
+    print(f"seed {c['seed']}: {c['status']}, top-1 {c.get('metrics', {}).get('top1')} capped vs "
+          f"{p.get('metrics', {}).get('top1')} uncapped; batch {cc.get('batch_size')}, micro "
+          f"{cc.get('micro_batch_size')}, accumulation {cc.get('accumulation_steps')}, peak "
+          f"{cc.get('peak_mem_mb')} MiB (uncapped {pc.get('peak_mem_mb')})")
+print(f"optimiser steps per candidate: capped {capped_steps}, uncapped {plain_steps}")
+print(f"restarts: {restarts}")
+assert len(plain) == len(capped) == 2, "a cell is missing"
+assert all(r["status"] == "ok" for r in plain + capped), "a cell did not finish"
+assert all(r["cost"]["batch_size"] == 128 for r in capped), "the recorded batch is not the effective one"
+micro = {r["cost"].get("micro_batch_size") for r in capped}
+assert len(micro) == 1 and None not in micro and min(micro) < 128, "no micro-batches recorded"
+assert capped_steps == plain_steps, "the number of optimiser steps changed"
+assert len(restarts) == int(math.log2(128 // min(micro))), "the micro-batch was searched more than once"
+for p, c in zip(plain, capped):
+    a, b = c["metrics"]["top1"], p["metrics"]["top1"]
+    n = (c.get("split") or {}).get("sizes", {}).get("test") or 200
+    q = max(min((a + b) / 200, 0.99), 0.01)
+    band = max(1.0, 2.58 * math.sqrt(2 * q * (1 - q) / n) * 100)
+    assert abs(a - b) <= band, f"top-1 {a} capped vs {b} uncapped, outside +-{band:.2f}"
 PYEOF
 
 # -- feature extraction against timm's benchmark loop ---------------------------------------------

@@ -33,6 +33,8 @@ from tlbench.imagestore import (
     open_sparse,
     rows_present,
     scratch_dir,
+    verify_once,
+    warn_corrupted,
     write_rows,
 )
 from tlbench.splits import Splits, check_split, indices_hash, make_splits
@@ -199,6 +201,10 @@ class PreparedData:
         path = folder / f"{stable_hash(key)}.u8"
         with FileLock(f"{path}.lock"):
             store = open_sparse(path, shape)
+            bad = verify_once(store, rows_present(store))
+            if len(bad):  # preprocessed again by ``_fill`` when a split needs them
+                warn_corrupted(store, len(bad), "preprocessed again")
+                mark_rows(store, bad, written=False)
         self._stored[image_set] = store
         return store
 

@@ -17,7 +17,7 @@ from tlbench.cache import atomic_write_text
 from tlbench.components import ImageSet, TargetData
 from tlbench.datasetlib.catalog import default_data_root
 from tlbench.errors import UserError
-from tlbench.imagestore import ImageStore, StoreWriter, scratch_dir
+from tlbench.imagestore import ImageStore, StoreWriter, scratch_dir, verify_once, warn_corrupted
 from tlbench.splits import SPLIT_OPTIONS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -27,6 +27,7 @@ MEMORY_BUDGET_BYTES = 1 << 30
 GRAY_MODES = ("L", "1", "LA", "I;16", "I")
 DECODED_VERSION = 1  # bump when what a decoded store holds changes
 DECODE_WINDOW = 256  # images decoded at once into a store (threads; bounds the memory held)
+DECODE_THREADS_ENV = "TLBENCH_DECODE_THREADS"
 
 
 def data_root(options: Mapping[str, Any]) -> Path:
@@ -124,17 +125,21 @@ def decode_files(
     once into a file in ``store_dir`` (the cache's ``decoded/`` folder; a scratch folder when
     None), read back by row, so memory does not grow with the number of images.
     """
-    from PIL import Image
-
     headers, kept, skipped = [], [], []
-    for path, label in zip(paths, labels, strict=True):
-        try:
-            with Image.open(path) as img:
-                headers.append((img.size, img.mode))
-            kept.append((str(path), int(label)))
-        except Exception as exc:
-            _corrupt(path, exc, on_corrupt, what)
-            skipped.append(str(path))
+    pairs = list(zip(paths, labels, strict=True))
+    # Opening files waits on the disk: threads read a window of headers at once, in order.
+    with ThreadPoolExecutor(decode_threads()) as pool:
+        for start in range(0, len(pairs), 16 * DECODE_WINDOW):
+            window = pairs[start : start + 16 * DECODE_WINDOW]
+            for (path, label), header in zip(
+                window, pool.map(_header, [p for p, _ in window]), strict=True
+            ):
+                if isinstance(header, Exception):
+                    _corrupt(path, header, on_corrupt, what)
+                    skipped.append(str(path))
+                    continue
+                headers.append(header)
+                kept.append((str(path), int(label)))
     if not kept:
         raise UserError(f"{what}: no readable images")
     mode = "L" if all(m in GRAY_MODES for _, m in headers) else "RGB"
@@ -162,6 +167,25 @@ def decode_files(
     return Decoded(imageset, skipped + late)
 
 
+def decode_threads() -> int:
+    """Threads that open and decode image files: ``TLBENCH_DECODE_THREADS``, else one per core
+    up to 8 (Pillow decodes without holding the GIL)."""
+    if os.environ.get(DECODE_THREADS_ENV):
+        return max(1, int(os.environ[DECODE_THREADS_ENV]))
+    return min(8, os.cpu_count() or 1)
+
+
+def _header(path) -> tuple | Exception:
+    """(size, mode) from an image file's header, or the exception that reading it raised."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size, img.mode
+    except Exception as exc:
+        return exc
+
+
 def _decode_to_store(kept, mode: str, size, on_corrupt: str, what: str, store_dir):
     """Decode ``kept`` (path, label) pairs row by row into an ``ImageStore`` file in
     ``store_dir``, never holding more than one image: the same bytes ``np.stack`` of the decoded
@@ -182,9 +206,11 @@ def _decode_to_store(kept, mode: str, size, on_corrupt: str, what: str, store_di
             meta = json.loads(meta_path.read_text())
             store = ImageStore(f"{base}.u8", (len(meta["labels"]), *row_shape))
             if os.path.getsize(store.path) == store.nbytes:
-                return ImageSet(labels=np.asarray(meta["labels"], np.int64), images=store), meta[
-                    "skipped"
-                ]
+                bad = verify_once(store)  # checksums, the first time this process reads it
+                if not len(bad):
+                    labels = np.asarray(meta["labels"], np.int64)
+                    return ImageSet(labels=labels, images=store), meta["skipped"]
+                warn_corrupted(store, len(bad), "decoded again")
         except (OSError, ValueError, KeyError):
             pass  # unreadable or partial: decode again
     writer = StoreWriter(f"{base}.u8", row_shape)
@@ -198,9 +224,8 @@ def _decode_to_store(kept, mode: str, size, on_corrupt: str, what: str, store_di
 
     # Pillow decodes without the GIL: threads decode a window of files at once, rows are written
     # in order, and at most one window of decoded images is held.
-    threads = min(8, os.cpu_count() or 1)
     try:
-        with ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(decode_threads()) as pool:
             for start in range(0, len(kept), DECODE_WINDOW):
                 window = kept[start : start + DECODE_WINDOW]
                 for (path, label), array in zip(

@@ -105,11 +105,24 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 def backward_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler | None) -> None:
     """``loss.backward(); optimizer.step()``, through ``scaler`` when it is enabled (a step
     whose scaled gradients overflowed is skipped and the scale lowered, as AMP does)."""
+    backward(loss, scaler)
+    optimizer_step(optimizer, scaler)
+
+
+def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    """Accumulate ``loss``'s gradients (scaled when ``scaler`` is enabled): one call per
+    micro-batch, then one ``optimizer_step`` per optimiser step."""
     if scaler is None or not scaler.is_enabled():
         loss.backward()
+    else:
+        scaler.scale(loss).backward()
+
+
+def optimizer_step(optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Step on the accumulated gradients, through ``scaler`` when it is enabled."""
+    if scaler is None or not scaler.is_enabled():
         optimizer.step()
         return
-    scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
 
@@ -204,6 +217,13 @@ def fitted_batch(key, requested: int) -> int:
     return min(requested, _FITTED.get(key, requested))
 
 
+def remember_fitted(key, batch_size: int) -> None:
+    """Record that ``key`` ran out of memory above ``batch_size`` (later ``fitted_batch``
+    calls with ``key`` start at most there)."""
+    if key is not None:
+        _FITTED[key] = min(int(batch_size), _FITTED.get(key, int(batch_size)))
+
+
 def accumulation_steps(requested: int, fitted: int) -> int:
     """Micro-batches of ``fitted`` per optimiser step that keep the effective batch at
     ``requested`` (so an out-of-memory retry leaves the recipe, learning rate included, as it was)."""
@@ -231,8 +251,7 @@ def with_oom_retry(
             smaller = max(minimum, batch_size // 2)
             logger.info("out of memory at batch %d; retrying at %d", batch_size, smaller)
             batch_size = smaller
-            if key is not None:
-                _FITTED[key] = batch_size
+            remember_fitted(key, batch_size)
             continue
         return result, batch_size
 

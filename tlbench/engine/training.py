@@ -16,12 +16,13 @@ import copy
 import hashlib
 import itertools
 import json
+import logging
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,24 @@ from tlbench.engine.features import (
 )
 from tlbench.engine.runtime import (
     CostMeter,
+    accumulation_steps,
     autocast,
-    backward_step,
+    backward,
     count_params,
+    fitted_batch,
     grad_scaler,
     is_oom,
     memory_format,
+    optimizer_step,
+    remember_fitted,
     resolve_device,
     resolve_precision,
     seed_everything,
 )
 from tlbench.engine.sweeps import run_sweep
 from tlbench.errors import Diverged, UserError
+
+logger = logging.getLogger("tlbench.training")
 
 # Swept by default when a strategy declares them as lists; see docs/strategies.md.
 SWEEPABLE = ("lr", "weight_decay")
@@ -65,6 +72,9 @@ SCRATCH_EPOCHS_FACTOR = 3
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 # Below this batch size BatchNorm batch statistics are too noisy to train with; use running ones.
 SMALL_BATCH = 16
+# On an accelerator the loss is looked at (a wait for the device) once per this many steps and
+# at the end of each epoch, not after every step; on CPU after every step (nothing to wait for).
+DIVERGENCE_CHECK_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -225,9 +235,13 @@ class _CachedFeeder:
             if shuffle
             else torch.arange(len(labels))
         )
+        pin = self.device.type == "cuda"  # a copy from pageable memory would wait for the device
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            yield acts[idx].to(self.device, non_blocking=True), labels[idx].to(self.device)
+            x, y = acts[idx], labels[idx]
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.cut.forward_suffix(h)
@@ -331,15 +345,16 @@ def recalibrate_bn(
 def predict(
     feeder, split: str, batch_size: int, device: torch.device, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of ``split`` in eval mode, on the CPU, in the split's order."""
+    """(logits, labels) of ``split`` in eval mode, on the CPU, in the split's order (gathered on
+    the device and copied once: no wait for the device per batch)."""
     feeder_model = feeder.model if hasattr(feeder, "model") else feeder.cut.model
     feeder_model.eval()
     logits, labels = [], []
     for x, y in feeder.batches(split, batch_size, shuffle=False, seed=0):
         with autocast(device, precision):
-            logits.append(feeder.forward(x).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(logits), torch.cat(labels)
+            logits.append(feeder.forward(x).float())
+        labels.append(y)
+    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 
 
 def evaluate(feeder, split: str, batch_size: int, device: torch.device, precision: str) -> float:
@@ -427,14 +442,22 @@ def train_epochs(
     val_split: str | None = None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     resume: Mapping[str, Any] | None = None,
+    micro_batch_size: int | None = None,
 ) -> Iterator[TrainOutcome]:
     """Train ``epochs`` epochs on ``split``, yielding the outcome after each epoch so that a sweep
     can pause a candidate and continue it later (the lr schedule spans all ``epochs`` either
     way); with ``val_split``, evaluate after every epoch and stop
     after ``cfg.patience`` epochs without improvement. ``penalty(model)`` is added to the loss
-    (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss. ``resume`` (a
+    (outside autocast, in float32). Raises ``Diverged`` on a non-finite loss (on an accelerator
+    noticed within ``DIVERGENCE_CHECK_STEPS`` steps, naming the first such step). ``resume`` (a
     checkpoint ``_Checkpoints`` wrote after an epoch) continues from that epoch: weights,
-    optimizer state (its learning rates included), step count and curve."""
+    optimizer state (its learning rates included), step count and curve.
+
+    ``micro_batch_size`` below ``cfg.batch_size`` splits every batch into micro-batches whose
+    gradients accumulate into one optimiser step (each loss weighted by its share of the batch):
+    the same steps and schedule as whole batches, in less memory (BatchNorm layers that use
+    batch statistics see micro-batches). Evaluation and BatchNorm recalibration run at twice,
+    and at, the micro-batch."""
     optimizer = _optimizer(model, cfg)
     scaler = grad_scaler(device, precision)  # enabled for fp16 on CUDA only
     scheduler = _scheduler(optimizer, cfg, epochs, steps_per_epoch)
@@ -458,37 +481,50 @@ def train_epochs(
         outcome.best_state = resume["best_state"]
     outcome.scaler = scaler
     frozen_bn = freeze_bn_stats(cfg)
+    micro = min(micro_batch_size or cfg.batch_size, cfg.batch_size)
+    divergence = _DivergenceWatch(device, cfg.lr)
     for epoch in range(start, epochs):
         set_train_mode(model, frozen_bn)
         with meter.phase("train_s") if meter else contextlib.nullcontext():
             for x, y in feeder.batches(
                 split, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch
             ):
-                with autocast(device, precision):
-                    loss = F.cross_entropy(
-                        feeder.forward(x).float(), y, label_smoothing=cfg.label_smoothing
-                    )
-                if penalty is not None:
-                    loss = loss + penalty(model)
-                if not torch.isfinite(loss):
-                    raise Diverged(
-                        f"loss became {loss.item()} at step {step} (lr={cfg.lr})", step=step
-                    )
                 optimizer.zero_grad(set_to_none=True)
-                backward_step(loss, optimizer, scaler)
+                parts = (
+                    [(x, y)]
+                    if len(y) <= micro
+                    else list(zip(x.split(micro), y.split(micro), strict=True))
+                )
+                for i, (x_part, y_part) in enumerate(parts):
+                    with autocast(device, precision):
+                        loss = F.cross_entropy(
+                            feeder.forward(x_part).float(),
+                            y_part,
+                            label_smoothing=cfg.label_smoothing,
+                        )
+                    if len(parts) > 1:  # each micro-batch's share of the batch's mean loss
+                        loss = loss * (len(y_part) / len(y))
+                    if penalty is not None and i == 0:
+                        loss = loss + penalty(model)
+                    divergence.note(loss, step)
+                    backward(loss, scaler)
+                optimizer_step(optimizer, scaler)
                 step += 1
                 outcome.steps = step
                 scheduler.step_update(num_updates=step)
                 if meter:
                     meter.train_images += len(y)
+                if step % DIVERGENCE_CHECK_STEPS == 0:
+                    divergence.check()
+            divergence.check()
             if not frozen_bn:
-                recalibrate_bn(model, feeder, split, cfg.batch_size, seed, device, precision)
+                recalibrate_bn(model, feeder, split, micro, seed, device, precision)
         outcome.epochs_trained = epoch + 1
         if val_split is None:
             yield outcome
             continue
         with meter.phase("eval_s") if meter else contextlib.nullcontext():
-            top1 = evaluate(feeder, val_split, cfg.batch_size * 2, device, precision)
+            top1 = evaluate(feeder, val_split, micro * 2, device, precision)
         outcome.history.append(round(top1, 3))
         if outcome.best_val is None or top1 > outcome.best_val:
             outcome.best_val, outcome.best_epoch = top1, epoch + 1
@@ -499,6 +535,40 @@ def train_epochs(
             yield outcome
             return
         yield outcome
+
+
+class _DivergenceWatch:
+    """Non-finite losses, without waiting for the device after every step: on CPU (where the
+    loss is already computed) ``note`` raises ``Diverged`` at once, before the step; elsewhere
+    the first non-finite loss and its step are kept on the device and ``check`` (every
+    ``DIVERGENCE_CHECK_STEPS`` steps and at the end of each epoch) raises naming that step."""
+
+    def __init__(self, device: torch.device, lr: float, eager: bool | None = None):
+        self.lr = lr
+        self.eager = torch.device(device).type == "cpu" if eager is None else eager
+        if not self.eager:
+            self.step = torch.full((), -1, dtype=torch.int64, device=device)
+            self.loss = torch.zeros((), dtype=torch.float32, device=device)
+
+    def note(self, loss: torch.Tensor, step: int) -> None:
+        if self.eager:
+            if not torch.isfinite(loss):
+                raise Diverged(
+                    f"loss became {loss.item()} at step {step} (lr={self.lr})", step=step
+                )
+            return
+        first = ~torch.isfinite(loss.detach()) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.detach().float(), self.loss)
+
+    def check(self) -> None:
+        if self.eager:
+            return
+        step = int(self.step)  # the one wait for the device
+        if step >= 0:
+            raise Diverged(
+                f"loss became {float(self.loss)} at step {step} (lr={self.lr})", step=step
+            )
 
 
 # ------------------------------------------------------------------------------ cells
@@ -539,8 +609,11 @@ class _Candidate:
 
     A paused candidate keeps its own RNG stream, so its epochs are the same whatever ran in
     between (a candidate continued by successive halving matches the same candidate of the
-    exhaustive grid exactly); on CUDA it waits in host memory. Out of memory restarts it at half
-    the batch size, as ``with_oom_retry`` does; a non-finite loss stops it (``diverged``)."""
+    exhaustive grid exactly); on CUDA it waits in host memory. Out of memory restarts it with
+    half the micro-batch, accumulating gradients up to its batch size (the effective batch, the
+    steps and the learning-rate schedule are the recipe's); the micro-batch that fits is
+    remembered for the process per model, input size and strategy (``_fit_key``), so later
+    candidates and cells start there. A non-finite loss stops it (``diverged``)."""
 
     def __init__(
         self,
@@ -565,7 +638,7 @@ class _Candidate:
         self.max_epochs, self.epochs_trained, self.stopped = epochs, 0, False
         self.outcome: TrainOutcome | None = None
         self.diverged: Diverged | None = None
-        self.batch_size: int | None = None
+        self.micro_batch: int | None = None
         self.feeder = None
         self._run: Iterator[TrainOutcome] | None = None
         self._rng: tuple | None = None
@@ -581,7 +654,7 @@ class _Candidate:
         epoch count now (so a sweep ranks it without training), its weights and optimizer when
         it trains again or its model is needed."""
         self._resume = saved
-        self.batch_size = saved["batch_size"]
+        self.micro_batch = saved.get("micro_batch_size") or saved["batch_size"]
         self.epochs_trained, self.stopped = saved["epochs_trained"], saved["stopped"]
         self._rng = _unpack_rng(saved["rng"])
         self.outcome = TrainOutcome(
@@ -646,11 +719,12 @@ class _Candidate:
                 self.diverged, self.stopped = exc, True
                 return
             except Exception as exc:
-                if not is_oom(exc) or self.batch_size <= 1:
+                micro = self.micro_batch or self.cfg.batch_size
+                if not is_oom(exc) or micro <= 1:
                     raise
-                self._restart(self.batch_size // 2)
+                self._restart(micro // 2)
                 return
-        self.meter.batch_size = self.batch_size
+        self._record_batch()
         self.epochs_trained = self.outcome.epochs_trained
         self.stopped = self.outcome.early_stopped or self.epochs_trained >= self.max_epochs
         if self.checkpoints is not None:
@@ -660,7 +734,8 @@ class _Candidate:
         outcome = self.outcome
         scaler = outcome.scaler
         return {
-            "batch_size": self.batch_size,
+            "batch_size": self.cfg.batch_size,
+            "micro_batch_size": self.micro_batch,
             "epochs_trained": self.epochs_trained,
             "stopped": self.stopped,
             "steps": outcome.steps,
@@ -675,9 +750,35 @@ class _Candidate:
             "rng": _pack_rng(_rng_state()),  # this candidate's stream, after the epoch
         }
 
+    def _fit_key(self) -> tuple:
+        """What the micro-batch that fits depends on: the weights, the input size, the device,
+        the precision and the strategy with its fixed options (what trains; swept values do not
+        change memory)."""
+        cell = self.ctx.cell
+        fixed = {k: v for k, v in cell.strategy_options.items() if not isinstance(v, list)}
+        fixed.pop("batch_size", None)
+        return (
+            "train",
+            self.ctx.source.fingerprint,
+            tuple(self.ctx.data.input_size),
+            str(self.device),
+            self.precision,
+            cell.strategy_ref,
+            json.dumps(fixed, sort_keys=True, default=str),
+        )
+
+    def _record_batch(self) -> None:
+        """The recorded batch is the recipe's; a micro-batch, when used, is recorded beside it."""
+        self.meter.batch_size = batch = self.cfg.batch_size
+        micro = self.micro_batch or batch
+        if micro < batch:
+            self.meter.extra.update(
+                micro_batch_size=micro, accumulation_steps=accumulation_steps(batch, micro)
+            )
+
     def _start(self) -> None:
-        self.batch_size = self.batch_size or self.meter.batch_size or self.cfg.batch_size
-        cfg = replace(self.cfg, batch_size=self.batch_size)
+        cfg = self.cfg
+        self.micro_batch = self.micro_batch or fitted_batch(self._fit_key(), cfg.batch_size)
         model = _build(self.ctx, self.recipe, self.phase, self.device)
         feeder = _feeder(model, self.ctx, self.recipe, cfg, self.precision, self.meter, self.shared)
         seed_everything(self.ctx.seed)
@@ -687,7 +788,7 @@ class _Candidate:
             cfg,
             split=self.split,
             epochs=self.max_epochs,
-            steps_per_epoch=_steps(self.ctx, self.split, self.batch_size),
+            steps_per_epoch=_steps(self.ctx, self.split, cfg.batch_size),
             seed=self.ctx.seed,
             device=self.device,
             precision=self.precision,
@@ -695,15 +796,28 @@ class _Candidate:
             val_split=self.val_split,
             penalty=self.recipe.penalty,
             resume=self._resume,
+            micro_batch_size=self.micro_batch,
         )
         self.feeder, self._run_model = feeder, model
         if self._resume is not None:
             _set_rng_state(_unpack_rng(self._resume["rng"]))
 
-    def _restart(self, batch_size: int) -> None:
+    def _restart(self, micro_batch: int) -> None:
+        """Start over with ``micro_batch`` after running out of memory (a step cut short leaves
+        no consistent state to continue from)."""
         self._run, self.outcome, self.epochs_trained, self._rng = None, None, 0, None
         self._resume = None
-        self.batch_size = self.meter.batch_size = max(1, batch_size)
+        logger.info(
+            "%s: out of memory at micro-batch %d; restarting %s at %d (batch %d accumulated)",
+            cell_label(self.ctx),
+            self.micro_batch,
+            self.name or "the candidate",
+            max(1, micro_batch),
+            self.cfg.batch_size,
+        )
+        self.micro_batch = max(1, micro_batch)
+        remember_fitted(self._fit_key(), self.micro_batch)
+        self._record_batch()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -942,9 +1056,8 @@ def finetune(ctx: CellContext, recipe: Recipe, options: Mapping[str, Any]) -> St
         final = best = best_candidate.outcome
         final.model.load_state_dict(best.best_state)
     with meter.phase("eval_s"):
-        logits, labels = predict(
-            final.feeder, "test", (meter.batch_size or best_cfg.batch_size) * 2, device, precision
-        )
+        eval_batch = meter.extra.get("micro_batch_size") or meter.batch_size or best_cfg.batch_size
+        logits, labels = predict(final.feeder, "test", eval_batch * 2, device, precision)
     top1 = top1_of(logits, labels)
     chosen = asdict(best_cfg) | {
         "epochs": best.best_epoch,
