@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from helpers import request, tiny_host, tiny_suite
+
 from tlbench import rundir
 from tlbench.errors import UserError
 from tlbench.rundir import ResultsStore, RunDir

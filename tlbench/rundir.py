@@ -3,7 +3,8 @@
     <run_dir>/
         cells.jsonl        one record per line, appended as cells finish (RunDir.cells)
         estimates.jsonl    transferability estimates (RunDir.estimates, tlbench.transferability)
-        predictions/       per-example test predictions, one file per cell (tlbench.predictions)
+        predictions/       per-example test predictions, one file per cell (tlbench.predictions,
+                           which names the folder)
         env.json           environment, suite hash, argv of every session (RunDir.environment)
         suite.toml         the suite as it was when the run started (RunDir.session)
         run.log            one timestamped line per event, across resumes (RunLog)
@@ -20,7 +21,7 @@ interleaving lines.
 
 Every file here is opened without following symbolic links (``tlbench.safeio``), and every I/O
 error is one line naming the file: exit code 3 for a full or read-only disk, 2 otherwise. Every
-module that opens one of these names takes it from here.
+module that opens one of these names takes it from here (``predictions/`` from its own module).
 """
 
 from __future__ import annotations
