@@ -98,7 +98,7 @@ def cpu_description() -> dict:
 def hardware() -> dict:
     """What a number's last digits depend on: CPU model and instruction set, the kernels torch
     dispatches to, threads, the GPU, and the environment knobs that change any of these."""
-    info = {
+    info: dict = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_description(),

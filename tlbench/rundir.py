@@ -460,7 +460,7 @@ class ResultsStore:
     def check_schema(self) -> None:
         """Refuse to resume a run written by a newer tlbench: its records may mean other things."""
         newer = {
-            r.get("schema")
+            r["schema"]
             for r in self.read()
             if isinstance(r.get("schema"), int) and r["schema"] > SCHEMA_VERSION
         }
@@ -582,10 +582,9 @@ class RunLog:
         self.write(message)
         logging.getLogger("tlbench.runner").warning(message, extra={"prefix": ""})
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.write("run stopped" if exc[0] is None else f"run stopped: {exc[0].__name__}")
         self.logger.removeHandler(self.handler)
         self.handler.close()
         with contextlib.suppress(OSError):  # closing flushes, and a full disk refuses that too
             self.stream.close()
-        return False
