@@ -96,14 +96,16 @@ def plan_cells(suite: Suite, selection: Selection) -> list[Cell]:
     return cells
 
 
-def prepare(request: RunRequest, host: PluginHost) -> tuple[Suite, list[Cell]]:
+def prepare(request: RunRequest, host: PluginHost) -> tuple[Suite, list[Cell], RunDir]:
     """Everything about a request that can be known to fail before any work: the executor's
     options, the suite, its plugins' requirements, the availability of its models and datasets,
-    and the selection. Returns the suite and the cells it selects."""
+    the selection and the run directory (``--resume`` of a run that is not there). Returns the
+    suite, the cells it selects and the run directory, chosen but not created."""
     request.executor.check(request.device)
     suite = open_suite(request.suite, host)
     preflight(suite, host)
-    return suite, plan_cells(suite, request.selection)
+    cells = plan_cells(suite, request.selection)
+    return suite, cells, choose_run_dir(request, suite)
 
 
 def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
@@ -279,13 +281,18 @@ def _frozen(options) -> str:
 
 
 def make_plan(
-    request: RunRequest, host: PluginHost, suite: Suite, cells: list[Cell] | None = None
+    request: RunRequest,
+    host: PluginHost,
+    suite: Suite,
+    cells: list[Cell] | None = None,
+    run_dir: RunDir | None = None,
 ) -> Plan:
     from tlbench.cache import Cache
 
     if cells is None:
         cells = plan_cells(suite, request.selection)
-    run_dir = choose_run_dir(request, suite)
+    if run_dir is None:
+        run_dir = choose_run_dir(request, suite)
     run_dir.check_owner(suite.name)
     latest = run_dir.cells.latest_by_hash()
     planned = []

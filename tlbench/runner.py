@@ -40,7 +40,6 @@ from tlbench.planning import (
     Plan,
     RunRequest,
     Selection,
-    choose_run_dir,
     final_records,
     make_plan,
     pending_cells,
@@ -104,8 +103,8 @@ def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, C
 
 
 def _not_rejected(cells: list[Cell], rejected: list[tuple[Cell, CellResult]]) -> list[Cell]:
-    failed = {cell.key for cell, _ in rejected}
-    return [cell for cell in cells if cell.key not in failed]
+    failed = {id(cell) for cell, _ in rejected}  # check_cells hands back the cells it was given
+    return [cell for cell in cells if id(cell) not in failed]
 
 
 def _naming_cells(problem: str, labels: list[str]) -> str:
@@ -116,14 +115,14 @@ def _naming_cells(problem: str, labels: list[str]) -> str:
 def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
     """The dry run: what ``run_suite`` would do, without creating or loading anything."""
     host = host or request.plugins.load()
-    suite, cells = prepare(request, host)
-    return make_plan(request, host, suite, cells)
+    suite, cells, run_dir = prepare(request, host)
+    return make_plan(request, host, suite, cells, run_dir)
 
 
 def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None) -> RunOutcome:
     """Validate, plan, run every pending cell and store each record as soon as it finishes."""
     host = host or request.plugins.load()
-    suite, cells = prepare(request, host)
+    suite, cells, run_dir = prepare(request, host)
     # torch loads only now: a suite that does not validate is answered without it.
     from tlbench.engine.runtime import configure_runtime, resolve_device, runtime_settings
 
@@ -134,7 +133,6 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     if request.refresh:  # before any cell can read them: every executor recomputes
         for ref in sorted({entry.ref for entry in suite.models}):
             cache.clear_matching(model_marker(ref))
-    run_dir = choose_run_dir(request, suite)
     recorded = {
         "device": device,
         "executor": request.executor.describe(),
