@@ -155,10 +155,6 @@ class RunDir:
     def exists(self) -> bool:
         return self.path.is_dir()
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     # ------------------------------------------------------------------ whose it is
 
     def check_owner(self, suite_name: str) -> None:
