@@ -14,21 +14,14 @@ import warnings
 import pytest
 
 from tlbench.errors import UserError
-from tlbench.results import (
-    ResultsStore,
-    environment,
-    lock_run_dir,
-    prepare_run_dir,
-    read_records,
-    write_environment,
-)
+from tlbench.rundir import ResultsStore, RunDir, environment, read_records
 from tlbench.safeio import StorageError, TlbenchWarning
 
 # A writer killed mid-record: its second record's bytes are half written (the write is split
 # the way a signal or a full disk splits os.write) when it is SIGKILLed, holding the lock.
 TORN_WRITER = """
 import os, sys
-from tlbench.results import ResultsStore
+from tlbench.rundir import ResultsStore
 
 store = ResultsStore(sys.argv[1])
 store.append({"config_hash": "before", "status": "ok"})
@@ -46,7 +39,7 @@ store.append({"config_hash": "torn", "status": "ok", "payload": "x" * 20000})
 # Large records, so two writers racing for the file would interleave if appends were not atomic.
 WRITER = """
 import sys
-from tlbench.results import ResultsStore
+from tlbench.rundir import ResultsStore
 
 store = ResultsStore(sys.argv[1])
 for i in range(10):
@@ -139,10 +132,10 @@ def test_a_link_planted_in_a_run_directory_is_refused_and_its_target_untouched(t
         if name == "cells.jsonl":
             ResultsStore(run_dir).append({"config_hash": "a", "status": "ok"})
         elif name == ".run.lock":
-            with lock_run_dir(run_dir):
+            with RunDir(run_dir).lock():
                 pass
         else:
-            prepare_run_dir(run_dir)
+            RunDir(run_dir).probe()
     assert target.read_text() == "precious"
 
 
@@ -155,7 +148,7 @@ def test_a_cells_file_that_is_a_directory_is_one_user_error(tmp_path):
 def test_a_damaged_env_json_is_refused_not_rewritten(tmp_path):
     (tmp_path / "env.json").write_text("{not json")
     with pytest.raises(UserError, match=r"env.json: damaged"):
-        write_environment(tmp_path, {"schema": 1})
+        RunDir(tmp_path).write_environment({"schema": 1})
     assert (tmp_path / "env.json").read_text() == "{not json"
 
 
@@ -163,7 +156,7 @@ def test_unwritable_results_directory_fails_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match="is not writable: Not a directory"):
-        prepare_run_dir(blocker / "run")
+        RunDir(blocker / "run").probe()
 
 
 def test_a_read_only_results_directory_is_a_storage_error(tmp_path, monkeypatch):
@@ -176,7 +169,7 @@ def test_a_read_only_results_directory_is_a_storage_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(StorageError) as info:
-        prepare_run_dir(tmp_path)
+        RunDir(tmp_path).probe()
     assert str(info.value) == (
         f"results directory {str(tmp_path)!r} is not writable: Read-only file system"
     )
@@ -188,8 +181,8 @@ def test_environment_is_recorded_once_and_resumes_are_appended(tmp_path):
     )
     assert {"packages", "plugins", "git_revision", "hardware", "suite"} <= set(env)
     assert env["packages"]["torch"]
-    write_environment(tmp_path, env)
-    write_environment(tmp_path, env)
+    RunDir(tmp_path).write_environment(env)
+    RunDir(tmp_path).write_environment(env)
     stored = json.loads((tmp_path / "env.json").read_text())
     assert stored["suite"] == "name='x'"
     assert len(stored["resumes"]) == 1

@@ -359,12 +359,12 @@ def test_unwritable_results_directory_fails_before_any_work(tmp_path):
 
 def test_a_second_run_on_a_busy_run_directory_is_refused(tmp_path):
     from tlbench.errors import UserError
-    from tlbench.results import lock_run_dir
+    from tlbench.rundir import RunDir
     from tlbench.runner import run_suite
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with lock_run_dir(run_dir), pytest.raises(UserError, match="is in use by another tlbench run"):
+    with RunDir(run_dir).lock(), pytest.raises(UserError, match="is in use by another tlbench run"):
         run_suite(request(tmp_path, tiny_suite(tmp_path / "s.toml")), tiny_host())
     assert not (run_dir / "cells.jsonl").exists()
 

@@ -24,7 +24,6 @@ Its size may be capped (``TLBENCH_CACHE_MAX_SIZE``, e.g. ``50G``; ``tlbench cach
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -42,7 +41,14 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from tlbench.errors import UserError, typed_first_line
-from tlbench.safeio import TlbenchWarning, describe, fault, probe_writable
+from tlbench.hashing import file_sha256, stable_hash
+from tlbench.safeio import (
+    TlbenchWarning,
+    atomic_write_text,
+    describe,
+    fault,
+    probe_writable,
+)
 
 logger = logging.getLogger("tlbench.cache")
 
@@ -79,20 +85,6 @@ def default_cache_dir() -> Path:
     if os.environ.get("TLBENCH_CACHE"):
         return Path(os.environ["TLBENCH_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlbench"
-
-
-def stable_hash(parts: Any) -> str:
-    """sha256 of a JSON rendering with sorted keys: equal inputs give equal keys across runs."""
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_sha256(path: os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torch_save(value: Any, path: Path) -> None:
@@ -562,22 +554,3 @@ def read_bytes_at_most(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise ValueError(f"larger than {limit} bytes")
     return data
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

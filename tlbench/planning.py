@@ -8,7 +8,6 @@ functions, so the plan and the run never disagree. Nothing here loads a model or
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,8 @@ from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.executors import ExecutorConfig
 from tlbench.plugins import PluginConfig
-from tlbench.results import ResultsStore, new_run_id, read_environment
-from tlbench.rundir import CELLS, ENV, RECORDS, RUN_FILES
-from tlbench.suite import Suite, config_hash, expand_cells, name_error, suite_hash
+from tlbench.rundir import ResultsStore, RunDir
+from tlbench.suite import Suite, config_hash, expand_cells, find_suite, load_suite, name_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.plugins import PluginHost
@@ -101,127 +99,59 @@ def plan_cells(suite: Suite, selection: Selection) -> list[Cell]:
     return cells
 
 
-def choose_run_dir(request: RunRequest, suite: Suite) -> Path:
+def prepare(request: RunRequest, host: PluginHost) -> tuple[Suite, list[Cell], RunDir]:
+    """Everything about a request that can be known to fail before any work: the executor's
+    options, the suite, its plugins' requirements, the availability of its models and datasets,
+    the selection and the run directory (``--resume`` of a run that is not there). Returns the
+    suite, the cells it selects and the run directory, chosen but not created."""
+    request.executor.check(request.device)
+    suite = open_suite(request.suite, host)
+    preflight(suite, host)
+    cells = plan_cells(suite, request.selection)
+    return suite, cells, choose_run_dir(request, suite)
+
+
+def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
+    if isinstance(suite, Suite):
+        return suite
+    return load_suite(find_suite(str(suite)), host.registry)
+
+
+def preflight(suite: Suite, host: PluginHost) -> None:
+    """Everything that can be known to fail before any work: unmet plugin requirements and
+    components that cannot run here (missing weights package, missing dataset files)."""
+    from tlbench.cell import suite_relative
+
+    problems = []
+    if suite.requires:
+        from tlbench.plugins import check_requirements
+
+        problems += [
+            f"{suite.path}: requires: {msg}" for msg in check_requirements(list(suite.requires))
+        ]
+    for kind in ("model", "dataset"):
+        for entry in suite.entries(kind):
+            registered, argument = host.registry.lookup(kind, entry.ref)
+            options = suite_relative(entry.options, Path(suite.path).resolve().parent)
+            available = registered.spec.availability(argument, options)
+            if available is not True:
+                problems.append(
+                    f"{suite.path}: {entry.field}: {kind} {entry.ref!r} is not available: {available}"
+                )
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def choose_run_dir(request: RunRequest, suite: Suite) -> RunDir:
     """``--resume DIR|latest`` names an existing run; ``--out DIR`` wins otherwise (an existing
-    one is resumed, never clobbered); by default a new ``results/<suite>/<run-id>``.
-    Creates nothing, so a dry run leaves no trace."""
+    one is resumed, never clobbered); by default a new ``results/<suite>/<run-id>``
+    (``RunDir.choose``). Creates nothing, so a dry run leaves no trace."""
     problem = name_error(suite.name)
     if problem:  # parse_suite refuses these; a Suite built in Python must not escape either
         raise UserError(f"suite name {suite.name!r}: {problem}")
-    if request.resume not in (None, ""):
-        if str(request.resume) == "latest":
-            return latest_run(request.results_root / suite.name, suite)
-        path = Path(request.resume)
-        if not path.is_dir():
-            raise UserError(f"--resume: run directory {str(path)!r} does not exist")
-        return path
-    if request.out_dir is not None:
-        return Path(request.out_dir)
-    return request.results_root / suite.name / new_run_id()
-
-
-def latest_run(suite_dir: Path, suite: Suite) -> Path:
-    """The most recently started run of ``suite`` under ``suite_dir``, by the ``created_at`` its
-    env.json records (run ids sort by local time, which a clock or time-zone change reorders)."""
-    started = []
-    for path in suite_dir.glob("*") if suite_dir.is_dir() else ():
-        try:
-            env = read_environment(path) if path.is_dir() else None
-        except UserError:
-            continue  # damaged: never resumed on a guess (naming it explicitly says why)
-        if env is not None and isinstance(env.get("created_at"), str):
-            started.append((env["created_at"], path.name, path))
-    if not started:
-        raise UserError(
-            f"--resume latest: no earlier run of suite {suite.name!r} under {suite_dir}"
-        )
-    return max(started)[2]
-
-
-def check_run_owner(run_dir: Path, suite: Suite) -> None:
-    """A run directory belongs to the suite that started it. Adopt it only when its env.json
-    names the same suite; refuse, never rewrite, one whose env.json is damaged, or missing next
-    to records. Symbolic links under tlbench's names are refused too. An *edited* suite (one
-    more seed, a new model) is adopted: cells are keyed by their config hash, so only cells
-    whose configuration changed run again (``suite_changed`` says so). Nothing is created or
-    changed here (the dry run calls it as well)."""
-    from tlbench.safeio import refuse_links
-
-    if not run_dir.is_dir():
-        return
-    refuse_links(run_dir, RUN_FILES)
-    env = read_environment(run_dir)
-    where = f"run directory {str(run_dir)!r}"
-    if env is None:
-        records = [name for name in RECORDS if os.path.lexists(run_dir / name)]
-        if records:
-            raise UserError(
-                f"{where} holds {', '.join(records)} but no {ENV}: tlbench cannot tell which "
-                "suite produced them and will not adopt them; choose another --out"
-            )
-        return
-    owner = env.get("suite_name")
-    if owner is not None and owner != suite.name:
-        raise UserError(f"{where} holds suite {owner!r}, not {suite.name!r}; choose another --out")
-    # env.json is the directory's own say-so (an edit to {} erases it): the records must agree
-    others = sorted(_recorded_suites(run_dir) - {suite.name})
-    if others:
-        shown = ", ".join(repr(name) for name in others[:3])
-        raise UserError(
-            f"{where} holds records of suite {shown}, not {suite.name!r}; choose another --out"
-        )
-
-
-def _recorded_suites(run_dir: Path) -> set[str]:
-    """The suite names the records of ``run_dir/cells.jsonl`` carry (garbled lines skipped:
-    the results store reports those)."""
-    import json
-
-    names: set[str] = set()
-    try:
-        with open(run_dir / CELLS, "rb") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError):
-                    continue
-                if isinstance(record, dict) and "suite" in record:
-                    names.add(str(record["suite"]))
-    except OSError:  # absent, or unreadable: the results store says so with its own line
-        pass
-    return names
-
-
-def suite_changed(run_dir: Path, suite: Suite) -> str | None:
-    """A line for the user when the run directory was started from another version of the
-    suite file, else ``None``."""
-    env = read_environment(run_dir) if run_dir.is_dir() else None
-    recorded = _recorded_suite_hash(env) if env else None
-    if recorded is None or recorded == suite_hash(suite):
-        return None
-    return (
-        f"the suite file changed since this run started ({env.get('created_at', '?')}): cells "
-        "whose configuration changed run again, recorded cells that still match are kept; "
-        "env.json keeps every version of the suite"
+    return RunDir.choose(
+        suite.name, resume=request.resume, out=request.out_dir, results_root=request.results_root
     )
-
-
-def _recorded_suite_hash(env: dict) -> str | None:
-    """The suite hash env.json records; for runs written before it was recorded, the hash of
-    the suite text it kept."""
-    import tomllib
-
-    from tlbench.cache import stable_hash
-
-    if isinstance(env.get("suite_hash"), str):
-        return env["suite_hash"]
-    text = env.get("suite")
-    if not isinstance(text, str) or not text.strip():
-        return None
-    try:
-        return stable_hash(tomllib.loads(text))
-    except tomllib.TOMLDecodeError:
-        return None
 
 
 def cell_state(previous: Mapping | None, retry_failed: bool) -> str:
@@ -233,6 +163,12 @@ def cell_state(previous: Mapping | None, retry_failed: bool) -> str:
     if status in DONE or (status in RETRYABLE and not retry_failed):
         return "recorded"
     return "retry" if status in RETRYABLE else "pending"
+
+
+def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
+    """The last record of each of ``cells`` that ``store`` holds, in the cells' order."""
+    latest = store.latest_by_hash()
+    return [latest[h] for h in (config_hash(c) for c in cells) if h in latest]
 
 
 def pending_cells(
@@ -343,19 +279,26 @@ class Plan:
 
 
 def _frozen(options) -> str:
-    from tlbench.cache import stable_hash
+    from tlbench.hashing import stable_hash
 
     return stable_hash(dict(options))
 
 
-def make_plan(request: RunRequest, host: PluginHost, suite: Suite) -> Plan:
+def make_plan(
+    request: RunRequest,
+    host: PluginHost,
+    suite: Suite,
+    cells: list[Cell] | None = None,
+    run_dir: RunDir | None = None,
+) -> Plan:
     from tlbench.cache import Cache
 
-    cells = plan_cells(suite, request.selection)
-    run_dir = choose_run_dir(request, suite)
-    check_run_owner(run_dir, suite)
-    store = ResultsStore(run_dir)
-    latest = store.latest_by_hash()
+    if cells is None:
+        cells = plan_cells(suite, request.selection)
+    if run_dir is None:
+        run_dir = choose_run_dir(request, suite)
+    run_dir.check_owner(suite.name)
+    latest = run_dir.cells.latest_by_hash()
     planned = []
     for cell in cells:
         digest = config_hash(cell)
@@ -369,7 +312,9 @@ def make_plan(request: RunRequest, host: PluginHost, suite: Suite) -> Plan:
             )
         )
     cache = Cache(request.cache_dir)
-    return Plan(suite, run_dir, run_dir.is_dir(), tuple(planned), cache.root, tuple(cache.info()))
+    return Plan(
+        suite, run_dir.path, run_dir.exists, tuple(planned), cache.root, tuple(cache.info())
+    )
 
 
 def render_plan(plan: Plan, console) -> None:

@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlbench import rundir
 from tlbench.errors import UserError
 from tlbench.safeio import describe, read_inside
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-PREDICTIONS_DIR = rundir.PREDICTIONS
+PREDICTIONS_DIR = "predictions"  # in the run directory (tlbench.rundir)
 _ARRAYS = ("index", "label", "pred", "true_prob")
 MAX_FILE_BYTES = 256 * 2**20
 MAX_ITEMS = 10_000_000  # test items of one cell
@@ -192,7 +191,7 @@ def relative_path(config_hash: str) -> str:
 def write_predictions(run_dir: Path, config_hash: str, predictions: Predictions) -> dict:
     """Store ``predictions`` for the cell ``config_hash``; return the record's entry for them.
     Written to a temporary name and renamed, so a reader never sees half a file."""
-    from tlbench.cache import atomic_write_bytes
+    from tlbench.safeio import atomic_write_bytes
 
     data = predictions.to_bytes()
     relative = relative_path(config_hash)

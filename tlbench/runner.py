@@ -12,21 +12,17 @@ and the command that resumes it. SIGINT and SIGTERM are handled alike (``Interru
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import json
 import logging
 import os
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlbench import rundir
-from tlbench.cache import Cache, atomic_write_bytes
+from tlbench.cache import Cache
 from tlbench.cell import (
     CellFailure,
     CellResult,
@@ -35,7 +31,6 @@ from tlbench.cell import (
     core_problem,
     failure_result,
     model_marker,
-    suite_relative,
 )
 from tlbench.components import Cell
 from tlbench.errors import TlbenchError, UserError
@@ -45,23 +40,14 @@ from tlbench.planning import (
     Plan,
     RunRequest,
     Selection,
-    check_run_owner,
-    choose_run_dir,
+    final_records,
     make_plan,
     pending_cells,
-    plan_cells,
-    suite_changed,
+    prepare,
 )
 from tlbench.plugins import PluginHost
-from tlbench.results import (
-    ResultsStore,
-    environment,
-    lock_run_dir,
-    prepare_run_dir,
-    write_environment,
-)
-from tlbench.safeio import describe, fault, open_nofollow, warnings_as_lines
-from tlbench.suite import Suite, config_hash, find_suite, load_suite, suite_hash
+from tlbench.rundir import PREDICTIONS, ResultsStore, RunLog
+from tlbench.safeio import describe, open_nofollow, warnings_as_lines
 
 __all__ = ["RunOutcome", "RunRequest", "Selection", "plan_run", "run_suite"]
 
@@ -91,35 +77,6 @@ class RunOutcome:
         return 1 if failed or self.failed_estimates else 0
 
 
-def open_suite(suite: str | Path | Suite, host: PluginHost) -> Suite:
-    if isinstance(suite, Suite):
-        return suite
-    return load_suite(find_suite(str(suite)), host.registry)
-
-
-def preflight(suite: Suite, host: PluginHost) -> None:
-    """Everything that can be known to fail before any work: unmet plugin requirements and
-    components that cannot run here (missing weights package, missing dataset files)."""
-    problems = []
-    if suite.requires:
-        from tlbench.plugins import check_requirements
-
-        problems += [
-            f"{suite.path}: requires: {msg}" for msg in check_requirements(list(suite.requires))
-        ]
-    for kind in ("model", "dataset"):
-        for entry in suite.entries(kind):
-            registered, argument = host.registry.lookup(kind, entry.ref)
-            options = suite_relative(entry.options, Path(suite.path).resolve().parent)
-            available = registered.spec.availability(argument, options)
-            if available is not True:
-                problems.append(
-                    f"{suite.path}: {entry.field}: {kind} {entry.ref!r} is not available: {available}"
-                )
-    if problems:
-        raise UserError("\n".join(problems))
-
-
 def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, CellResult]]:
     """Let each strategy reject what it cannot do with its cell's model and data (k larger than
     the model's layer groups, a LoRA target that matches nothing, ...) before any training.
@@ -146,8 +103,8 @@ def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, C
 
 
 def _not_rejected(cells: list[Cell], rejected: list[tuple[Cell, CellResult]]) -> list[Cell]:
-    failed = {cell.key for cell, _ in rejected}
-    return [cell for cell in cells if cell.key not in failed]
+    failed = {id(cell) for cell, _ in rejected}  # check_cells hands back the cells it was given
+    return [cell for cell in cells if id(cell) not in failed]
 
 
 def _naming_cells(problem: str, labels: list[str]) -> str:
@@ -155,29 +112,19 @@ def _naming_cells(problem: str, labels: list[str]) -> str:
     return f"{labels[0]}{more}: {problem}"
 
 
-def final_records(cells: Iterable[Cell], store: ResultsStore) -> list[dict]:
-    latest = store.latest_by_hash()
-    return [latest[h] for h in (config_hash(c) for c in cells) if h in latest]
-
-
 def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
     """The dry run: what ``run_suite`` would do, without creating or loading anything."""
     host = host or request.plugins.load()
-    request.executor.check(request.device)
-    suite = open_suite(request.suite, host)
-    preflight(suite, host)
-    return make_plan(request, host, suite)
+    suite, cells, run_dir = prepare(request, host)
+    return make_plan(request, host, suite, cells, run_dir)
 
 
 def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None) -> RunOutcome:
     """Validate, plan, run every pending cell and store each record as soon as it finishes."""
     host = host or request.plugins.load()
-    request.executor.check(request.device)
-    suite = open_suite(request.suite, host)
-    preflight(suite, host)
-    cells = plan_cells(suite, request.selection)
+    suite, cells, run_dir = prepare(request, host)
     # torch loads only now: a suite that does not validate is answered without it.
-    from tlbench.engine.runtime import configure_runtime, resolve_device
+    from tlbench.engine.runtime import configure_runtime, resolve_device, runtime_settings
 
     device = str(resolve_device(request.device))
     configure_runtime()  # cudnn.benchmark, TF32, --deterministic; workers apply the same
@@ -186,23 +133,23 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     if request.refresh:  # before any cell can read them: every executor recomputes
         for ref in sorted({entry.ref for entry in suite.models}):
             cache.clear_matching(model_marker(ref))
-    run_dir = choose_run_dir(request, suite)
-    check_run_owner(run_dir, suite)  # before anything is written there
-    prepare_run_dir(run_dir)
-    with warnings_as_lines(), lock_run_dir(run_dir):
-        check_run_owner(run_dir, suite)  # again, now that no other run can change it
-        changed = suite_changed(run_dir, suite)
-        if changed:
-            logger.warning(changed, extra={"prefix": "note: "})
-        store = ResultsStore(run_dir)
-        store.check_schema()
-        _record_environment(run_dir, request, host, suite, device)
-        _notify_run(host, "on_run_started", run_dir=run_dir, suite=suite.name)
+    recorded = {
+        "device": device,
+        "executor": request.executor.describe(),
+        "runtime": runtime_settings(),
+    }
+    argv = list(request.argv) if request.argv else None
+    with (
+        warnings_as_lines(),
+        run_dir.session(suite, plugins=host.plugin_rows(), argv=argv, recorded=recorded) as log,
+    ):
+        store = run_dir.cells
+        _notify_run(host, "on_run_started", run_dir=run_dir.path, suite=suite.name)
         todo, skipped = pending_cells(cells, store, request.retry_failed)
         status = progress.status if progress else lambda _m: None
-        runner = CellRunner(host, cache, device, run_dir, log=status)
-        outcome = RunOutcome(run_dir=run_dir, records=[], skipped=skipped)
-        with RunLog(run_dir) as log, Interrupts(log.interrupt_requested) as interrupts:
+        runner = CellRunner(host, cache, device, run_dir.path, log=status)
+        outcome = RunOutcome(run_dir=run_dir.path, records=[], skipped=skipped)
+        with Interrupts(log.interrupt_requested) as interrupts:
             try:
                 if progress:
                     progress.console.print(f"checking {len(todo)} cells before any training")
@@ -212,7 +159,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                 rejected = check_cells(dataset_major(todo), runner) if in_parent else []
                 if suite.estimators:
                     outcome.failed_estimates = _estimate(
-                        suite, request, runner, run_dir, progress, log
+                        suite, request, runner, run_dir.path, progress, log
                     )
             except KeyboardInterrupt:
                 _stopped_before_cells(outcome, interrupts, log)
@@ -220,12 +167,14 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                 _run_finished(host, outcome)
                 return outcome
             interrupts.cells_started()
-            base = WorkerConfig(request.plugins, str(cache.root), device, str(run_dir), "local")
+            base = WorkerConfig(
+                request.plugins, str(cache.root), device, str(run_dir.path), "local"
+            )
             executor = make_executor(request.executor, base, runner, request.device)
             log.write(
                 f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded"
             )
-            resume = f"tlbench run {suite.path} --resume {run_dir}"
+            resume = f"tlbench run {suite.path} --resume {run_dir.path}"
             recorder = _Recorder(store, host, log, progress, outcome, interrupts, resume)
             if progress:
                 progress.start(total=len(cells), done=skipped)
@@ -245,7 +194,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
             if outcome.interrupted:
                 not_run = len(todo) - outcome.ran - outcome.interrupted_cells
                 log.write(
-                    f"run interrupted by {outcome.signal}: {outcome.ran} cells finished, {outcome.interrupted_cells} recorded interrupted, {not_run} not run; resume with --resume {run_dir}"
+                    f"run interrupted by {outcome.signal}: {outcome.ran} cells finished, {outcome.interrupted_cells} recorded interrupted, {not_run} not run; resume with --resume {run_dir.path}"
                 )
     outcome.records = final_records(cells, store)
     _run_finished(host, outcome)
@@ -283,31 +232,6 @@ def _estimate(suite, request, runner, run_dir, progress, log) -> list[dict]:
         if progress:
             progress.console.print(f"estimate failed: {message}", style="red", markup=False)
     return failed
-
-
-def _record_environment(
-    run_dir: Path, request: RunRequest, host: PluginHost, suite: Suite, device: str
-) -> None:
-    env = environment(
-        host.plugin_rows(),
-        suite.text,
-        str(suite.path),
-        list(request.argv) if request.argv else None,
-    )
-    env["suite_name"] = suite.name
-    env["suite_hash"] = suite_hash(suite)
-    env["device"] = device
-    env["executor"] = request.executor.describe()
-    from tlbench.engine.runtime import runtime_settings
-
-    env["runtime"] = runtime_settings()
-    write_environment(run_dir, env)
-    copy = run_dir / rundir.SUITE_COPY
-    if not os.path.lexists(copy) and suite.path.is_file():
-        try:  # written to a temporary name and renamed: never through a planted link
-            atomic_write_bytes(copy, suite.path.read_bytes())
-        except OSError as exc:
-            raise fault(copy, exc, "write") from None
 
 
 class _Recorder(Sink):
@@ -419,11 +343,11 @@ class _Recorder(Sink):
         return f"{count} could not be stored; kept in {path}: once there is room, append it with: cat {path} >> {self.store.path}"
 
     def _store_predictions(self, record: dict, predictions) -> None:
-        from tlbench.predictions import PREDICTIONS_DIR, write_predictions
+        from tlbench.predictions import write_predictions
 
-        if os.path.islink(self.store.run_dir / PREDICTIONS_DIR):
+        if os.path.islink(self.store.run_dir / PREDICTIONS):
             record["predictions_error"] = (
-                f"not stored: {PREDICTIONS_DIR}/ is a symbolic link, which tlbench never follows"
+                f"not stored: {PREDICTIONS}/ is a symbolic link, which tlbench never follows"
             )
             return
         try:
@@ -511,64 +435,4 @@ class Interrupts:
     def __exit__(self, *exc) -> bool:
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
-        return False
-
-
-class _IsoFormatter(logging.Formatter):
-    def formatTime(self, record, datefmt=None):  # noqa: N802 (logging's name)
-        moment = _dt.datetime.fromtimestamp(record.created, _dt.UTC)
-        return moment.isoformat(timespec="seconds")
-
-
-class _LogHandler(logging.StreamHandler):
-    """A line that cannot be written (a full disk) costs one warning, not logging's traceback
-    for every line; the run goes on."""
-
-    def __init__(self, stream, path: Path):
-        super().__init__(stream)
-        self.path, self.failed = path, False
-
-    def handleError(self, record) -> None:  # noqa: N802 (logging's name)
-        if not self.failed:
-            self.failed = True
-            cause = describe(sys.exc_info()[1] or OSError("unknown error"))
-            logger.warning("%s: cannot write the run log: %s", self.path, cause)
-
-
-class RunLog:
-    """``run.log``: one timestamped line per event of the run, appended across resumes. Opened
-    without following a symbolic link planted under its name."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / rundir.RUN_LOG
-        self.logger = logging.getLogger(f"tlbench.run.{os.getpid()}.{id(self)}")
-        self.logger.propagate = False
-        self.logger.setLevel(logging.INFO)
-
-    def __enter__(self) -> RunLog:
-        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, action="write")
-        self.stream = os.fdopen(fd, "a", encoding="utf-8")
-        self.handler = _LogHandler(self.stream, self.path)
-        self.handler.setFormatter(_IsoFormatter("%(asctime)s %(message)s"))
-        self.logger.addHandler(self.handler)
-        self.write(f"run started pid={os.getpid()}")
-        return self
-
-    def write(self, message: str) -> None:
-        self.logger.info(message)
-
-    def interrupt_requested(self, signal_name: str = "SIGINT") -> None:
-        if signal_name == "SIGINT":
-            message = "interrupt: finishing the cells in flight, starting no more (Ctrl-C again stops at once)"
-        else:
-            message = f"interrupt: {signal_name} received; finishing the cells in flight, starting no more (a second signal stops at once)"
-        self.write(message)
-        logger.warning(message, extra={"prefix": ""})
-
-    def __exit__(self, *exc) -> bool:
-        self.write("run stopped" if exc[0] is None else f"run stopped: {exc[0].__name__}")
-        self.logger.removeHandler(self.handler)
-        self.handler.close()
-        with contextlib.suppress(OSError):  # closing flushes, and a full disk refuses that too
-            self.stream.close()
         return False

@@ -17,14 +17,16 @@ import errno
 import logging
 import os
 import stat
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tlbench import rundir
 from tlbench.errors import TlbenchError, UserError, first_line
 
 STORAGE_EXIT_CODE = 3
+# Made and removed to prove a directory is writable (a run directory, the cache root).
+PROBE = ".write-probe"
 # Faults of the place, not of what the user asked for: another disk, more space, or other
 # permissions fix them.
 ENVIRONMENT_ERRNOS = frozenset(
@@ -197,9 +199,7 @@ def refuse_links(directory: Path, names: Iterable[str]) -> None:
             raise link_refused(directory / name)
 
 
-def probe_writable(
-    directory: Path, what: str, hint: str = "", probe_name: str = rundir.PROBE
-) -> None:
+def probe_writable(directory: Path, what: str, hint: str = "", probe_name: str = PROBE) -> None:
     """Create ``directory`` if needed and prove that a file can be created, written, synced and
     removed in it, before any work depends on it."""
     probe = directory / probe_name
@@ -227,6 +227,27 @@ def probe_writable(
 def _unwritable(directory: Path, what: str, exc: OSError, hint: str) -> TlbenchError:
     cls = StorageError if exc.errno in ENVIRONMENT_ERRNOS else UserError
     return cls(f"{what} {str(directory)!r} is not writable: {describe(exc)}{hint}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``: a
+    reader sees the old file or the new one, never half of it, and a link planted at ``path``
+    is replaced, never written through."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # -------------------------------------------------------------------------------- CSV
