@@ -15,6 +15,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from tlbench.errors import UserError
 from tlbench.publish.notes import Notes
@@ -145,6 +146,7 @@ def checked_record(record: object, where: str, notes: Notes) -> dict | None:
     if problem:
         notes.warn(left_out(where, problem, SITE))
         return None
+    record = cast(dict, record)  # schema_problem refuses anything but a JSON object
     unusable = result_problem(record)
     shown = as_malformed(record, unusable) if unusable else record
     problem = record_problem(shown)
@@ -224,6 +226,6 @@ def _suite_order(parsed: dict) -> dict:
             if isinstance(item, str):
                 ids.append(item)
             elif isinstance(item, dict) and isinstance(item.get("id", item.get("name")), str):
-                ids.append(item.get("id", item.get("name")))
+                ids.append(str(item.get("id", item.get("name"))))
         order[kind] = ids
     return order

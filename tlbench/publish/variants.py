@@ -85,7 +85,7 @@ class Group:
 
 
 def _role(record: dict) -> str:
-    cost = record.get("cost") if isinstance(record.get("cost"), dict) else {}
+    cost: dict = record["cost"] if isinstance(record.get("cost"), dict) else {}
     return init_role(
         record.get("model_ref"),
         record.get("model_card"),
@@ -156,12 +156,12 @@ def _parts(record: dict) -> dict:
     """What must agree per kind for two entries to be averaged; ``model`` also holds the
     recipe versions that name no component (they change what the row computed)."""
     versions = versions_of(record)
-    owned = {kind: {} for kind in KINDS}
-    rest = {}
+    owned: dict[str, dict] = {kind: {} for kind in KINDS}
+    rest: dict = {}
     for key, value in versions.items():
         kind = next((k for k in KINDS if key in _names(record, k)), None)
         (owned[kind] if kind else rest)[key] = value
-    options = record.get("options") if isinstance(record.get("options"), dict) else {}
+    options: dict = record["options"] if isinstance(record.get("options"), dict) else {}
     parts = {
         kind: {
             "ref": record.get(f"{kind}_ref"),
@@ -335,7 +335,7 @@ def _notes(view: SuiteView) -> list[str]:
                 f"{variant.kind} {variant.label} is a separate {what[variant.kind]}, never "
                 f"averaged with {variant.id}: {variant.difference or 'its configuration differs'}"
             )
-    files = {}
+    files: dict = {}
     for run in view.runs:
         if run.suite_sha256:
             files.setdefault(run.suite_sha256, []).append(run.label)

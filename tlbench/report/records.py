@@ -76,10 +76,10 @@ def records_frame(records: Iterable[Mapping], source: str = "<records>") -> pd.D
         _flatten_record(record, f"{source}: record {number}")
         for number, record in enumerate(records, start=1)
     ]
-    rows = [row for row in rows if row is not None]
-    if not rows:
+    kept = [row for row in rows if row is not None]
+    if not kept:
         raise UserError(f"{source}: no cell records")
-    return _frame(rows)
+    return _frame(kept)
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -197,8 +197,8 @@ def _read_run(run_dir: Path) -> list[dict]:
         raise UserError(f"{run_dir}: no such run directory")
     path = run_dir / CELLS_FILE
     numbered = read_numbered_records(path)
-    rows = [_flatten_record(record, f"{path}:{number}") for number, record in numbered]
-    rows = [{**row, "run_dir": str(run_dir)} for row in rows if row is not None]
+    flat = [_flatten_record(record, f"{path}:{number}") for number, record in numbered]
+    rows = [{**row, "run_dir": str(run_dir)} for row in flat if row is not None]
     if not rows:
         left_out = f"; {len(numbered)} left out, see the warnings above" if numbered else ""
         raise UserError(
