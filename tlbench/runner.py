@@ -107,7 +107,7 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                 )
                 if suite.estimators:
                     outcome.failed_estimates = _estimate(
-                        suite, request, runner, run_dir.path, progress, log
+                        suite, request, runner, run_dir, progress, log
                     )
             except KeyboardInterrupt:
                 _stopped_before_cells(outcome, interrupts, log)
