@@ -150,7 +150,7 @@ class CellRunner:
     def start(
         cls,
         host,
-        cache_dir: str | os.PathLike | None,
+        cache_dir: os.PathLike | None,
         requested_device: str,
         run_dir: Path | None = None,
         *,
