@@ -107,3 +107,42 @@ def test_ray_missing_is_a_clear_user_error(tmp_path, monkeypatch):
             request(tmp_path, tiny_suite(tmp_path / "s.toml"), executor=ExecutorConfig("ray")),
             tiny_host(),
         )
+
+
+def test_a_batch_checks_builds_and_runs_every_cell_group_by_group(tmp_path):
+    """``Batch`` is what the runner calls: ``prepare`` looks the executor up, checks its options,
+    builds it and checks each cell in the parent (local); ``run`` reports every cell to the sink,
+    the cells of a (model, dataset, seed) one after another."""
+    from tlbench.cell import CellRunner
+    from tlbench.executors.base import Batch, Sink
+    from tlbench.planning import Selection, plan_cells
+    from tlbench.plugins import PluginConfig
+    from tlbench.suite import load_suite
+
+    host = tiny_host()
+    cells = plan_cells(load_suite(tiny_suite(tmp_path / "s.toml"), host.registry), Selection())
+    runner = CellRunner.start(host, tmp_path / "cache", "cpu", tmp_path / "run")
+    plugins = PluginConfig(modules=("test_runner",))
+    with pytest.raises(UserError, match="executor local takes no options"):
+        Batch.prepare(
+            ExecutorConfig("local", options=(("gpus", "1"),)), plugins, cells, runner, "cpu"
+        )
+    batch = Batch.prepare(ExecutorConfig("local"), plugins, cells, runner, "cpu")
+    assert batch.name == "local" and batch.rejected == []
+
+    class Events(Sink):
+        def __init__(self):
+            self.started_cells, self.statuses = [], []
+
+        def started(self, cell):
+            self.started_cells.append(cell)
+
+        def finished(self, cell, result):
+            self.statuses.append(result.record["status"])
+
+    sink = Events()
+    assert batch.run(sink) is True
+    assert sorted(c.label for c in sink.started_cells) == sorted(c.label for c in cells)
+    assert sink.statuses == ["ok"] * len(cells)
+    seeds = [c.seed for c in sink.started_cells]
+    assert seeds == sorted(seeds), "each (model, dataset, seed) group ran whole"

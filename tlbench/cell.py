@@ -20,7 +20,7 @@ import signal
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,6 +144,35 @@ class CellRunner:
         self._models = _Lru(MODELS_KEPT)
         self._targets = _Lru(TARGETS_KEPT)
         self._prepared = _Lru(PREPARED_KEPT)
+        self.runtime: dict = {}  # the settings the engine runs with (``start``)
+
+    @classmethod
+    def start(
+        cls,
+        host,
+        cache_dir: os.PathLike | None,
+        requested_device: str,
+        run_dir: Path | None = None,
+        *,
+        refresh: Iterable[str] = (),
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> CellRunner:
+        """The run's own runner, with the engine started: the device resolved (``--device``,
+        ``UserError`` when this machine has no such device), the runtime configured
+        (cudnn.benchmark, TF32, ``--deterministic``; workers apply the same) and kept as
+        ``runtime``, the cache opened and found writable, and the cached entries of the models
+        in ``refresh`` cleared before any cell can read them. torch loads only here."""
+        from tlbench.engine.runtime import configure_runtime, resolve_device, runtime_settings
+
+        device = str(resolve_device(requested_device))
+        configure_runtime()
+        cache = Cache(cache_dir)
+        cache.check_writable()
+        for ref in sorted(set(refresh)):
+            cache.clear_matching(model_marker(ref))
+        runner = cls(host, cache, device, run_dir, log)
+        runner.runtime = runtime_settings()
+        return runner
 
     def component(self, kind: str, ref: str) -> tuple[Registered, str | None, Callable]:
         """(registration, argument, factory) of a reference, looked up once per runner."""

@@ -2,7 +2,7 @@
 
 The run directory, its ``env.json`` and its records stores belong to ``tlbench.rundir``
 (``RunDir``); package versions, git revision and hardware to ``tlbench.provenance``. This module
-keeps the names report, publish, transferability and the cell import from it.
+keeps the names report, publish and the cell import from it.
 """
 
 from __future__ import annotations

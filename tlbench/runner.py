@@ -18,24 +18,14 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlbench.cache import Cache
-from tlbench.cell import (
-    CellFailure,
-    CellResult,
-    CellRunner,
-    StopRun,
-    core_problem,
-    failure_result,
-    model_marker,
-)
+from tlbench.cell import CellResult, CellRunner, StopRun
 from tlbench.components import Cell
-from tlbench.errors import TlbenchError, UserError
-from tlbench.executors import executor_class, make_executor
-from tlbench.executors.base import Sink, WorkerConfig, dataset_major, dispatch
+from tlbench.errors import TlbenchError
+from tlbench.executors.base import Batch, Sink
 from tlbench.planning import (
     Plan,
     RunRequest,
@@ -77,41 +67,6 @@ class RunOutcome:
         return 1 if failed or self.failed_estimates else 0
 
 
-def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, CellResult]]:
-    """Let each strategy reject what it cannot do with its cell's model and data (k larger than
-    the model's layer groups, a LoRA target that matches nothing, ...) before any training.
-
-    Whatever plugin code raises here, a ``UserError`` from ``check()`` included, costs only its
-    cell: it comes back as that cell's failed result, to be recorded instead of run, and the
-    healthy cells run. Only a mistake in the suite itself stops the run (a source paired with a
-    target it trained on): every such problem is raised at once as one ``UserError``, one line
-    each, naming its cells. The contexts built here are the ones the cells then run on (the
-    runner keeps them)."""
-    problems: dict[str, list[str]] = {}
-    rejected = []
-    for cell in cells:
-        try:
-            runner.check(cell)
-        except CellFailure as failure:
-            rejected.append((cell, failure_result(cell, failure)))
-        except UserError as exc:  # the core refused the cell (its source trained on the target)
-            problem = core_problem(cell, exc).removeprefix(f"{cell.label}: ")
-            problems.setdefault(problem, []).append(cell.label)
-    if problems:
-        raise UserError("\n".join(_naming_cells(p, labels) for p, labels in problems.items()))
-    return rejected
-
-
-def _not_rejected(cells: list[Cell], rejected: list[tuple[Cell, CellResult]]) -> list[Cell]:
-    failed = {id(cell) for cell, _ in rejected}  # check_cells hands back the cells it was given
-    return [cell for cell in cells if id(cell) not in failed]
-
-
-def _naming_cells(problem: str, labels: list[str]) -> str:
-    more = f" (and {len(labels) - 1} more cells)" if len(labels) > 1 else ""
-    return f"{labels[0]}{more}: {problem}"
-
-
 def plan_run(request: RunRequest, host: PluginHost | None = None) -> Plan:
     """The dry run: what ``run_suite`` would do, without creating or loading anything."""
     host = host or request.plugins.load()
@@ -124,19 +79,15 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
     host = host or request.plugins.load()
     suite, cells, run_dir = prepare(request, host)
     # torch loads only now: a suite that does not validate is answered without it.
-    from tlbench.engine.runtime import configure_runtime, resolve_device, runtime_settings
-
-    device = str(resolve_device(request.device))
-    configure_runtime()  # cudnn.benchmark, TF32, --deterministic; workers apply the same
-    cache = Cache(request.cache_dir)
-    cache.check_writable()
-    if request.refresh:  # before any cell can read them: every executor recomputes
-        for ref in sorted({entry.ref for entry in suite.models}):
-            cache.clear_matching(model_marker(ref))
+    status = progress.status if progress else lambda _m: None
+    models = {entry.ref for entry in suite.models} if request.refresh else ()
+    runner = CellRunner.start(
+        host, request.cache_dir, request.device, run_dir.path, refresh=models, log=status
+    )
     recorded = {
-        "device": device,
+        "device": runner.device,
         "executor": request.executor.describe(),
-        "runtime": runtime_settings(),
+        "runtime": runner.runtime,
     }
     argv = list(request.argv) if request.argv else None
     with (
@@ -146,20 +97,17 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
         store = run_dir.cells
         _notify_run(host, "on_run_started", run_dir=run_dir.path, suite=suite.name)
         todo, skipped = pending_cells(cells, store, request.retry_failed)
-        status = progress.status if progress else lambda _m: None
-        runner = CellRunner(host, cache, device, run_dir.path, log=status)
         outcome = RunOutcome(run_dir=run_dir.path, records=[], skipped=skipped)
         with Interrupts(log.interrupt_requested) as interrupts:
             try:
                 if progress:
                     progress.console.print(f"checking {len(todo)} cells before any training")
-                # Remote workers check their own cells: the parent (a login node) builds no
-                # contexts, models or datasets for them.
-                in_parent = executor_class(request.executor.kind).checks_in_parent
-                rejected = check_cells(dataset_major(todo), runner) if in_parent else []
+                batch = Batch.prepare(
+                    request.executor, request.plugins, todo, runner, request.device
+                )
                 if suite.estimators:
                     outcome.failed_estimates = _estimate(
-                        suite, request, runner, run_dir.path, progress, log
+                        suite, request, runner, run_dir, progress, log
                     )
             except KeyboardInterrupt:
                 _stopped_before_cells(outcome, interrupts, log)
@@ -167,24 +115,15 @@ def run_suite(request: RunRequest, host: PluginHost | None = None, progress=None
                 _run_finished(host, outcome)
                 return outcome
             interrupts.cells_started()
-            base = WorkerConfig(
-                request.plugins, str(cache.root), device, str(run_dir.path), "local"
-            )
-            executor = make_executor(request.executor, base, runner, request.device)
             log.write(
-                f"executor {executor.name}: {len(todo)} cells to run, {skipped} already recorded"
+                f"executor {batch.name}: {len(todo)} cells to run, {skipped} already recorded"
             )
             resume = f"tlbench run {suite.path} --resume {run_dir.path}"
             recorder = _Recorder(store, host, log, progress, outcome, interrupts, resume)
             if progress:
                 progress.start(total=len(cells), done=skipped)
             try:
-                for cell, result in rejected:  # failed their check: recorded, never run
-                    recorder.finished(cell, result)
-                completed = dispatch(executor, _not_rejected(todo, rejected), recorder)
-            except BaseException:
-                executor.shutdown(kill=True)  # no worker outlives a run that failed
-                raise
+                completed = batch.run(recorder)
             finally:
                 if progress:
                     progress.stop()

@@ -20,11 +20,11 @@ cache (``features_cached`` says so). ``rank_correlation`` measures how well scor
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tlbench import __version__
@@ -33,24 +33,26 @@ from tlbench.cell import escapes_cell
 from tlbench.components import Cell
 from tlbench.errors import UserError
 from tlbench.planning import cell_state
-from tlbench.results import SCHEMA_VERSION, ResultsStore, now_iso, read_records
+from tlbench.rundir import ESTIMATES, SCHEMA_VERSION, ResultsStore, RunDir, now_iso
 from tlbench.suite import Entry, Suite, expand_cells
 
-ESTIMATES_FILE = "estimates.jsonl"
+ESTIMATES_FILE = ESTIMATES  # the name older imports use; the run directory spells it
 FEATURES_SPLIT = "train"  # estimators see what a strategy trains on, never val or test
 
 
 # ---------------------------------------------------------------------------------------- records
 
 
-def estimates_store(run_dir: Path) -> ResultsStore:
-    return ResultsStore(run_dir, ESTIMATES_FILE)
+def estimates_store(run_dir: RunDir | os.PathLike | str) -> ResultsStore:
+    """``RunDir.estimates``: the session's own store when given its ``RunDir`` (read once and
+    kept), else that of the directory at ``run_dir``."""
+    return run_dir.estimates if isinstance(run_dir, RunDir) else RunDir(run_dir).estimates
 
 
-def load_estimates(run_dir: Path) -> list[dict]:
+def load_estimates(run_dir: RunDir | os.PathLike | str) -> list[dict]:
     """The last record per (model, dataset, seed, estimator) of ``run_dir/estimates.jsonl``."""
     latest: dict[tuple, dict] = {}
-    for record in read_records(Path(run_dir) / ESTIMATES_FILE):
+    for record in estimates_store(run_dir).read():
         latest[_record_key(record)] = record
     return list(latest.values())
 
@@ -158,7 +160,12 @@ def estimate_pairs(suite: Suite, selection=None) -> list[Cell]:
 
 
 def run_estimators(
-    suite: Suite, runner, run_dir: Path, *, selection=None, retry_failed: bool = False
+    suite: Suite,
+    runner,
+    run_dir: RunDir | os.PathLike | str,
+    *,
+    selection=None,
+    retry_failed: bool = False,
 ) -> list[dict]:
     """Score every (model, dataset, seed) of ``suite`` with each of ``suite.estimators``.
 

@@ -38,11 +38,11 @@ from tlbench.cell import (
     interrupted_result,
 )
 from tlbench.errors import UserError
+from tlbench.executors.registry import ExecutorConfig, make_executor
 from tlbench.plugins import PluginConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.components import Cell
-    from tlbench.executors.registry import ExecutorConfig
 
 
 # -- options -------------------------------------------------------------------------------------
@@ -302,13 +302,92 @@ class Executor:
         return {"kind": self.name}
 
 
-def dispatch(executor: Executor, cells: Sequence[Cell], sink: Sink) -> bool:
-    """Run ``cells`` on ``executor`` in groups that share work; False when a hard interrupt
-    (a ``KeyboardInterrupt``) stopped it, after the cells in flight were recorded ``interrupted``."""
-    groups = deque(group_cells(cells, by_seed=executor.groups_by_seed))
-    if not groups:
-        return True
-    return executor.run(groups, sink)
+class Batch:
+    """A run's pending cells on the executor its config names: the one entry point of the
+    executors (``Batch.prepare``, then ``run``). Preparing looks the class up in the registry,
+    checks its options, builds it, and checks each cell where the executor checks them (in the
+    parent for in-process executors; remote workers check their own, so a login node builds
+    no contexts, models or datasets); running records the rejected cells and dispatches the
+    others in groups that share work."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        cells: Sequence[Cell],
+        rejected: list[tuple[Cell, CellResult]],
+    ):
+        self.executor, self.name = executor, executor.name
+        self.rejected = rejected  # failed their check: recorded, never run
+        self.groups = deque(group_cells(cells, by_seed=executor.groups_by_seed))
+
+    @classmethod
+    def prepare(
+        cls,
+        config: ExecutorConfig,
+        plugins: PluginConfig,
+        cells: Sequence[Cell],
+        runner: CellRunner,
+        requested_device: str,
+    ) -> Batch:
+        """``cells`` ready to run on ``config``'s executor, built around ``runner`` (the run's
+        own, whose checks stay warm for the local executor; workers rebuild theirs from
+        ``plugins`` and the runner's cache, device and run directory). A ``UserError`` for an
+        executor that cannot run here, or for a suite mistake found by the checks."""
+        base = WorkerConfig(
+            plugins, str(runner.cache.root), runner.device, str(runner.run_dir), "local"
+        )
+        executor = make_executor(config, base, runner, requested_device)
+        rejected = check_cells(dataset_major(cells), runner) if executor.checks_in_parent else []
+        return cls(executor, _not_rejected(cells, rejected), rejected)
+
+    def run(self, sink: Sink) -> bool:
+        """Record the rejected cells, then run the others and report each to ``sink``; False
+        when a hard interrupt (a ``KeyboardInterrupt``) stopped it, after the cells in flight
+        were recorded ``interrupted``. No worker outlives a run that failed."""
+        try:
+            for cell, result in self.rejected:
+                sink.finished(cell, result)
+            if not self.groups:
+                return True
+            return self.executor.run(self.groups, sink)
+        except BaseException:
+            self.executor.shutdown(kill=True)
+            raise
+
+
+def check_cells(cells: Iterable[Cell], runner: CellRunner) -> list[tuple[Cell, CellResult]]:
+    """Let each strategy reject what it cannot do with its cell's model and data (k larger than
+    the model's layer groups, a LoRA target that matches nothing, ...) before any training.
+
+    Whatever plugin code raises here, a ``UserError`` from ``check()`` included, costs only its
+    cell: it comes back as that cell's failed result, to be recorded instead of run, and the
+    healthy cells run. Only a mistake in the suite itself stops the run (a source paired with a
+    target it trained on): every such problem is raised at once as one ``UserError``, one line
+    each, naming its cells. The contexts built here are the ones the cells then run on (the
+    runner keeps them)."""
+    problems: dict[str, list[str]] = {}
+    rejected = []
+    for cell in cells:
+        try:
+            runner.check(cell)
+        except CellFailure as failure:
+            rejected.append((cell, failure_result(cell, failure)))
+        except UserError as exc:  # the core refused the cell (its source trained on the target)
+            problem = core_problem(cell, exc).removeprefix(f"{cell.label}: ")
+            problems.setdefault(problem, []).append(cell.label)
+    if problems:
+        raise UserError("\n".join(_naming_cells(p, labels) for p, labels in problems.items()))
+    return rejected
+
+
+def _not_rejected(cells: Sequence[Cell], rejected: list[tuple[Cell, CellResult]]) -> list[Cell]:
+    failed = {id(cell) for cell, _ in rejected}  # check_cells hands back the cells it was given
+    return [cell for cell in cells if id(cell) not in failed]
+
+
+def _naming_cells(problem: str, labels: list[str]) -> str:
+    more = f" (and {len(labels) - 1} more cells)" if len(labels) > 1 else ""
+    return f"{labels[0]}{more}: {problem}"
 
 
 # -- slots ---------------------------------------------------------------------------------------
