@@ -439,6 +439,15 @@ def _print_table(run_dir: Path, console, plain: bool = False) -> None:
         from tlbench.report.document import render_report
 
         click.echo(render_report(records, "csv"), nl=False)
+        # The csv counts failures; their messages, whole, go where errors go.
+        failed = records[~records["status"].isin(["ok", "skipped"])]
+        for _, row in failed.iterrows():
+            message = row.get("error.message") or row["status"]
+            click.echo(
+                f"{row['status']}: {row['model']} x {row['dataset']} x {row['strategy']} "
+                f"(seed {row['seed']}): {message}",
+                err=True,
+            )
         return
     render_terminal(records, console)
 
