@@ -5,7 +5,7 @@ development machine, a 64x1152x2x2 map with a 5x5 kernel (EfficientNet's last st
 input) takes ~10 ms for the weight gradient against 0.4 ms for the forward pass. That gradient is
 itself a depthwise convolution: fold batch and channels into one channel axis, use the output
 gradient as the kernel, and sum the result over the batch. oneDNN's *forward* kernel computes it
-~3x faster for the 5x5 kernels on maps up to 8x8 and for 3x3 kernels on 2x2 maps; elsewhere
+~3x faster for the 5x5 kernels on maps from 2x2 up to 8x8 and for 3x3 kernels on 2x2 maps; elsewhere
 oneDNN's own gradient is as fast or faster (``folded_is_faster``; `benchmarks/bench_depthwise.py`
 prints both sides per layer). The rule is a fixed function of the layer's shape, not a timing
 taken at run time, so results stay bit-for-bit reproducible.
@@ -33,6 +33,13 @@ from torch import nn
 # kernels only on 2x2 maps (3.6x; on 4x4 maps ATen was 3-5x faster).
 MAX_OUTPUT_PIXELS = 64
 MAX_OUTPUT_PIXELS_SMALL_KERNEL = 4
+# 1x1 output maps (lite0's last stage at 32 px input) are never folded: with two threads the folded
+# form was 12-16x faster there, but with one thread (each worker of `--executor process` on 2
+# cores) oneDNN's kernel for its 36k one-pixel groups took 155-239 ms against ATen's 13-19 ms, and
+# a whole training step ran 6x slower (31 vs 191 img/s; 2-core AMD EPYC, AVX-512, batch 32). A
+# fixed rule by shape keeps results reproducible, so the shape that depends on the thread count
+# stays with ATen.
+MIN_OUTPUT_PIXELS = 2
 # TLBENCH_DEPTHWISE_GRAD=0 keeps ATen's own gradient everywhere: a user comparing numbers with
 # another tool can rule this patch out (every record says whether it was on).
 SWITCH = "TLBENCH_DEPTHWISE_GRAD"
@@ -43,6 +50,8 @@ def enabled() -> bool:
 
 
 def folded_is_faster(kernel_size: int, output_pixels: int) -> bool:
+    if output_pixels < MIN_OUTPUT_PIXELS:
+        return False
     if kernel_size >= 5:
         return output_pixels <= MAX_OUTPUT_PIXELS
     return output_pixels <= MAX_OUTPUT_PIXELS_SMALL_KERNEL
