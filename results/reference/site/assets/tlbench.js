@@ -1,16 +1,28 @@
-/* tlbench publish: sortable tables and the model filter. No dependencies, no network. */
+/* tlbench: one script for the report (inlined) and every page of a published site: sortable
+   tables and the model filter. No dependencies, no network. */
 (function () {
   "use strict";
 
-  // A cell's sort key: its data-value when set, else its text. Numbers compare as numbers;
-  // cells without a value ("—", failed) always go last, whichever the direction.
+  // A number at the start of a cell's text, then a space or the end: "81.3 ± 0.4" -> 81.3,
+  // "12,810" -> 12810, "+1.2" -> 1.2; "2026-11-29 04:39" and "lite0-96" are text.
+  var LEADING_NUMBER = /^[-+]?(\d[\d,]*)?\.?\d+(e[-+]?\d+)?(?=\s|$)/i;
+
+  // A cell's sort key: its data-value when set (a number or text), else the number its text
+  // starts with, else its text. Cells without a value ("—", failed) always go last, whichever
+  // the direction.
   function key(cell) {
     if (!cell) return null;
     var raw = cell.getAttribute("data-value");
-    if (raw === null) raw = cell.textContent.trim();
-    if (raw === "" || raw === "\u2014") return null;
-    var number = Number(raw);
-    return isNaN(number) ? raw.toLowerCase() : number;
+    if (raw !== null) {
+      if (raw === "" || raw === "\u2014") return null;
+      var value = Number(raw);
+      return isNaN(value) ? raw.toLowerCase() : value;
+    }
+    var text = cell.textContent.trim();
+    var found = text.match(LEADING_NUMBER);
+    if (found) return Number(found[0].replace(/,/g, ""));
+    if (text === "" || text === "\u2014") return null;
+    return text.toLowerCase();
   }
 
   function compare(a, b, direction) {
