@@ -256,3 +256,18 @@ def test_runs_that_configure_a_source_differently_are_refused(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(first), str(second), "--format", "md"])
     assert result.exit_code == 2 and "configure model 'm1' differently" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_an_option_left_unset_matches_a_run_written_before_the_option_existed(tmp_path):
+    first = write_run(
+        tmp_path / "older",
+        [cell(m, v[0]) for m, v in SEED_TOP1.items()],
+        [estimate(m, SCORES[m]) for m in SEED_TOP1],
+    )
+    newer_options = {**OPTIONS, "strategy": {**OPTIONS["strategy"], "extract_batch_size": None}}
+    extra = [
+        cell(m, v[s], seed=s, options=newer_options) for m, v in SEED_TOP1.items() for s in (1, 2)
+    ]
+    second = write_run(tmp_path / "newer", extra, [])
+    tables = section_for_runs(load_records([first, second]), [first, second])
+    assert tables["ground_truth"].iloc[0]["seeds"] == 3

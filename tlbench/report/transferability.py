@@ -691,9 +691,12 @@ def _configurations(cells_df: pd.DataFrame | None, estimates: Sequence[Mapping])
             version = versions.get(kind)
             if kind == "dataset":
                 version = [version, versions.get("protocol")]
+            # An option left unset is one configuration whether a record spells it as null or,
+            # written before the option existed, leaves it out (extract_batch_size, added in 0.3).
+            set_options = {k: v for k, v in _mapping(options.get(kind)).items() if v is not None}
             config = {
                 "reference": _text(record.get(f"{kind}_ref")),
-                "options": _mapping(options.get(kind)),
+                "options": set_options,
                 "version": version,
             }
             yield kind, record.get(kind), config, run_dir
