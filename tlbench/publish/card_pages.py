@@ -42,18 +42,7 @@ def model_page(
                 "protocol": None,
             }
         )
-    crumbs = [(view.name, suite_index_path(view.name)), (f"model {model_id}", None)]
-    return document(
-        page,
-        f"Model {model_id}",
-        "",
-        site,
-        _runs(view, groups),
-        crumbs,
-        template="card.html.j2",
-        variants=variants,
-        card_title="Model card",
-    )
+    return _card_page("model", model_id, view, groups, variants, page, site)
 
 
 def dataset_page(
@@ -85,17 +74,22 @@ def dataset_page(
                 "protocol": fields_table(protocol),
             }
         )
-    crumbs = [(view.name, suite_index_path(view.name)), (f"dataset {dataset_id}", None)]
+    return _card_page("dataset", dataset_id, view, groups, variants, page, site)
+
+
+def _card_page(kind, name, view, groups, variants, page, site) -> str:
+    """The page of one model or dataset (``kind``): its variants under the suite's crumbs."""
+    crumbs = [(view.name, suite_index_path(view.name)), (f"{kind} {name}", None)]
     return document(
         page,
-        f"Dataset {dataset_id}",
+        f"{kind.capitalize()} {name}",
         "",
         site,
         _runs(view, groups),
         crumbs,
         template="card.html.j2",
         variants=variants,
-        card_title="Dataset card",
+        card_title=f"{kind.capitalize()} card",
     )
 
 
