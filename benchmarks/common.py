@@ -95,7 +95,7 @@ LOG = Path(os.environ.get("TLBENCH_BENCH_LOG", ROOT / "results" / "benchmarks" /
 def stamp() -> dict:
     """What a timing depends on: commit, CPU model and instruction set, torch's kernel choice,
     threads, the GPU, and the load average when it was taken."""
-    from tlbench.results import git_revision, hardware
+    from tlbench.provenance import git_revision, hardware
 
     info = hardware()
     return {

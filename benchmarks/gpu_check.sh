@@ -92,7 +92,7 @@ fi
 step environment 60 "$PY" -c '
 import json, torch
 from tlbench.engine.runtime import configure_runtime, gpu_info, resolve_precision
-from tlbench.results import hardware
+from tlbench.provenance import hardware
 info = hardware()
 info["torch"] = torch.__version__
 info["settings"] = configure_runtime()
