@@ -179,6 +179,8 @@ def main():
                 "tlbench_img_s": ours,
                 "timm_img_s": theirs,
             }
+            # One line per size as it finishes: a long run stopped early keeps what it measured.
+            print(f"{size} images: {results[size]}", file=sys.stderr, flush=True)
     common.print_table(
         f"Scale: {args.model} at {args.px} px, linear probe, CPU ({os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.1f}); feed rate at batch {args.batch}, {workers} workers",
