@@ -102,6 +102,24 @@ def test_lazy_path_based_data_goes_through_timms_pil_transform_exactly(photos, t
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
+def test_preprocessing_chunks_are_bounded_by_what_each_path_holds_in_memory(photos, tmp_path):
+    from tlbench.data import CHUNK, CHUNK_BYTES
+
+    # Batched transforms hold a float32 intermediate of the source image (150 x 200 x 3).
+    batched = prepare(photos, source(224), {}, {}, seed=0, cache=Cache(tmp_path / "a"))
+    assert batched._chunk_rows("test", batched.store("test")) == CHUNK_BYTES // (4 * 150 * 200 * 3)
+    # The per-image path holds only its uint8 output (224 x 224 x 3): a full chunk, so the
+    # DataLoader that fills it starts once per CHUNK images, not once per 42.
+    paths = []
+    for i, image in enumerate(photos.test.images[:4]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image[: 100 + 10 * i]).save(paths[-1])
+    lazy_set = decode_files(paths, [0, 0, 1, 1]).imageset
+    target = TargetData("lazy", ("a", "b"), lazy_set, lazy_set, fingerprint="lazy-v1")
+    lazy = prepare(target, source(224), {}, {}, seed=0, cache=Cache(tmp_path / "b"))
+    assert lazy._chunk_rows("test", lazy.store("test")) == min(CHUNK, CHUNK_BYTES // (3 * 224**2))
+
+
 def test_grayscale_is_replicated_to_three_channels_by_default(digits, tmp_path):
     data = prepare(
         digits, source(32), {}, {"input_adaptation": "replicate"}, seed=0, cache=Cache(tmp_path)

@@ -238,19 +238,25 @@ class PreparedData:
         with FileLock(f"{store.path}.lock"):
             present = rows_present(store)
             missing = np.unique(rows[~present[rows]])
-            step = self._chunk_rows(image_set)
+            step = self._chunk_rows(image_set, store)
             for start in range(0, len(missing), step):
                 chunk = missing[start : start + step]
                 write_rows(store, chunk, self._preprocess(image_set, chunk).numpy())
                 mark_rows(store, chunk)
         return store
 
-    def _chunk_rows(self, image_set: str) -> int:
-        """Images per preprocessing chunk: ``CHUNK``, fewer when their float intermediate
-        (source size, float32) would pass ``CHUNK_BYTES``."""
+    def _chunk_rows(self, image_set: str, store: ImageStore) -> int:
+        """Images per preprocessing chunk: ``CHUNK``, fewer when the chunk's memory would pass
+        ``CHUNK_BYTES``. Batched transforms hold a float intermediate of the source size; the
+        per-image path holds only its uint8 output (each image's intermediate lives in a worker),
+        and a small chunk there costs a DataLoader start per chunk (42-image chunks of 256 px
+        JPEGs halved the first pass)."""
         images = (self.target.train if image_set == "train" else self.target.test).images
-        source = int(np.prod(images.shape[1:])) if images is not None else 3 * 512 * 512
-        return max(1, min(CHUNK, CHUNK_BYTES // (4 * source)))
+        if images is not None and self.transforms.batched:
+            per_image = 4 * int(np.prod(images.shape[1:]))
+        else:
+            per_image = store.row_bytes
+        return max(1, min(CHUNK, CHUNK_BYTES // per_image))
 
     def _preprocess(self, image_set: str, rows: np.ndarray) -> torch.Tensor:
         """timm's eval transform of image-set ``rows``: batched on uint8 tensors when every step
@@ -263,7 +269,10 @@ class PreparedData:
         )
         items = [(i, None) for i in range(len(rows))]
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=64, sampler=items, num_workers=loader_workers(imageset, len(rows))
+            dataset,
+            batch_size=64,
+            sampler=items,
+            num_workers=preprocess_workers(imageset, len(rows)),
         )
         return torch.cat([images for images, _ in _unwrap_errors(loader)])
 
@@ -312,6 +321,16 @@ def loader_workers(imageset: ImageSet, count: int) -> int:
     if isinstance(imageset.images, np.ndarray) and count < WORKERS_MIN_IMAGES:
         return 0
     return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+def preprocess_workers(imageset: ImageSet, count: int) -> int:
+    """Workers for filling a store: as ``loader_workers``, but one per core, since the model
+    waits for the store and leaves its core free (2 workers on 2 cores: 1.25x the first pass of
+    5000 JPEGs at 224 px)."""
+    workers = loader_workers(imageset, count)
+    if workers == 0 or os.environ.get("TLBENCH_LOADER_WORKERS"):
+        return workers
+    return min(8, os.cpu_count() or 1)
 
 
 class _Order(torch.utils.data.Sampler):
