@@ -70,6 +70,18 @@ def banked(lite0, data, split, cache, builds=None, device=DEVICE):
 
 
 @pytest.mark.device
+def test_outputs_copied_to_the_host_arrive_whole_and_pinned_on_cuda():
+    from tlbench.engine.runtime import to_host, wait_for_host_copies
+
+    batches = [torch.randn(64, 1280, device=DEVICE) * i for i in range(4)]
+    copies = [to_host(batch) for batch in batches]  # queued, no wait per batch on CUDA
+    wait_for_host_copies(DEVICE)
+    for copy, batch in zip(copies, batches, strict=True):
+        assert copy.device.type == "cpu" and torch.equal(copy, batch.cpu())
+        assert copy.is_pinned() == (DEVICE.type == "cuda")
+
+
+@pytest.mark.device
 @pytest.mark.slow
 def test_banked_features_equal_a_fresh_extraction(lite0, digits_by_seed, tmp_path):
     data = digits_by_seed(0)

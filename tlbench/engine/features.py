@@ -25,6 +25,8 @@ from tlbench.engine.runtime import (
     memory_format,
     resolve_device,
     resolve_precision,
+    to_host,
+    wait_for_host_copies,
     with_oom_retry,
 )
 
@@ -114,8 +116,11 @@ def _run_frozen(
     ):
         with autocast(device, precision):
             out = module(images)
-        chunks.append(out.float().cpu())
-        labels.append(targets.cpu())
+        # Each batch is copied out as it finishes (activations of a whole split may not fit
+        # on the device), without a wait per batch.
+        chunks.append(to_host(out.float()))
+        labels.append(to_host(targets))
+    wait_for_host_copies(device)
     return torch.cat(chunks), torch.cat(labels)
 
 

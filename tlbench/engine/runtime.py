@@ -182,6 +182,22 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last
 
 
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``tensor`` that does not wait for the device: a CUDA tensor is copied
+    asynchronously into pinned memory, so the next batch's forward is queued before this one's
+    copy ends (``.cpu()`` would wait for it). Call ``wait_for_host_copies`` before reading."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
+def wait_for_host_copies(device: torch.device) -> None:
+    """Block until the copies ``to_host`` queued on ``device``'s current stream have landed."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a cell may draw from: Python's, NumPy's and torch's (all devices)."""
     random.seed(seed)
