@@ -117,6 +117,24 @@ def test_a_rerun_with_disjoint_seeds_is_compared_and_a_changed_recipe_still_refu
         compare(a, b)
 
 
+def test_an_option_recorded_as_null_equals_one_recorded_before_it_existed(tmp_path):
+    a, b = run_with(tmp_path / "a", A_VALUES), run_with(tmp_path / "b", A_VALUES)
+    for run, strategy_options in ((a, {}), (b, {"extract_batch_size": None})):
+        path = run / "cells.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for record in records:
+            record["options"] = {"model": {}, "dataset": {}, "strategy": strategy_options}
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert (compare(a, b).cells["mismatch"].fillna("") == "").all()
+
+    path = b / "cells.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["options"]["strategy"] = {"extract_batch_size": 64}  # set: another configuration
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(UserError, match="configuration differs"):
+        compare(a, b)
+
+
 def test_only_significant_changes_are_flagged(runs):
     flags = compare(*runs).cells.set_index(["dataset", "strategy"])["flag"].to_dict()
     assert flags == {

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.report.records import CELL_KEY, GROUP_KEY, PathLike, load_records
+from tlbench.report.records import CELL_KEY, GROUP_KEY, PathLike, load_records, set_options
 from tlbench.report.tables import Table, cell_text, latex_escape, summarize
 from tlbench.safeio import csv_frame
 
@@ -143,11 +143,12 @@ def _recipes(records: pd.DataFrame) -> dict[tuple, tuple[str, str | None]]:
     found = {}
     for key, group in records.groupby(GROUP_KEY, sort=False):
         row = group.iloc[0]
+        options = row.get("options")
+        if isinstance(options, Mapping):  # unset options, null or absent, compare as one
+            options = {kind: set_options(values) for kind, values in options.items()}
+        refs = [row.get(k) for k in ("model_ref", "dataset_ref", "strategy_ref")]
         recipe = json.dumps(
-            [
-                row.get(k)
-                for k in ("model_ref", "dataset_ref", "strategy_ref", "options", "versions")
-            ],
+            [*refs, options, row.get("versions")],
             sort_keys=True,
             default=str,
         )

@@ -192,6 +192,15 @@ def tuning(hparams: Any) -> dict:
     return older
 
 
+def set_options(options: Any) -> dict:
+    """A component's options without those left unset: one configuration whether a record spells
+    an unset option as null or, written before the option existed, leaves it out (records before
+    0.3 have no ``extract_batch_size``)."""
+    if not isinstance(options, Mapping):
+        return {}
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _read_run(run_dir: Path) -> list[dict]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")

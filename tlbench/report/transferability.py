@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.report.records import is_baseline
+from tlbench.report.records import is_baseline, set_options
 from tlbench.transferability import rank_correlation
 
 PAIR = ["model", "dataset", "seed"]
@@ -691,12 +691,9 @@ def _configurations(cells_df: pd.DataFrame | None, estimates: Sequence[Mapping])
             version = versions.get(kind)
             if kind == "dataset":
                 version = [version, versions.get("protocol")]
-            # An option left unset is one configuration whether a record spells it as null or,
-            # written before the option existed, leaves it out (extract_batch_size, added in 0.3).
-            set_options = {k: v for k, v in _mapping(options.get(kind)).items() if v is not None}
             config = {
                 "reference": _text(record.get(f"{kind}_ref")),
-                "options": set_options,
+                "options": set_options(options.get(kind)),
                 "version": version,
             }
             yield kind, record.get(kind), config, run_dir
