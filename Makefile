@@ -17,7 +17,8 @@ INSTALL := $(PIP) install --no-warn-script-location
 
 setup: $(STAMP) fashion-mnist
 
-$(STAMP): pyproject.toml plugins/tlbench-peft/pyproject.toml plugins/tlbench-trackers/pyproject.toml
+# tlbench/__init__.py holds the version: a bump re-installs, so the installed metadata follows.
+$(STAMP): pyproject.toml tlbench/__init__.py plugins/tlbench-peft/pyproject.toml plugins/tlbench-trackers/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(INSTALL) --upgrade pip
 	@$(INSTALL) $(TORCH_PIN)

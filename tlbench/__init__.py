@@ -9,7 +9,7 @@ import pluggy
 
 # The one place the version is written: pyproject.toml reads it from here (a literal, so
 # setuptools parses it without importing tlbench).
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
 
 hookimpl = pluggy.HookimplMarker("tlbench")
 
