@@ -237,7 +237,11 @@ class _Problem:
         vectors = vectors.flip(1)
         keep = singular / math.sqrt(max(self.n, 1)) > self.tol / 2
         self.axes = vectors[:, keep]
-        self.coords = torch.cat([((c - self.mean) / self.std) @ self.axes for c in chunks()])
+        # Filled in place: a list of chunks and their concatenation would hold it twice.
+        self.coords = torch.empty(self.n, self.axes.shape[1], device=device, dtype=dtype)
+        for start, chunk in zip(range(0, self.n, SOLVER_CHUNK), chunks(), strict=True):
+            rows = self.coords[start : start + len(chunk)]
+            torch.matmul((chunk - self.mean) / self.std, self.axes, out=rows)
         return singular, keep
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
