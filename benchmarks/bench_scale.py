@@ -1,8 +1,11 @@
 """Scale on CPU: peak memory against the number of images, and the feed rate against timm's loader.
 
 On a generated folder of 256 px JPEGs (procedural, 10 classes) of each size:
-- **peak RSS** (ru_maxrss) of a ``tlbench run`` subprocess: the linear probe, one seed,
-  ``--model`` at ``--px``, a fresh cache: decoding, preprocessing, extraction and the probe;
+- **peak memory** of a ``tlbench run`` subprocess (the linear probe, one seed, ``--model`` at
+  ``--px``, a fresh cache: decoding, preprocessing, extraction and the probe): ``ru_maxrss``, and
+  sampled every 0.2 s over the run and its DataLoader workers the proportional set size and its
+  anonymous part (``ru_maxrss`` counts pages a forked worker shares with its parent, and the
+  memory-mapped stores' pages, which the kernel can drop);
 - **feed rate**: images/s delivered as normalised float batches ready for the model (no forward
   pass), tlbench's data path (``PreparedData.batches`` over every split: the first pass decodes
   into the store and preprocesses, later passes read the store) against timm's own loader
@@ -11,6 +14,7 @@ On a generated folder of 256 px JPEGs (procedural, 10 classes) of each size:
 
     .venv/bin/python benchmarks/bench_scale.py                 # 5k, 10k, 20k images at 224 px
     .venv/bin/python benchmarks/bench_scale.py --quick         # 300, 600, 1200 images at 64 px
+    .venv/bin/python benchmarks/bench_scale.py --no-feed       # memory only
 """
 
 from __future__ import annotations
@@ -62,8 +66,13 @@ def folder_of(root: Path, paths: list[Path], count: int) -> Path:
     return folder
 
 
-def peak_rss_of_run(folder: Path, model: str, px: int, work: Path) -> tuple[float, float, int]:
-    """(peak RSS in GiB, seconds, exit code) of a linear-probe ``tlbench run`` on ``folder``."""
+def peak_rss_of_run(folder: Path, model: str, px: int, work: Path) -> dict:
+    """Memory and time of a linear-probe ``tlbench run`` on ``folder``: ``peak_rss_gib``
+    (``ru_maxrss`` from wait4: the largest resident set of the run or of one DataLoader worker),
+    and sampled every 0.2 s over the run and its workers, ``peak_pss_gib`` (proportional set
+    size: pages shared by forked workers or with the page cache counted once) and
+    ``peak_anon_gib`` (its anonymous part: memory the processes own; the rest is libraries and
+    the memory-mapped stores, which the kernel can drop); ``run_s`` and ``run_rc``."""
     work.mkdir(parents=True, exist_ok=True)
     suite = work / "scale.toml"
     suite.write_text(
@@ -73,18 +82,47 @@ def peak_rss_of_run(folder: Path, model: str, px: int, work: Path) -> tuple[floa
     )
     command = [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(work / "run")]
     command += ["--cache-dir", str(work / "cache"), "--device", "cpu", "-q"]
-    script = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "rc = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-        "time.perf_counter() - t, rc)"
-    )
-    # A fresh parent per measurement: RUSAGE_CHILDREN is the peak of its own children only.
-    out = subprocess.run(
-        [sys.executable, "-c", script, *command], capture_output=True, text=True, check=True
-    )
-    kib, seconds, rc = out.stdout.split()[-3:]
-    return int(kib) / 2**20, float(seconds), int(rc)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    peak_pss = peak_anon = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        rollups = [_rollup_kib(p) for p in _tree(process.pid)]
+        peak_pss = max(peak_pss, sum(r.get("Pss", 0) for r in rollups))
+        peak_anon = max(peak_anon, sum(r.get("Pss_Anon", 0) for r in rollups))
+        time.sleep(0.2)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "peak_rss_gib": usage.ru_maxrss / 2**20,
+        "peak_pss_gib": peak_pss / 2**20,
+        "peak_anon_gib": peak_anon / 2**20,
+        "run_s": time.perf_counter() - start,
+        "run_rc": process.returncode,
+    }
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        for children in Path(f"/proc/{found[-1]}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in children.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                pass
+    return found
+
+
+def _rollup_kib(pid: int) -> dict[str, int]:
+    """The ``kB`` fields of /proc/PID/smaps_rollup (empty once the process is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.endswith("kB")}
 
 
 def tlbench_feed(folder: Path, src, cache_dir: Path, batch: int, passes: int) -> list[float]:
@@ -149,6 +187,7 @@ def main():
         "--root", type=Path, default=None, help="image folder (default: a temp dir)"
     )
     parser.add_argument("--no-rss", action="store_true", help="feed rates only")
+    parser.add_argument("--no-feed", action="store_true", help="memory of the run only")
     parser.add_argument("--quick", action="store_true", help="300, 600, 1200 images at 64 px")
     args = parser.parse_args()
     if args.quick:
@@ -162,23 +201,26 @@ def main():
         rows, results = [], {}
         for size in args.sizes:
             folder = folder_of(root, paths, size)
-            rss, seconds, rc = (
-                (float("nan"), float("nan"), 0)
+            memory = (
+                {}
                 if args.no_rss
                 else peak_rss_of_run(folder, args.model, args.px, Path(tmp) / f"run{size}")
             )
-            ours = tlbench_feed(folder, src, Path(tmp) / f"feed{size}", args.batch, args.passes)
-            theirs = timm_feed(folder, src, args.batch, workers, args.passes)
+            if memory.get("run_rc"):
+                print(f"{size} images: tlbench run exited {memory['run_rc']}", file=sys.stderr)
+            ours, theirs = [float("nan")], [float("nan")]
+            if not args.no_feed:
+                ours = tlbench_feed(folder, src, Path(tmp) / f"feed{size}", args.batch, args.passes)
+                theirs = timm_feed(folder, src, args.batch, workers, args.passes)
             rows.append(
-                [size, rss, seconds, rc, ours[0], ours[-1], theirs[-1], ours[-1] / theirs[-1]]
+                [size]
+                + [
+                    memory.get(k, float("nan"))
+                    for k in ("peak_rss_gib", "peak_pss_gib", "peak_anon_gib", "run_s")
+                ]
+                + [ours[0], ours[-1], theirs[-1], ours[-1] / theirs[-1]]
             )
-            results[size] = {
-                "peak_rss_gib": rss,
-                "run_s": seconds,
-                "run_rc": rc,
-                "tlbench_img_s": ours,
-                "timm_img_s": theirs,
-            }
+            results[size] = {**memory, "tlbench_img_s": ours, "timm_img_s": theirs}
             # One line per size as it finishes: a long run stopped early keeps what it measured.
             print(f"{size} images: {results[size]}", file=sys.stderr, flush=True)
     common.print_table(
@@ -187,8 +229,9 @@ def main():
         [
             "images",
             "peak RSS GiB",
+            "peak PSS GiB",
+            "peak anon PSS GiB",
             "run s",
-            "rc",
             "tlbench 1st pass img/s",
             "tlbench later img/s",
             "timm loader img/s",
