@@ -93,13 +93,12 @@ def peak_rss_of_run(folder: Path, model: str, px: int, work: Path) -> dict:
         peak_pss = max(peak_pss, sum(r.get("Pss", 0) for r in rollups))
         peak_anon = max(peak_anon, sum(r.get("Pss_Anon", 0) for r in rollups))
         time.sleep(0.2)
-    process.returncode = os.waitstatus_to_exitcode(status)
     return {
         "peak_rss_gib": usage.ru_maxrss / 2**20,
         "peak_pss_gib": peak_pss / 2**20,
         "peak_anon_gib": peak_anon / 2**20,
         "run_s": time.perf_counter() - start,
-        "run_rc": process.returncode,
+        "run_rc": os.waitstatus_to_exitcode(status),
     }
 
 

@@ -120,6 +120,19 @@ def test_preprocessing_chunks_are_bounded_by_what_each_path_holds_in_memory(phot
     assert lazy._chunk_rows("test", lazy.store("test")) == min(CHUNK, CHUNK_BYTES // (3 * 224**2))
 
 
+def test_filling_a_store_takes_every_core_and_batches_for_the_model_leave_one(monkeypatch):
+    from tlbench.data import WORKERS_MIN_IMAGES, loader_workers, preprocess_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.delenv("TLBENCH_LOADER_WORKERS", raising=False)
+    files = ImageSet(labels=np.zeros(3, dtype=np.int64), paths=("a", "b", "c"))
+    assert (loader_workers(files, 3), preprocess_workers(files, 3)) == (3, 4)
+    small = ImageSet(labels=np.zeros(3, dtype=np.int64), images=np.zeros((3, 8, 8), np.uint8))
+    assert preprocess_workers(small, WORKERS_MIN_IMAGES - 1) == 0  # workers would cost more
+    monkeypatch.setenv("TLBENCH_LOADER_WORKERS", "2")
+    assert (loader_workers(files, 3), preprocess_workers(files, 3)) == (2, 2)
+
+
 def test_grayscale_is_replicated_to_three_channels_by_default(digits, tmp_path):
     data = prepare(
         digits, source(32), {}, {"input_adaptation": "replicate"}, seed=0, cache=Cache(tmp_path)
